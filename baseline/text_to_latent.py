@@ -1,0 +1,82 @@
+"""Baseline T2L regression: a small Transformer encoder reads the text and regresses its latent.
+
+Loss = MSE between the mean-pooled encoder output (projected to ``latent_dim``) and the target
+latent (averaged over vectors when a record holds K > 1). Metrics: ``latent_loss`` (MSE),
+``latent_cos`` (mean cosine similarity). A yardstick for what any T2L model must beat.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentDLM_mmdit.config import ConfigError, RunConfig
+from latentDLM_mmdit.data_simple import mean_latent
+
+
+@dataclass
+class T2LModelConfig:
+    type: str = "t2l_regression"
+    hidden_size: int = 256
+    n_blocks: int = 4
+    n_heads: int = 4
+    max_seq_len: int = 128
+    dropout: float = 0.0
+    latent_dim: int = 384
+
+    def check(self) -> None:
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"model.n_heads ({self.n_heads})")
+
+
+class T2LLossType(Enum):
+    t2l_regression = "t2l_regression"
+
+
+@dataclass
+class T2LLossConfig:
+    loss_type: T2LLossType = T2LLossType.t2l_regression
+    cosine_weight: float = 0.0  # adds cosine_weight * (1 - cos) to the MSE
+
+
+@dataclass
+class T2LRunConfig(RunConfig):
+    model: T2LModelConfig = field(default_factory=T2LModelConfig)
+    loss: T2LLossConfig = field(default_factory=T2LLossConfig)
+
+
+class TextToLatentRegression(nn.Module):
+    def __init__(self, model_cfg, loss_cfg, vocab_size: int, pad_id: int):
+        super().__init__()
+        m = model_cfg
+        self.cosine_weight = loss_cfg.cosine_weight
+        self.tok = nn.Embedding(vocab_size, m.hidden_size, padding_idx=pad_id)
+        self.pos = nn.Embedding(m.max_seq_len, m.hidden_size)
+        layer = nn.TransformerEncoderLayer(m.hidden_size, m.n_heads, 4 * m.hidden_size, m.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, m.n_blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(m.hidden_size)
+        self.head = nn.Linear(m.hidden_size, m.latent_dim)
+
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=~attention_mask)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (self.norm(h) * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.head(pooled)
+
+    def forward(self, batch: dict, step: int):
+        target = mean_latent(batch).float()
+        pred = self.predict(batch["input_ids"], batch["attention_mask"]).float()
+        mse = F.mse_loss(pred, target)
+        cos = F.cosine_similarity(pred, target, dim=-1).mean()
+        loss = mse + self.cosine_weight * (1 - cos)
+        return loss, {"latent_loss": mse.detach(), "latent_cos": cos.detach()}
+
+
+def build(cfg, tokenizer) -> nn.Module:
+    return TextToLatentRegression(cfg.model, cfg.loss, len(tokenizer), tokenizer.pad_token_id)

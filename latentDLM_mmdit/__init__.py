@@ -1,0 +1,1 @@
+"""MM-LDLM framework core: the shared loader, loop, checkpointing and configs."""

