@@ -7,7 +7,8 @@ from latentDLM_mmdit.config import hydra_entry
 from latentDLM_mmdit.trainer import train
 
 
-@hydra_entry(text_to_latent.T2LRunConfig, "t2l_regression_schema", Path(__file__).parent / "configs")
+@hydra_entry(text_to_latent.T2LRunConfig, "t2l_regression_schema", Path(__file__).parent / "configs",
+             "t2l_regression")
 def main(cfg) -> None:
     train(cfg, text_to_latent.build)
 

@@ -68,20 +68,15 @@ def remove_stale_temps(run_dir: Path) -> None:
 
 
 def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path, dict] | None:
-    """``null`` -> None; a path -> that checkpoint; ``auto`` -> the newest checkpoint that loads
-    (``latest`` first), or None when the run directory holds none."""
+    """``null`` -> None; a path -> that checkpoint; ``auto`` -> the newest checkpoint that loads,
+    or None when the run directory holds none."""
     if resume is None:
         return None
     if resume != "auto":
         return Path(resume), load_checkpoint(Path(resume))
-    candidates = [p for _, p in reversed(list_checkpoints(run_dir))]
-    pointer = run_dir / "latest"
-    if pointer.is_file():
-        named = run_dir / pointer.read_text().strip()
-        if named in candidates:
-            candidates.remove(named)
-            candidates.insert(0, named)
-    for p in candidates:
+    # A file only gets its final name once complete, so the highest step is the newest complete
+    # one even where a kill left ``latest`` one behind.
+    for _, p in reversed(list_checkpoints(run_dir)):
         try:
             return p, load_checkpoint(p)
         except Exception as e:  # noqa: BLE001 - an unreadable file: try the next older one

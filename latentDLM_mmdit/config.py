@@ -193,9 +193,11 @@ def shared_config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"
 
 
-def hydra_entry(schema: type, schema_name: str, config_dir: str | Path) -> Callable:
+def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
+                config_name: str | None = None) -> Callable:
     """Decorator for an entrypoint ``main(cfg)``: register ``schema`` as ``schema_name`` (the
     primary YAML lists it first in its defaults), compose with Hydra, validate, then call main.
+    ``config_name`` is the default for ``--config-name``.
 
     A ConfigError prints one line naming the key and exits 2 before any work starts.
     """
@@ -215,6 +217,6 @@ def hydra_entry(schema: type, schema_name: str, config_dir: str | Path) -> Calla
             return main(cfg)
 
         return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
-                          config_name=None)(checked)
+                          config_name=config_name)(checked)
 
     return wrap

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -157,15 +158,26 @@ class StepChunkSampler(Sampler[int]):
         return (self.micro_batches_per_epoch() - self.start) * self.b
 
 
+def _worker_init(_: int) -> None:
+    """Workers ignore preemption signals: the main process handles them (checkpoint, then exit)
+    and shuts its workers down; a worker killed by SIGTERM would crash the main process."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TrainStream:
     """Endless micro-batches with an exact, resumable position (epoch, micro-batches consumed)."""
 
     def __init__(self, dataset: Dataset, sampler: StepChunkSampler, collate, num_workers: int,
                  pin_memory: bool = False):
         self.sampler, self.epoch, self.consumed = sampler, 0, 0
+        # Its own generator: a new iterator (epoch start, resume) must not draw from the global
+        # RNG, whose stream the objective's noise uses and checkpoints restore.
+        gen = torch.Generator().manual_seed(sampler.seed * 1009 + sampler.rank)
         self.loader = DataLoader(dataset, batch_size=sampler.b, sampler=sampler, collate_fn=collate,
                                  num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
-                                 persistent_workers=num_workers > 0,
+                                 persistent_workers=num_workers > 0, generator=gen,
+                                 worker_init_fn=_worker_init,
                                  prefetch_factor=4 if num_workers > 0 else None)
         self._it = None
 
@@ -265,7 +277,8 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
         val_loader = DataLoader(LatentTextDataset(val, data_cfg.latent_dim, skip),
                                 batch_size=training_cfg.eval_batch_size,
                                 sampler=list(range(rank, len(val), world)), collate_fn=collate,
-                                num_workers=min(data_cfg.num_workers, 1), pin_memory=pin_memory)
+                                num_workers=min(data_cfg.num_workers, 1), pin_memory=pin_memory,
+                                generator=torch.Generator(), worker_init_fn=_worker_init)
     return DataBundle(stream, val_loader, len(train), len(val) if val is not None else 0, bad)
 
 

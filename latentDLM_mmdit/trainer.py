@@ -127,14 +127,14 @@ class _Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.load_state_dict(state["data"])
-        self.window.load_state_dict(state["metric_window"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.wandb_id = state.get("wandb_id")
-        rngs, bad = state["rng"], state["batch_bad_records"]
+        rngs, bad, windows = state["rng"], state["batch_bad_records"], state["metric_window"]
         self.batch_bad_records = bad[self.dist.rank] if len(bad) == self.dist.world else (
             sum(bad) if self.dist.is_main else 0)
-        if len(rngs) == self.dist.world:
+        if len(rngs) == self.dist.world:  # per-rank state: each rank takes its own
             C.set_rng_state(rngs[self.dist.rank], self.dist.device)
+            self.window.load_state_dict(windows[self.dist.rank])
         else:
             log.warning("checkpoint was written by %d ranks, now %d: RNG streams are re-seeded, so "
                         "noise differs from the uninterrupted run", len(rngs), self.dist.world)
@@ -275,12 +275,12 @@ class _Loop:
     def _save(self) -> None:
         rngs = D.all_gather_object(C.rng_state(self.dist.device))
         bad = D.all_gather_object(self.batch_bad_records)
-        window = self.window.state_dict()
+        windows = D.all_gather_object(self.window.state_dict())
         if self.dist.is_main:
             meta = getattr(self.objective, "checkpoint_metadata", None)
             state = {"model": C.trainable_state_dict(self.objective), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "step": self.step,
-                     "data": self.data.train.state_dict(), "rng": rngs, "metric_window": window,
+                     "data": self.data.train.state_dict(), "rng": rngs, "metric_window": windows,
                      "skipped_steps": self.skipped_steps, "batch_bad_records": bad,
                      "wandb_id": self.wandb_id, "objective": meta() if meta else {},
                      "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
