@@ -22,10 +22,14 @@ class DataError(ValueError):
     def __init__(self, json_path: str | os.PathLike, record: int | None, reason: str,
                  line: int | None = None):
         self.json_path, self.record, self.reason = str(json_path), record, reason
-        where = "" if record is None else f" record {record}"
+        where = "" if record is None else f": record {record}"
         if line is not None:
             where += f" (line {line})"
-        super().__init__(f"{json_path}:{where}: {reason}")
+        super().__init__(f"{json_path}{where}: {reason}")
+        self.line = line
+
+    def __reduce__(self):  # crosses from DataLoader workers intact
+        return DataError, (self.json_path, self.record, self.reason, self.line)
 
 
 @dataclass
@@ -180,9 +184,12 @@ def _np_load(path: str, mmap: bool) -> np.ndarray:
     except FileNotFoundError:
         raise LatentError(f"latent file not found: {path}") from None
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+        if "Object arrays" in str(e):
             raise LatentError(f"latent file {path} holds a pickled object array; refusing to load "
                               "it (allow_pickle=False) - re-save it as a float array") from None
+        if "pickled data" in str(e):  # no .npy magic: numpy would fall back to unpickling
+            raise LatentError(f"latent file {path} is not a .npy array (it would have to be "
+                              "unpickled; refusing: allow_pickle=False)") from None
         raise LatentError(f"latent file {path} is truncated or not a .npy array ({e})") from None
     except (EOFError, OSError) as e:
         raise LatentError(f"latent file {path} is truncated or unreadable ({e})") from None

@@ -3,7 +3,9 @@
 Batch: ``input_ids [B, L] long``, ``attention_mask [B, L] bool``, ``latent [B, D] float32`` (or
 ``[B, K, D]`` with ``latent_mask [B, K]`` when a record holds K > 1 vectors), ``index [B]``
 (record numbers in the JSON file) and ``n_skipped`` (bad records dropped from this batch under
-``data.on_bad_record=skip``). Records and latents are parsed and checked in ``data_records``.
+``data.on_bad_record=skip``). Records and latents are parsed and checked in ``data_records``;
+workers never raise: a bad record travels in the batch and the main process raises its
+:class:`DataError` (file, record, reason) or, in skip mode, counts it.
 
 The training order is a function of (seed, epoch) only: each optimizer step consumes one
 contiguous chunk of a per-epoch permutation, split over ranks and accumulation micro-steps, so a
@@ -35,11 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class LatentTextDataset(Dataset):
-    """Records of one JSON file; an item is ``{text, latent [K, D], index}`` or, in skip mode,
-    a :class:`DataError` for a record whose latent turned out to be bad."""
+    """Records of one JSON file; an item is ``{text, latent [K, D], index}``, or the
+    :class:`DataError` of a record whose latent turned out to be bad."""
 
-    def __init__(self, table: RecordTable, latent_dim: int, skip_bad: bool = False):
-        self.table, self.latent_dim, self.skip_bad = table, latent_dim, skip_bad
+    def __init__(self, table: RecordTable, latent_dim: int):
+        self.table, self.latent_dim = table, latent_dim
         self._shards: dict[str, np.ndarray] = {}  # per worker process (memmaps are fork-safe)
 
     def __len__(self) -> int:
@@ -50,10 +52,7 @@ class LatentTextDataset(Dataset):
         try:
             latent = load_latent(t.files[t.file_ids[i]], int(t.rows[i]), self.latent_dim, self._shards)
         except LatentError as e:
-            err = DataError(t.json_path, int(t.record_ids[i]), str(e))
-            if self.skip_bad:
-                return err
-            raise err from None
+            return DataError(t.json_path, int(t.record_ids[i]), str(e))
         return {"text": t.texts[i], "latent": latent, "index": int(t.record_ids[i])}
 
 
@@ -67,10 +66,6 @@ class Collator:
 
     def __call__(self, items: list) -> dict[str, torch.Tensor]:
         good = [it for it in items if not isinstance(it, DataError)]
-        n_skipped = len(items) - len(good)
-        for err in items:
-            if isinstance(err, DataError):
-                log.warning("skipping bad record: %s", err)
         enc = self.tokenizer(
             [it["text"] for it in good], truncation=True, max_length=self.max_seq_len,
             padding="max_length" if self.fixed_length else "longest",
@@ -81,9 +76,19 @@ class Collator:
         batch = {"input_ids": enc["input_ids"].long()[:, : max(self.max_seq_len, 1)],
                  "attention_mask": enc["attention_mask"].bool()[:, : max(self.max_seq_len, 1)],
                  "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-                 "n_skipped": torch.tensor(n_skipped)}
+                 "bad_records": [it for it in items if isinstance(it, DataError)]}
         batch.update(stack_latents([it["latent"] for it in good]))
         return batch
+
+
+def take_bad_records(batch: dict, skip: bool) -> int:
+    """Raise the first bad record of a batch, or (skip mode) log and count them."""
+    bad = batch.pop("bad_records")
+    if bad and not skip:
+        raise bad[0]
+    for err in bad:
+        log.warning("skipping bad record: %s", err)
+    return len(bad)
 
 
 def stack_latents(latents: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -160,17 +165,26 @@ class StepChunkSampler(Sampler[int]):
 
 def _worker_init(_: int) -> None:
     """Workers ignore preemption signals: the main process handles them (checkpoint, then exit)
-    and shuts its workers down; a worker killed by SIGTERM would crash the main process."""
+    and shuts its workers down (:func:`shutdown_workers`, on every exit path); a worker killed
+    by SIGTERM would crash the main process mid-step. Should the main process die, workers see
+    their parent gone and exit by themselves."""
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def shutdown_workers(iterator) -> None:
+    """Stop a DataLoader iterator's workers now, not when it is garbage-collected (a traceback
+    can keep it alive until interpreter exit, where SIGTERM-ignoring workers would block)."""
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 class TrainStream:
     """Endless micro-batches with an exact, resumable position (epoch, micro-batches consumed)."""
 
     def __init__(self, dataset: Dataset, sampler: StepChunkSampler, collate, num_workers: int,
-                 pin_memory: bool = False):
-        self.sampler, self.epoch, self.consumed = sampler, 0, 0
+                 pin_memory: bool = False, skip_bad: bool = False):
+        self.sampler, self.epoch, self.consumed, self.skip_bad = sampler, 0, 0, skip_bad
         # Its own generator: a new iterator (epoch start, resume) must not draw from the global
         # RNG, whose stream the objective's noise uses and checkpoints restore.
         gen = torch.Generator().manual_seed(sampler.seed * 1009 + sampler.rank)
@@ -191,7 +205,12 @@ class TrainStream:
             self.epoch, self.consumed, self._it = self.epoch + 1, 0, None
             return next(self)
         self.consumed += 1
+        batch["n_skipped"] = take_bad_records(batch, self.skip_bad)
         return batch
+
+    def close(self) -> None:
+        shutdown_workers(self._it)
+        self._it = None
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "micro_batches": self.consumed,
@@ -237,6 +256,7 @@ class DataBundle:
     train_records: int
     val_records: int
     bad_records: int  # dropped while reading the JSON files (skip mode)
+    skip_bad: bool
 
 
 def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
@@ -270,16 +290,16 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
     sampler = StepChunkSampler(len(train), training_cfg.train_batch_size, rank, world,
                                training_cfg.gradient_accumulation_steps, training_cfg.seed,
                                data_cfg.shuffle)
-    stream = TrainStream(LatentTextDataset(train, data_cfg.latent_dim, skip), sampler, collate,
-                         data_cfg.num_workers, pin_memory)
+    stream = TrainStream(LatentTextDataset(train, data_cfg.latent_dim), sampler, collate,
+                         data_cfg.num_workers, pin_memory, skip)
     val_loader = None
     if val is not None and len(val):
-        val_loader = DataLoader(LatentTextDataset(val, data_cfg.latent_dim, skip),
+        val_loader = DataLoader(LatentTextDataset(val, data_cfg.latent_dim),
                                 batch_size=training_cfg.eval_batch_size,
                                 sampler=list(range(rank, len(val), world)), collate_fn=collate,
                                 num_workers=min(data_cfg.num_workers, 1), pin_memory=pin_memory,
                                 generator=torch.Generator(), worker_init_fn=_worker_init)
-    return DataBundle(stream, val_loader, len(train), len(val) if val is not None else 0, bad)
+    return DataBundle(stream, val_loader, len(train), len(val) if val is not None else 0, bad, skip)
 
 
 def check_main(argv: list[str] | None = None) -> int:
@@ -300,7 +320,7 @@ def check_main(argv: list[str] | None = None) -> int:
         print(f"BAD {e}")
         return 1
     problems = list(table.problems)
-    ds = LatentTextDataset(table, args.latent_dim, skip_bad=True)
+    ds = LatentTextDataset(table, args.latent_dim)
     for i in tqdm(range(len(ds)), desc="checking latents", unit="rec", disable=None):
         item = ds[i]
         if isinstance(item, DataError):

@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from latentDLM_mmdit import checkpointing as C
 from latentDLM_mmdit import distributed as D
-from latentDLM_mmdit.data_simple import build_data, load_tokenizer
+from latentDLM_mmdit.data_records import DataError
+from latentDLM_mmdit.data_simple import (build_data, load_tokenizer, shutdown_workers,
+                                         take_bad_records)
 from latentDLM_mmdit.optim import build_optimizer, build_scheduler
 from latentDLM_mmdit.run_log import JsonlLog, MetricWindow, Wandb
 
@@ -73,10 +75,18 @@ def _prepare_run_dir(run_dir: Path, resume, is_main: bool) -> None:
 def train(cfg: DictConfig, build_objective: Callable) -> dict:
     """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    dist = D.setup(cfg.training.device)
+    dist, loop = D.setup(cfg.training.device), None
     try:
-        return _Loop(cfg, build_objective, dist).run()
+        loop = _Loop(cfg, build_objective, dist)
+        return loop.run()
+    except DataError as e:
+        log.error("bad data: %s\nList every bad record with: python -m latentDLM_mmdit.data_simple "
+                  "check %s --latent-dim %d (or set data.on_bad_record=skip to skip and count them)",
+                  e, e.json_path, cfg.data.latent_dim)
+        raise SystemExit(1) from None
     finally:
+        if loop is not None:
+            loop.data.train.close()
         D.teardown()
 
 
@@ -255,22 +265,30 @@ class _Loop:
         dev, window = self.dist.device, MetricWindow(self.dist.device)
         self.objective.eval()
         devices = [dev] if dev.type == "cuda" else []
+        it = iter(loader)
         with torch.random.fork_rng(devices=devices):  # fixed eval noise; training RNG untouched
             torch.manual_seed(self.cfg.training.seed + 7919 * (self.dist.rank + 1))
-            for i, batch in enumerate(loader):
-                if nb and i >= nb:
-                    break
-                batch.pop("n_skipped")
-                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                with self.autocast:
-                    loss, metrics = self.objective(batch, self.step)
-                window.add({"loss": loss.float(), **metrics}, weight=batch["input_ids"].shape[0])
+            try:
+                self._eval_batches(it, nb, window)
+            finally:
+                shutdown_workers(it)
         self.objective.train()
         rec = {"step": self.step, **window.reduce()}
         if self.dist.is_main:
             self.eval_log.write(rec)
             if self.wandb:
                 self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)
+
+    def _eval_batches(self, it, nb: int, window: MetricWindow) -> None:
+        dev = self.dist.device
+        for i, batch in enumerate(it):
+            if nb and i >= nb:
+                break
+            take_bad_records(batch, self.data.skip_bad)
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            with self.autocast:
+                loss, metrics = self.objective(batch, self.step)
+            window.add({"loss": loss.float(), **metrics}, weight=batch["input_ids"].shape[0])
 
     def _save(self) -> None:
         rngs = D.all_gather_object(C.rng_state(self.dist.device))

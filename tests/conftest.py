@@ -50,7 +50,7 @@ def tiny_data(tmp_path, paragraphs) -> Path:
 
 
 def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
+              timeout: float = 300) -> subprocess.CompletedProcess:
     """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     if nproc == 1:
@@ -58,7 +58,8 @@ def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | No
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", str(script), *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)  # its own process group (signal tests)
 
 
 @pytest.fixture

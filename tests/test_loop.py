@@ -70,14 +70,16 @@ def test_resume_after_sigkill_continues_with_identical_losses(run_tiny, nproc):
     assert [s for s, _ in C.list_checkpoints(cut)] == [8, 12]
 
 
-def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(run_tiny):
-    run_tiny("logging.save_freq=0", run_name="ref")
-    p = run_tiny("logging.save_freq=0", "loss.sigterm_at_step=6", run_name="pre")
+@pytest.mark.parametrize("how", ["process", "group_with_workers"])
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(run_tiny, how):
+    extra = ["data.num_workers=2", "loss.sigterm_group=true"] if how == "group_with_workers" else []
+    run_tiny("logging.save_freq=0", *extra, run_name="ref")
+    p = run_tiny("logging.save_freq=0", "loss.sigterm_at_step=6", *extra, run_name="pre")
     assert p.returncode == 0, p.stderr[-2000:]
     pre = run_tiny.run_dir("pre")
     assert (pre / "latest").read_text().strip() == "checkpoint_step_7.pt"  # the step in flight finishes
     assert "signal received" in p.stdout + p.stderr
-    run_tiny("logging.save_freq=0", "training.resume=auto", run_name="pre")
+    run_tiny("logging.save_freq=0", "training.resume=auto", *extra, run_name="pre")
     assert losses(pre) == losses(run_tiny.run_dir("ref"))
 
 

@@ -30,6 +30,7 @@ class TinyLoss:
     nan_rank: int = -1
     kill_at_step: int = -1
     sigterm_at_step: int = -1
+    sigterm_group: bool = False  # signal the whole process group (DataLoader workers too), as SLURM does
     noise: float = 0.0  # > 0: a random target perturbation (tests RNG restore on resume)
 
 
@@ -53,7 +54,10 @@ class Tiny(nn.Module):
         if step == self.h.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if step == self.h.sigterm_at_step and self.rank == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if self.h.sigterm_group:
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
         m = batch["attention_mask"].unsqueeze(-1).float()
         x = (self.emb(batch["input_ids"]) * m).sum(1) / m.sum(1)
         target = batch["latent"]
