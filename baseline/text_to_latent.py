@@ -19,7 +19,6 @@ from latentDLM_mmdit.data_simple import mean_latent
 
 @dataclass
 class T2LModelConfig:
-    type: str = "t2l_regression"
     hidden_size: int = 256
     n_blocks: int = 4
     n_heads: int = 4

@@ -171,12 +171,18 @@ class RunConfig:
     loss: Any = field(default_factory=dict)
 
 
-def validate(cfg: DictConfig) -> Any:
-    """Build the typed object and run every section's ``check()``. Raises ConfigError."""
+def validate(cfg: DictConfig, schema: type | None = None) -> Any:
+    """Build the typed object and run every section's ``check()``. Raises ConfigError.
+
+    With ``schema``, keys that Hydra let in with ``+key=value`` are rejected too.
+    """
     try:
+        if schema is not None:  # a plain copy: Hydra's node flags would let the extra key in
+            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(cfg, resolve=False))
         obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:  # an interpolation that does not resolve, say
-        raise ConfigError(str(e).splitlines()[0]) from None
+    except OmegaConfBaseException as e:  # an unknown key, an interpolation that does not resolve
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}" if key else str(e).splitlines()[0]) from None
 
     def walk(node: Any) -> None:
         if dataclasses.is_dataclass(node):
@@ -210,7 +216,7 @@ def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
         @functools.wraps(main)
         def checked(cfg: DictConfig) -> Any:
             try:
-                validate(cfg)
+                validate(cfg, schema)
             except ConfigError as e:
                 print(f"config error: {e}", file=sys.stderr)
                 sys.exit(2)

@@ -50,14 +50,18 @@ def tiny_data(tmp_path, paragraphs) -> Path:
 
 
 def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more."""
+              timeout: float = 300, background: bool = False):
+    """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more.
+    ``background=True`` returns the Popen (output discarded) instead of waiting."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     if nproc == 1:
         cmd = [sys.executable, str(script), *overrides]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", str(script), *overrides]
+    if background:
+        return subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout,
                           start_new_session=True)  # its own process group (signal tests)
 
