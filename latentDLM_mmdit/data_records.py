@@ -205,6 +205,19 @@ def open_shard(path: str, latent_dim: int | None) -> np.ndarray:
     return arr
 
 
+def load_shard_rows(path: str, rows: np.ndarray, latent_dim: int | None,
+                    shard_cache: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of one shard as float32 ``[n, D]`` (one sorted read) and a mask of rows with
+    non-finite values. Row ranges were checked by :func:`read_records`."""
+    shard = shard_cache.get(path)
+    if shard is None:
+        shard = shard_cache[path] = open_shard(path, latent_dim)
+    order = np.argsort(rows, kind="stable")
+    block = np.empty((len(rows), shard.shape[1]), dtype=np.float32)
+    block[order] = shard[rows[order]]
+    return block, ~np.isfinite(block).all(axis=1)
+
+
 def load_latent(path: str, row: int, latent_dim: int | None,
                 shard_cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The latent of one record as float32 ``[K, D]`` (K = 1 for ``[D]``, ``[1, D]`` and shard rows)."""

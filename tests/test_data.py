@@ -251,3 +251,35 @@ def test_checker_cli_lists_every_bad_record(tmp_path):
     assert f"{len(cases) + 1} records, {len(cases)} bad, 1 good" in out.stdout
     good = run(good_path)
     assert good.returncode == 0 and "0 bad" in good.stdout
+
+
+@pytest.mark.parametrize("fixed,multiple", [(False, 1), (False, 8), (True, 1)])
+def test_fast_collator_matches_the_transformers_tokenizer_call(tokenizer, paragraphs, fixed, multiple):
+    texts = paragraphs[:13] + ["short", "x " * 400]  # one truncated
+    col = Collator(tokenizer, 48, fixed_length=fixed, pad_to_multiple_of=multiple)
+    assert col.backend is not None
+    ids, mask = col.tokenize(texts)
+    ref = tokenizer(texts, truncation=True, max_length=48, return_tensors="pt",
+                    padding="max_length" if fixed else "longest",
+                    pad_to_multiple_of=None if fixed or multiple == 1 else multiple)
+    assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"].bool())
+
+
+def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
+    lat = np.random.default_rng(2).standard_normal((30, D)).astype(np.float32)
+    lat[7, 3] = np.nan
+    from preprocessed_data.demo_corpus import write_dataset
+    path = write_dataset(tmp_path, paragraphs[:30], lat, shard_rows=12)  # 3 shards
+    records = json.loads(path.read_text())
+    np.save(tmp_path / "single.npy", lat[0])
+    records[4] = {"text": "per-file record", "latent_path": "single.npy"}
+    write_json(path, records)
+    ds = LatentTextDataset(read_records(path, latent_dim=D), D)
+    idx = [29, 7, 4, 0, 13, 12, 11, 25]
+    batched, single = ds.__getitems__(idx), [ds[i] for i in idx]
+    for b, s in zip(batched, single):
+        if isinstance(s, DataError):
+            assert isinstance(b, DataError) and b.record == s.record == 7 and "non-finite" in str(b)
+        else:
+            assert b["index"] == s["index"] and b["text"] == s["text"]
+            np.testing.assert_array_equal(b["latent"], s["latent"])
