@@ -1,0 +1,21 @@
+# Sourced by scripts/quickstart.sh, scripts/run_tests.sh and .ci/run: creates ./.venv (or uses
+# $VENV) and installs the project into it, once; re-installs when pyproject.toml changes.
+# torch: CPU machines take the local CPU build (torch==2.13.0); set TORCH_SPEC to choose another
+# (GPU nodes usually keep the torch their image provides: TORCH_SPEC=skip).
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+if [ ! -f "$VENV/.mmldlm-installed" ] || [ pyproject.toml -nt "$VENV/.mmldlm-installed" ]; then
+  echo "[setup] installing MM-LDLM and its dependencies into $VENV (first run: a few minutes)"
+  python -m pip install -q --upgrade pip
+  if [ "${TORCH_SPEC:-torch==2.13.0}" != skip ] && ! python -c "import torch" 2>/dev/null; then
+    python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  python -m pip install -q -e ".[dev]"
+  touch "$VENV/.mmldlm-installed"
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
