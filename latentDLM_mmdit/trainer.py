@@ -63,12 +63,13 @@ class _StopFlag:
 
 
 def _prepare_run_dir(run_dir: Path, resume, is_main: bool) -> None:
+    # every rank checks (the same shared directory), so all stop together instead of waiting
+    if resume is None and (C.list_checkpoints(run_dir) or (run_dir / "training_log.jsonl").exists()):
+        raise SystemExit(f"run directory {run_dir} already holds a run; set training.resume=auto "
+                         "to continue it, or choose another logging.run_name")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         C.remove_stale_temps(run_dir)
-        if resume is None and (C.list_checkpoints(run_dir) or (run_dir / "training_log.jsonl").exists()):
-            raise SystemExit(f"run directory {run_dir} already holds a run; set training.resume=auto "
-                             "to continue it, or choose another logging.run_name")
     D.barrier()
 
 
@@ -115,10 +116,11 @@ class _Loop:
             self._load(*resumed)
         else:
             torch.manual_seed(t.seed + 1 + dist.rank)  # per-rank noise from here on
-        self.model = self.objective
+        self.ddp = None
         if dist.world > 1:
-            self.model = DDP(self.objective, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                             find_unused_parameters=t.ddp_find_unused_parameters)
+            self.ddp = DDP(self.objective, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                           find_unused_parameters=t.ddp_find_unused_parameters)
+        self.model = self.ddp or self.objective
         if t.compile_model:
             self.model = torch.compile(self.model)
         self.autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.dtype.name == "bf16"
@@ -187,8 +189,8 @@ class _Loop:
                 batch = next(self.data.train)
                 self.batch_bad_records += int(batch.pop("n_skipped"))
                 batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                sync = accum == 1 or micro == accum - 1 or not isinstance(self.model, DDP)
-                with (contextlib.nullcontext() if sync else self.model.no_sync()):
+                sync = self.ddp is None or micro == accum - 1
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
                     with self.autocast:
                         loss, metrics = self.model(batch, self.step)
                     (loss / accum).backward()
