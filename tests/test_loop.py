@@ -70,9 +70,10 @@ def test_resume_after_sigkill_continues_with_identical_losses(run_tiny, nproc):
     assert [s for s, _ in C.list_checkpoints(cut)] == [8, 12]
 
 
-@pytest.mark.parametrize("how", ["process", "group_with_workers"])
+@pytest.mark.parametrize("how", ["process", "group_with_workers", "sigusr1"])
 def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(run_tiny, how):
-    extra = ["data.num_workers=2", "loss.sigterm_group=true"] if how == "group_with_workers" else []
+    extra = {"process": [], "group_with_workers": ["data.num_workers=2", "loss.sigterm_group=true"],
+             "sigusr1": ["loss.signal_name=SIGUSR1"]}[how]
     run_tiny("logging.save_freq=0", *extra, run_name="ref")
     p = run_tiny("logging.save_freq=0", "loss.sigterm_at_step=6", *extra, run_name="pre")
     assert p.returncode == 0, p.stderr[-2000:]
@@ -151,3 +152,41 @@ def test_checkpoint_holds_what_resume_needs_and_loads_weights_only(run_tiny):
     assert state["step"] == 4 and state["data"]["micro_batches"] == 4
     assert state["config"]["training"]["num_train_steps"] == 4
     json.dumps(state["config"])  # plain data, no custom classes
+
+
+def test_compiled_model_with_accumulation_on_two_ranks_matches_eager(run_tiny):
+    common = ["training.train_batch_size=4", "training.gradient_accumulation_steps=2", "training.num_train_steps=6"]
+    run_tiny(*common, nproc=2, run_name="eager")
+    run_tiny(*common, "training.compile_model=true", nproc=2, run_name="compiled")
+    assert_params_close(final_params(run_tiny.run_dir("eager")), final_params(run_tiny.run_dir("compiled")),
+                        atol=1e-5)
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_trains(run_tiny):
+    run_tiny("training.dtype=bf16", run_name="bf16")
+    params = final_params(run_tiny.run_dir("bf16"))
+    assert all(v.dtype == torch.float32 for v in params.values())
+    log = read_jsonl(run_tiny.run_dir("bf16") / "training_log.jsonl")
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_grad_clip_norm_is_applied_and_the_norm_before_clipping_is_logged(run_tiny):
+    short = ["training.num_train_steps=3", "logging.eval_freq=0", "optimizer.weight_decay=0"]
+    run_tiny(*short, "optimizer.lr=1e-30", run_name="init")  # the initial weights, in effect
+    run_tiny(*short, "optimizer.grad_clip_norm=0", run_name="free")
+    run_tiny(*short, "optimizer.grad_clip_norm=1e-12", run_name="clipped")
+    free, clipped = read_jsonl(run_tiny.run_dir("free") / "training_log.jsonl"), read_jsonl(
+        run_tiny.run_dir("clipped") / "training_log.jsonl")
+    assert free[0]["grad_norm"] == clipped[0]["grad_norm"] > 1e-6  # logged before clipping
+    init = final_params(run_tiny.run_dir("init"))
+    moved = {name: sum((final_params(run_tiny.run_dir(name))[k] - init[k]).norm() for k in init)
+             for name in ("free", "clipped")}
+    # Adam divides by sqrt(v) + eps (1e-8): a gradient clipped far below eps barely moves weights
+    assert moved["clipped"] < 0.01 * moved["free"], moved
+
+
+def test_resume_from_an_explicit_checkpoint_path(run_tiny):
+    run_tiny(run_name="ref")
+    ckpt = run_tiny.run_dir("ref") / "checkpoint_step_8.pt"
+    run_tiny(f"training.resume={ckpt}", run_name="branch")
+    assert losses(run_tiny.run_dir("branch")) == {s: v for s, v in losses(run_tiny.run_dir("ref")).items() if s > 8}

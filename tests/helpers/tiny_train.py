@@ -31,6 +31,7 @@ class TinyLoss:
     kill_at_step: int = -1
     sigterm_at_step: int = -1
     sigterm_group: bool = False  # signal the whole process group (DataLoader workers too), as SLURM does
+    signal_name: str = "SIGTERM"  # or SIGUSR1
     noise: float = 0.0  # > 0: a random target perturbation (tests RNG restore on resume)
 
 
@@ -54,10 +55,11 @@ class Tiny(nn.Module):
         if step == self.h.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if step == self.h.sigterm_at_step and self.rank == 0:
+            sig = getattr(signal, self.h.signal_name)
             if self.h.sigterm_group:
-                os.killpg(os.getpgrp(), signal.SIGTERM)
+                os.killpg(os.getpgrp(), sig)
             else:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), sig)
         m = batch["attention_mask"].unsqueeze(-1).float()
         x = (self.emb(batch["input_ids"]) * m).sum(1) / m.sum(1)
         target = batch["latent"]
