@@ -284,6 +284,9 @@ def held_out(texts: list[str], ratio: float) -> np.ndarray:
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from latentDLM_mmdit.prefetch import check_if_prefetched
+
+    check_if_prefetched(name_or_path)  # a half-prefetched directory is not a tokenizer
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

@@ -31,6 +31,7 @@ from latentDLM_mmdit.data_records import DataError
 from latentDLM_mmdit.data_simple import (build_data, load_tokenizer, shutdown_workers,
                                          take_bad_records)
 from latentDLM_mmdit.optim import build_optimizer, build_scheduler
+from latentDLM_mmdit.prefetch import PrefetchError
 from latentDLM_mmdit.run_log import JsonlLog, MetricWindow, Wandb
 
 log = logging.getLogger("mm_ldlm")
@@ -80,6 +81,9 @@ def train(cfg: DictConfig, build_objective: Callable) -> dict:
     try:
         loop = _Loop(cfg, build_objective, dist)
         return loop.run()
+    except PrefetchError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None
     except DataError as e:
         log.error("bad data: %s\nList every bad record with: python -m latentDLM_mmdit.data_simple "
                   "check %s --latent-dim %d (or set data.on_bad_record=skip to skip and count them)",

@@ -1,0 +1,117 @@
+# MM-LDLM launcher library: sourced by every run script (wedlm_bridge/run_wedlm8b_ar_bridge.sh,
+# scripts/run_mmdit.sh, scripts/run_extract.sh, scripts/run_baseline.sh). A run script sets its
+# defaults, maps its environment variables to Hydra overrides with `mmldlm_override`, and calls
+# `mmldlm_launch ENTRY.py [args...]`. This file holds the logic they share:
+#
+#   topology   NPROC_PER_NODE (else the count of CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`,
+#              else 1); NNODES (else SLURM_NNODES, else 1); NODE_RANK (else SLURM_NODEID, else 0);
+#              MASTER_ADDR (else the first host of `scontrol show hostnames $SLURM_JOB_NODELIST`
+#              on multi-node SLURM, else 127.0.0.1); MASTER_PORT (29500). One node: --standalone.
+#   prefetch   MODEL_ID -> LOCAL_MODEL_DIR via `python -m latentDLM_mmdit.prefetch` (one
+#              implementation; retries: PREFETCH_RETRIES, PREFETCH_BACKOFF; HF_TOKEN, HF_ENDPOINT,
+#              MODEL_REVISION, MODEL_ALLOW_PATTERNS). DOWNLOAD_ONLY=1: prefetch, then exit 0.
+#   offline    after prefetch: HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1.
+#   DRY_RUN=1  print the exact command instead of running it.
+# Extra arguments of a run script pass through as Hydra overrides.
+
+MMLDLM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+MMLDLM_OVERRIDES=()
+
+mmldlm_die() { echo "[launch] error: $*" >&2; exit 1; }
+mmldlm_log() { echo "[launch] $*" >&2; }
+
+# mmldlm_override VAR hydra.key : append hydra.key=$VAR when VAR is set and non-empty.
+mmldlm_override() {
+  local var=$1 key=$2
+  if [ -n "${!var:-}" ]; then MMLDLM_OVERRIDES+=("$key=${!var}"); fi
+}
+
+# mmldlm_flag VAR --flag : append `--flag $VAR` (argparse entrypoints) when VAR is set.
+mmldlm_flag() {
+  local var=$1 flag=$2
+  if [ -n "${!var:-}" ]; then MMLDLM_OVERRIDES+=("$flag" "${!var}"); fi
+}
+
+mmldlm_nproc() {
+  if [ -n "${NPROC_PER_NODE:-}" ]; then echo "$NPROC_PER_NODE"; return; fi
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    local ids; IFS=',' read -r -a ids <<< "$CUDA_VISIBLE_DEVICES"; echo "${#ids[@]}"; return
+  fi
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    local n; n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    if [ "${n:-0}" -gt 0 ]; then echo "$n"; return; fi
+  fi
+  echo 1
+}
+
+mmldlm_topology() {
+  NPROC_PER_NODE=$(mmldlm_nproc)
+  NNODES=${NNODES:-${SLURM_NNODES:-1}}
+  NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+  MASTER_PORT=${MASTER_PORT:-29500}
+  if [ -z "${MASTER_ADDR:-}" ]; then
+    if [ "$NNODES" -gt 1 ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+      command -v scontrol >/dev/null 2>&1 || mmldlm_die "multi-node SLURM job but no scontrol on PATH: set MASTER_ADDR"
+      MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    elif [ "$NNODES" -gt 1 ]; then
+      mmldlm_die "NNODES=$NNODES needs MASTER_ADDR (the address of node rank 0) outside SLURM"
+    else
+      MASTER_ADDR=127.0.0.1
+    fi
+  fi
+  [[ "$NPROC_PER_NODE" =~ ^[1-9][0-9]*$ ]] || mmldlm_die "NPROC_PER_NODE must be a positive integer, got '$NPROC_PER_NODE'"
+  [[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || mmldlm_die "NNODES must be a positive integer, got '$NNODES'"
+  [ "$NODE_RANK" -lt "$NNODES" ] || mmldlm_die "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
+}
+
+mmldlm_prefetch() {
+  [ -n "${MODEL_ID:-}" ] || return 0
+  [ -n "${LOCAL_MODEL_DIR:-}" ] || mmldlm_die "MODEL_ID=$MODEL_ID needs LOCAL_MODEL_DIR (where the weights go)"
+  local args=(--repo-id "$MODEL_ID" --local-dir "$LOCAL_MODEL_DIR")
+  [ -n "${MODEL_REVISION:-}" ] && args+=(--revision "$MODEL_REVISION")
+  if [ -n "${MODEL_ALLOW_PATTERNS:-}" ]; then  # split on spaces, never glob (*.txt is a pattern)
+    local pats; read -r -a pats <<< "$MODEL_ALLOW_PATTERNS"; args+=(--allow-patterns "${pats[@]}")
+  fi
+  if [ "${DRY_RUN:-0}" = 1 ] && [ "${DOWNLOAD_ONLY:-0}" != 1 ]; then
+    echo "$(printf '%q ' "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}")"
+  elif [ "${DOWNLOAD_ONLY:-0}" = 1 ] || [ "${HF_HUB_OFFLINE:-0}" != 1 ]; then
+    "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}" \
+      || mmldlm_die "prefetch of $MODEL_ID into $LOCAL_MODEL_DIR failed (see above); on a compute node without internet, run DOWNLOAD_ONLY=1 bash $0 on a login node first"
+  else
+    "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}" --check \
+      || mmldlm_die "HF_HUB_OFFLINE=1 and $LOCAL_MODEL_DIR is incomplete: run DOWNLOAD_ONLY=1 bash $0 on a machine with internet first"
+  fi
+}
+
+# mmldlm_launch ENTRY.py [fixed args...] -- [user args...]: prefetch, go offline, exec torchrun
+# ENTRY fixed-args env-overrides user-args (the user's own arguments come last and win).
+mmldlm_launch() {
+  local entry=$1; shift
+  local fixed=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do fixed+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  MMLDLM_PYTHON=${PYTHON:-python}
+  command -v "$MMLDLM_PYTHON" >/dev/null 2>&1 || mmldlm_die "no '$MMLDLM_PYTHON' on PATH: activate the environment (bash scripts/setup_env.sh) or set PYTHON"
+  mmldlm_prefetch
+  if [ "${DOWNLOAD_ONLY:-0}" = 1 ]; then
+    mmldlm_log "DOWNLOAD_ONLY=1: weights are in ${LOCAL_MODEL_DIR:-(none needed)}; not training"
+    exit 0
+  fi
+  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  mmldlm_topology
+  local run=("$MMLDLM_PYTHON" -m torch.distributed.run)
+  if [ "$NNODES" -eq 1 ]; then
+    run+=(--standalone --nproc_per_node "$NPROC_PER_NODE")
+  else
+    run+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
+          --master_port "$MASTER_PORT" --nproc_per_node "$NPROC_PER_NODE")
+  fi
+  run+=("$entry" "${fixed[@]}" "${MMLDLM_OVERRIDES[@]}" "$@")
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(printf '%q ' "${run[@]}")"
+    exit 0
+  fi
+  mmldlm_log "$(printf '%q ' "${run[@]}")"
+  cd "$MMLDLM_ROOT"
+  exec "${run[@]}"
+}
