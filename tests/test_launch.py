@@ -205,3 +205,39 @@ def test_prefetch_retries_then_fails_fast_on_a_missing_repo(tmp_path, hub):
     assert read_marker(tmp_path / "nope") is None
     other = json.loads((Path(env["LOCAL_MODEL_DIR"]) / MARKER).read_text())
     assert other["repo_id"] == REPO_ID
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def test_sigusr1_to_the_whole_job_checkpoints_through_torchrun(tmp_path, hub, tiny_data):
+    """SLURM preemption as --signal=USR1@N delivers it: to torchrun and every rank at once."""
+    assert bash(BASELINE, env_for(tmp_path, hub, DOWNLOAD_ONLY="1")).returncode == 0
+    env = env_for(tmp_path, hub, NPROC_PER_NODE="2", TRAIN_JSON=str(tiny_data), NUM_STEPS="100000",
+                  SAVE_DIR=str(tmp_path / "runs"), RUN_NAME="pre", TRAIN_BATCH_SIZE="4")
+    args = ["model.hidden_size=32", "model.n_blocks=1", "data.latent_dim=16", "model.latent_dim=16",
+            "logging.progress_bar=false", "data.num_workers=0", "logging.log_freq=1", "logging.save_freq=0",
+            "logging.eval_freq=0"]
+    proc = subprocess.Popen(["bash", str(BASELINE), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "runs" / "pre" / "training_log.jsonl"
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, "training to start", 120)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # every process of the step, as slurmd does
+        os.kill(pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    latest = (tmp_path / "runs" / "pre" / "latest").read_text().strip()
+    assert 3 <= int(latest.split("_")[-1].split(".")[0]) < 100000

@@ -113,5 +113,8 @@ mmldlm_launch() {
   fi
   mmldlm_log "$(printf '%q ' "${run[@]}")"
   cd "$MMLDLM_ROOT"
+  # SLURM's --signal=USR1@N reaches every process of the step. The torchrun agent must survive
+  # it (inherited SIG_IGN); the training processes install their own handler (checkpoint, exit).
+  trap '' USR1
   exec "${run[@]}"
 }
