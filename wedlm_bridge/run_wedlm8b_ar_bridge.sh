@@ -17,28 +17,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/launch.sh"
 export MODEL_ID=${MODEL_ID:-tencent/WeDLM-8B-Base}
 export LOCAL_MODEL_DIR=${LOCAL_MODEL_DIR:-./local_models/wedlm-8b}
 export MODEL_ALLOW_PATTERNS=${MODEL_ALLOW_PATTERNS:-"*.json *.safetensors *.txt *.model *.tiktoken *.py"}
-if [ -n "${DATA_ROOT:-}" ]; then
-  TRAIN_JSON=${TRAIN_JSON:-$DATA_ROOT/train_data.json}
-  if [ -z "${VAL_JSON:-}" ] && [ -f "$DATA_ROOT/validation_data.json" ]; then VAL_JSON=$DATA_ROOT/validation_data.json; fi
-fi
-USE_WANDB=${USE_WANDB:+true}
-
 mmldlm_override MODEL_ID model.pretrained_model_name_or_path
 mmldlm_override LOCAL_MODEL_DIR model.pretrained_local_dir
-mmldlm_override DATA_ROOT data.latent_data_root
-mmldlm_override TRAIN_JSON data.data_files.train
-mmldlm_override VAL_JSON data.data_files.validation
-mmldlm_override DTYPE training.dtype
 mmldlm_override TASK training.task
-mmldlm_override TRAIN_BATCH_SIZE training.train_batch_size
-mmldlm_override NUM_STEPS training.num_train_steps
-mmldlm_override LR optimizer.lr
-mmldlm_override RESUME training.resume
-mmldlm_override RUN_NAME logging.run_name
-mmldlm_override SAVE_DIR logging.save_dir
-mmldlm_override USE_WANDB logging.use_wandb
-mmldlm_override WANDB_PROJECT logging.wandb_project
-mmldlm_override WANDB_ENTITY logging.wandb_entity
-mmldlm_override WANDB_DIR logging.wandb_dir
+mmldlm_training_overrides
 
 mmldlm_launch wedlm_bridge/train_wedlm_ar_bridge.py --config-name wedlm8b_ar_bridge -- "$@"

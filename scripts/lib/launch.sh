@@ -32,6 +32,41 @@ mmldlm_flag() {
   if [ -n "${!var:-}" ]; then MMLDLM_OVERRIDES+=("$flag" "${!var}"); fi
 }
 
+# The variables every training script shares: DATA_ROOT (-> TRAIN_JSON = DATA_ROOT/train_data.json
+# and VAL_JSON = DATA_ROOT/validation_data.json when present), TRAIN_JSON, VAL_JSON, DTYPE,
+# TRAIN_BATCH_SIZE, NUM_STEPS, LR, RESUME, RUN_NAME, SAVE_DIR, USE_WANDB (any value -> true),
+# WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR.
+mmldlm_training_overrides() {
+  if [ -n "${DATA_ROOT:-}" ]; then
+    TRAIN_JSON=${TRAIN_JSON:-$DATA_ROOT/train_data.json}
+    if [ -z "${VAL_JSON:-}" ] && [ -f "$DATA_ROOT/validation_data.json" ]; then VAL_JSON=$DATA_ROOT/validation_data.json; fi
+  fi
+  USE_WANDB=${USE_WANDB:+true}
+  mmldlm_override DATA_ROOT data.latent_data_root
+  mmldlm_override TRAIN_JSON data.data_files.train
+  mmldlm_override VAL_JSON data.data_files.validation
+  mmldlm_override DTYPE training.dtype
+  mmldlm_override TRAIN_BATCH_SIZE training.train_batch_size
+  mmldlm_override NUM_STEPS training.num_train_steps
+  mmldlm_override LR optimizer.lr
+  mmldlm_override RESUME training.resume
+  mmldlm_override RUN_NAME logging.run_name
+  mmldlm_override SAVE_DIR logging.save_dir
+  mmldlm_override USE_WANDB logging.use_wandb
+  mmldlm_override WANDB_PROJECT logging.wandb_project
+  mmldlm_override WANDB_ENTITY logging.wandb_entity
+  mmldlm_override WANDB_DIR logging.wandb_dir
+}
+
+# mmldlm_use_tokenizer REPO : entrypoints that need only a tokenizer prefetch it (MODEL_ID, default
+# REPO) into LOCAL_MODEL_DIR (./local_models/<name>) and read it from there (data.tokenizer_name).
+mmldlm_use_tokenizer() {
+  export MODEL_ID=${MODEL_ID:-$1}
+  export LOCAL_MODEL_DIR=${LOCAL_MODEL_DIR:-./local_models/${MODEL_ID##*/}}
+  export MODEL_ALLOW_PATTERNS=${MODEL_ALLOW_PATTERNS:-"*.json *.txt *.model"}
+  mmldlm_override LOCAL_MODEL_DIR data.tokenizer_name
+}
+
 mmldlm_nproc() {
   if [ -n "${NPROC_PER_NODE:-}" ]; then echo "$NPROC_PER_NODE"; return; fi
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
