@@ -241,3 +241,14 @@ def test_sigusr1_to_the_whole_job_checkpoints_through_torchrun(tmp_path, hub, ti
     assert proc.returncode == 0, err[-3000:]
     latest = (tmp_path / "runs" / "pre" / "latest").read_text().strip()
     assert 3 <= int(latest.split("_")[-1].split(".")[0]) < 100000
+
+
+def test_hf_token_reaches_the_hub_and_never_the_output(tmp_path, hub):
+    env = env_for(tmp_path, hub, DOWNLOAD_ONLY="1", HF_TOKEN="hf_secretTOKEN123")
+    p = bash(BRIDGE, env)
+    assert p.returncode == 0, p.stderr
+    assert hub.auth and all(a == "Bearer hf_secretTOKEN123" for a in hub.auth if a is not None)
+    assert hub.auth.count("Bearer hf_secretTOKEN123") >= len(hub.files)
+    assert "hf_secretTOKEN123" not in p.stdout + p.stderr
+    dry_line = bash(BRIDGE, {**env, "DOWNLOAD_ONLY": "0", "DRY_RUN": "1"}).stdout
+    assert "hf_secretTOKEN123" not in dry_line

@@ -24,6 +24,7 @@ class FakeHub:
         self.gets: Counter = Counter()
         self.fail: dict[str, list[int]] = {}
         self.slow: dict[str, float] = {}  # path -> seconds per 4 KiB chunk
+        self.auth: list[str | None] = []  # the Authorization header of every request
         self._lock = threading.Lock()
         hub = self
 
@@ -69,6 +70,7 @@ class FakeHub:
             h.wfile.write(body)
 
     def _serve(self, h: BaseHTTPRequestHandler, head: bool):
+        self.auth.append(h.headers.get("Authorization"))
         path = unquote(urlparse(h.path).path)
         api = f"/api/models/{self.repo_id}/"
         if path == api.rstrip("/") or path.startswith(api + "revision/"):
