@@ -1,0 +1,50 @@
+"""Masked (absorbing-state) text diffusion as MDLM defines it (Sahoo et al., 2024).
+
+Log-linear schedule ``sigma(t) = -log(1 - (1 - eps) t)``: each real token is masked with
+probability ``1 - exp(-sigma(t)) = (1 - eps) t``. The continuous-time ELBO weights the
+cross-entropy of masked tokens by ``sigma'(t) / expm1(sigma(t)) = 1 / t``; padding is never
+masked and never a target. The loss is summed over masked tokens and divided by the number of
+real tokens in the batch (MDLM's normalisation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class MaskedTextDiffusion:
+    def __init__(self, mask_id: int, eps: float = 1e-4):
+        self.mask_id, self.eps = mask_id, eps
+
+    def sample_t(self, batch_size: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Low-discrepancy t in [eps, 1]: ``(arange(B)/B + u) mod 1``, one uniform u per batch."""
+        u = torch.rand((), device=device, generator=generator)
+        t = (torch.arange(batch_size, device=device) / batch_size + u) % 1
+        return t * (1 - self.eps) + self.eps
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        return (1 - self.eps) * t
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``sigma'(t) / expm1(sigma(t))`` for the log-linear schedule, i.e. ``1 / t``."""
+        sigma = -torch.log1p(-(1 - self.eps) * t)
+        dsigma = (1 - self.eps) / (1 - (1 - self.eps) * t)
+        return dsigma / torch.expm1(sigma)
+
+    def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: torch.Tensor):
+        """Mask each real token with probability ``mask_prob(t)``: (noisy_ids, masked [B, L] bool)."""
+        p = self.mask_prob(t).unsqueeze(1)
+        masked = (torch.rand(input_ids.shape, device=input_ids.device) < p) & attention_mask
+        return torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids), masked
+
+    def fully_masked(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(attention_mask, self.mask_id, 0).long()
+
+    def loss(self, logits: torch.Tensor, input_ids: torch.Tensor, masked: torch.Tensor,
+             attention_mask: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ELBO loss, accuracy on masked tokens). ``logits [B, L, V]`` in any dtype."""
+        ce = F.cross_entropy(logits.float().transpose(1, 2), input_ids, reduction="none")  # [B, L]
+        weighted = ce * masked * self.loss_weight(t).unsqueeze(1)
+        loss = weighted.sum() / attention_mask.sum().clamp_min(1)
+        acc = ((logits.argmax(-1) == input_ids) & masked).sum() / masked.sum().clamp_min(1)
+        return loss, acc

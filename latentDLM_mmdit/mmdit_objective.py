@@ -1,0 +1,256 @@
+"""The MMDiT objective: text<->latent diffusion modes and the cycle-consistent VAE objective.
+
+Modes (``loss.loss_type``):
+- ``l2t``: clean latent as condition, masked text diffusion (MDLM ELBO) on the text;
+- ``t2l``: clean text as condition, Gaussian diffusion on the latent;
+- ``unconditional``: both noised, both losses;
+- ``sequential``: the mode of ``training.sequential_schedule`` ({type, steps} blocks, cycled);
+- ``random``: a mode drawn from ``training.mode_weights`` by (seed, step): the same on every rank;
+- ``cycle_vae``: base L2T + latent_loss_weight x base T2L + ramped T2L2T (the latent x0 predicted
+  from clean text becomes the condition of an L2T pass; ``cycle_stop_grad_latent`` detaches it)
+  + ramped L2T2L (pseudo-tokens from the L2T logits by argmax or sampling, never differentiated,
+  condition a T2L pass whose target is the true latent).
+
+Which parameters train is fixed at build time: ``l2t`` freezes the latent head, ``t2l`` the text
+head. Heads a step does not use enter its loss with weight 0, so DDP sees the same graph on every
+step. The objective exists once; ``cycle_vae_impl/`` calls it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentDLM_mmdit.config import ConfigError, RunConfig, TrainingConfig
+from latentDLM_mmdit.data_simple import mean_latent
+from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import GaussianLatentDiffusion
+from latentDLM_mmdit.diffusion.masked_text_diffusion import MaskedTextDiffusion
+from latentDLM_mmdit.models.multimodal_mmdit import MMDiTModelConfig, get_model
+
+BASE_MODES = ("l2t", "t2l", "unconditional")
+
+
+class LossType(Enum):
+    unconditional = "unconditional"
+    l2t = "l2t"
+    t2l = "t2l"
+    sequential = "sequential"
+    random = "random"
+    cycle_vae = "cycle_vae"
+
+
+class CycleSampling(Enum):
+    argmax = "argmax"
+    categorical = "categorical"
+
+
+class LatentTMode(Enum):
+    full = "full"  # the cycle's T2L starts from pure noise (t = T - 1)
+    random = "random"  # t drawn in [cycle_latent_t_min, cycle_latent_t_max] x T
+
+
+@dataclass
+class MMDiTLossConfig:
+    loss_type: LossType = LossType.unconditional
+    latent_loss_weight: float = 1.0
+    text_loss_weight: float = 1.0
+    loss_scale: float = 1.0
+    cycle_text_weight: float = 0.1
+    cycle_text_warmup_steps: int = 0
+    cycle_text_ramp_steps: int = 0
+    cycle_latent_weight: float = 0.1
+    cycle_latent_warmup_steps: int = 0
+    cycle_latent_ramp_steps: int = 0
+    cycle_latent_sampling: CycleSampling = CycleSampling.argmax
+    latent_t_mode: LatentTMode = LatentTMode.full
+    cycle_latent_t_min: float = 0.0
+    cycle_latent_t_max: float = 1.0
+    cycle_stop_grad_latent: bool = True
+
+    def check(self) -> None:
+        if not 0 <= self.cycle_latent_t_min <= self.cycle_latent_t_max <= 1:
+            raise ConfigError("loss.cycle_latent_t_min / cycle_latent_t_max: need 0 <= min <= max <= 1")
+
+
+@dataclass
+class ScheduleBlock:
+    type: str = "l2t"
+    steps: int = 1000
+
+
+@dataclass
+class MMDiTTrainingConfig(TrainingConfig):
+    sequential_schedule: list[ScheduleBlock] = field(default_factory=list)
+    mode_weights: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        super().check()
+        for i, b in enumerate(self.sequential_schedule):
+            if b.type not in BASE_MODES or b.steps < 1:
+                raise ConfigError(f"training.sequential_schedule[{i}]: type must be one of {BASE_MODES} "
+                                  f"and steps >= 1, got {b.type!r} x {b.steps}")
+        for k, w in self.mode_weights.items():
+            if k not in BASE_MODES or w < 0:
+                raise ConfigError(f"training.mode_weights.{k}: modes are {BASE_MODES}, weights >= 0")
+
+
+@dataclass
+class MMDiTRunConfig(RunConfig):
+    training: MMDiTTrainingConfig = field(default_factory=MMDiTTrainingConfig)
+    model: MMDiTModelConfig = field(default_factory=MMDiTModelConfig)
+    loss: MMDiTLossConfig = field(default_factory=MMDiTLossConfig)
+
+    def check(self) -> None:
+        lt = self.loss.loss_type.name
+        if lt == "sequential" and not self.training.sequential_schedule:
+            raise ConfigError("training.sequential_schedule: loss_type=sequential needs a non-empty list "
+                              "of {type, steps}")
+        if lt == "random" and not any(self.training.mode_weights.values()):
+            raise ConfigError("training.mode_weights: loss_type=random needs a positive weight for at "
+                              f"least one of {BASE_MODES}")
+        if self.data.latent_dim != self.model.latent_dim:
+            raise ConfigError(f"data.latent_dim ({self.data.latent_dim}) != model.latent_dim "
+                              f"({self.model.latent_dim})")
+
+
+def ramp(base: float, step: int, warmup: int, ramp_steps: int) -> float:
+    """0 before ``warmup``, then ``base * min(1, (step - warmup) / ramp_steps)``; base if ramp <= 0."""
+    if step < warmup:
+        return 0.0
+    if ramp_steps <= 0:
+        return base
+    return base * min(1.0, (step - warmup) / ramp_steps)
+
+
+class MMDiTObjective(nn.Module):
+    def __init__(self, cfg: Any, tokenizer):
+        super().__init__()
+        m, self.lc, t = cfg.model, cfg.loss, cfg.training
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(f"data.tokenizer_name: {tokenizer.name_or_path!r} has no mask token; masked "
+                              "text diffusion needs one (bert-base-uncased has [MASK])")
+        self.model = get_model(m, len(tokenizer))
+        self.text = MaskedTextDiffusion(tokenizer.mask_token_id, m.t_eps)
+        self.latent = GaussianLatentDiffusion(m.latent_timesteps, m.latent_beta_schedule,
+                                              m.latent_parameterization, m.x0_clamp)
+        self.loss_type, self.seed = self.lc.loss_type.name, t.seed
+        self.schedule = [(b.type, b.steps) for b in t.sequential_schedule]
+        self.weights = {k: float(v) for k, v in t.mode_weights.items() if v > 0}
+        if self.loss_type == "l2t":  # decided once, never toggled per step
+            self.model.latent_head.requires_grad_(False)
+        elif self.loss_type == "t2l":
+            self.model.text_head.requires_grad_(False)
+
+    def mode_at(self, step: int) -> str:
+        if self.loss_type == "sequential":
+            pos = step % sum(n for _, n in self.schedule)
+            for mode, n in self.schedule:
+                if pos < n:
+                    return mode
+                pos -= n
+        if self.loss_type == "random":  # a function of (seed, step): every rank draws the same
+            modes = sorted(self.weights)
+            return random.Random(self.seed * 1_000_003 + step).choices(modes, [self.weights[k] for k in modes])[0]
+        return self.loss_type
+
+    # -- the passes ------------------------------------------------------------------------
+    def _t_latent(self, t_idx: torch.Tensor) -> torch.Tensor:
+        return t_idx.float() / self.latent.timesteps
+
+    def l2t_pass(self, ids, mask, cond_latent):
+        """Masked text diffusion conditioned on a clean latent: (loss, acc, logits, noisy, masked)."""
+        t = self.text.sample_t(ids.shape[0], ids.device)
+        noisy, masked = self.text.corrupt(ids, mask, t)
+        zero = torch.zeros_like(t)
+        logits, lat_out = self.model(noisy, mask, cond_latent, t, zero)
+        loss, acc = self.text.loss(logits, ids, masked, mask, t)
+        return loss, acc, logits, noisy, masked, lat_out
+
+    def t2l_pass(self, ids, mask, x0, t_idx=None):
+        """Latent diffusion conditioned on clean text: (loss, x0_pred, text logits)."""
+        if t_idx is None:
+            t_idx = self.latent.sample_t(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.latent.q_sample(x0, t_idx, noise)
+        logits, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self._t_latent(t_idx))
+        loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
+        return loss, self.latent.predict_x0(out.float(), x_t, t_idx), logits
+
+    def forward(self, batch: dict, step: int):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        x0 = mean_latent(batch).float()
+        mode = self.mode_at(step)
+        tw, lw = self.lc.text_loss_weight, self.lc.latent_loss_weight
+        if mode == "l2t":
+            text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0)
+            loss, metrics = tw * text_loss + 0.0 * lat_out.sum(), {"text_loss": text_loss, "text_acc": acc}
+        elif mode == "t2l":
+            latent_loss, x0_pred, logits = self.t2l_pass(ids, mask, x0)
+            loss = lw * latent_loss + 0.0 * logits.float().sum()
+            metrics = {"latent_loss": latent_loss, "x0_pred_norm": x0_pred.norm(dim=-1).mean()}
+        elif mode == "unconditional":
+            loss, metrics = self._joint(ids, mask, x0, tw, lw)
+        else:
+            loss, metrics = self._cycle(ids, mask, x0, step, tw, lw)
+        metrics = {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
+        if self.loss_type in ("sequential", "random"):  # rank-averaged: 0.5 would expose a desync
+            metrics.update({f"mode_{m}": float(m == mode) for m in BASE_MODES})
+        return loss * self.lc.loss_scale, metrics
+
+    def _joint(self, ids, mask, x0, tw, lw):
+        t = self.text.sample_t(ids.shape[0], ids.device)
+        noisy, masked = self.text.corrupt(ids, mask, t)
+        t_idx = self.latent.sample_t(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.latent.q_sample(x0, t_idx, noise)
+        logits, out = self.model(noisy, mask, x_t, t, self._t_latent(t_idx))
+        text_loss, acc = self.text.loss(logits, ids, masked, mask, t)
+        latent_loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
+        return tw * text_loss + lw * latent_loss, {"text_loss": text_loss, "text_acc": acc,
+                                                   "latent_loss": latent_loss}
+
+    def _cycle(self, ids, mask, x0, step, tw, lw):
+        lc = self.lc
+        base_text, acc, logits, noisy, masked, _ = self.l2t_pass(ids, mask, x0)
+        base_latent, x0_pred, _ = self.t2l_pass(ids, mask, x0)
+        w_text = ramp(lc.cycle_text_weight, step, lc.cycle_text_warmup_steps, lc.cycle_text_ramp_steps)
+        w_lat = ramp(lc.cycle_latent_weight, step, lc.cycle_latent_warmup_steps, lc.cycle_latent_ramp_steps)
+        loss = tw * base_text + lw * base_latent
+        metrics = {"text_loss": base_text, "text_acc": acc, "latent_loss": base_latent,
+                   "base_l2t_text_loss": base_text, "base_t2l_latent_loss": base_latent,
+                   "cycle_text_weight": w_text, "cycle_latent_weight": w_lat,
+                   "x0_pred_norm": x0_pred.norm(dim=-1).mean()}
+        zero = torch.zeros((), device=ids.device)
+        cycle_text = cycle_latent = zero
+        if w_text > 0:  # T2L2T: text -> latent x0 -> text
+            T = self.latent.timesteps
+            if lc.latent_t_mode.name == "full":
+                t_idx = torch.full((x0.shape[0],), T - 1, device=x0.device)
+            else:
+                lo, hi = int(lc.cycle_latent_t_min * (T - 1)), int(lc.cycle_latent_t_max * (T - 1))
+                t_idx = self.latent.sample_t(x0.shape[0], x0.device, lo, hi + 1)
+            _, x0_hat, _ = self.t2l_pass(ids, mask, x0, t_idx)
+            if lc.cycle_stop_grad_latent:
+                x0_hat = x0_hat.detach()
+            cycle_text, _, _, _, _, _ = self.l2t_pass(ids, mask, x0_hat)
+            loss = loss + w_text * cycle_text
+        if w_lat > 0:  # L2T2L: latent -> pseudo-text (no gradient) -> latent
+            with torch.no_grad():
+                if lc.cycle_latent_sampling.name == "argmax":
+                    pred = logits.argmax(-1)
+                else:
+                    pred = torch.distributions.Categorical(logits=logits.float()).sample()
+                pseudo = torch.where(masked, pred, noisy)
+            cycle_latent, _, _ = self.t2l_pass(pseudo, mask, x0)
+            loss = loss + w_lat * cycle_latent
+        metrics.update(cycle_text_loss=cycle_text, cycle_latent_loss=cycle_latent)
+        return loss, metrics
+
+
+def build(cfg, tokenizer) -> nn.Module:
+    return MMDiTObjective(cfg, tokenizer)

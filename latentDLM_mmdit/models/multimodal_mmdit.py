@@ -1,0 +1,118 @@
+"""The multimodal MMDiT: a text stream and a latent stream joined by joint attention.
+
+Text: token embedding + learned positions. Latent: the sentence latent projected to
+``num_latent_tokens`` tokens. Both timesteps (text t in [0, 1], latent t = index / T) are
+embedded sinusoidally (scaled by 1000, so that [0, 1] is well resolved), passed through an MLP
+each and summed into the conditioning vector of ``mmdit.mmdit_generalized_pytorch.MMDiT``
+(heads = ``n_heads``, dim_head = hidden / n_heads). Heads: token logits from the text stream,
+a latent vector from the mean of the latent tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+try:
+    from mmdit.mmdit_generalized_pytorch import MMDiT
+except ImportError as e:  # pragma: no cover - exercised only without the dependency
+    raise ImportError("the MMDiT model needs the `mmdit` package: pip install 'mmdit==0.3.0' "
+                      "(or pip install -e . in this repository, which lists it)") from e
+
+from latentDLM_mmdit.config import ConfigError
+
+
+@dataclass
+class MMDiTModelConfig:
+    type: str = "multimodal_mmdit"
+    hidden_size: int = 1024
+    n_blocks: int = 24
+    n_heads: int = 24
+    cond_dim: int = 1024
+    max_seq_len: int = 512
+    dropout: float = 0.0
+    num_residual_streams: int = 1
+    latent_dim: int = 1024
+    num_latent_tokens: int = 1
+    latent_timesteps: int = 1000
+    latent_beta_schedule: str = "cosine"  # cosine | linear
+    latent_parameterization: str = "v_param"  # epsilon | x0 | v_param
+    x0_clamp: Optional[float] = None  # epsilon only: clamp of the x0 recovered from eps
+    t_eps: float = 1e-4
+    flash_attn: bool = True
+
+    def check(self) -> None:
+        if self.type != "multimodal_mmdit":
+            raise ConfigError(f"model.type: unknown model {self.type!r} (multimodal_mmdit)")
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by model.n_heads "
+                              f"({self.n_heads}): dim_head = hidden_size / n_heads")
+        if self.latent_beta_schedule not in ("cosine", "linear"):
+            raise ConfigError(f"model.latent_beta_schedule: {self.latent_beta_schedule!r} (cosine | linear)")
+        if self.latent_parameterization not in ("epsilon", "x0", "v_param"):
+            raise ConfigError(f"model.latent_parameterization: {self.latent_parameterization!r} "
+                              "(epsilon | x0 | v_param)")
+        for key in ("n_blocks", "num_residual_streams", "num_latent_tokens", "latent_timesteps", "cond_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: must be >= 1")
+        if not 0 < self.t_eps < 1:
+            raise ConfigError("model.t_eps: must be in (0, 1)")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``1000 * t`` for t in [0, 1]; ``[B] -> [B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float().unsqueeze(1) * freqs.unsqueeze(0)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return emb if dim % 2 == 0 else torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)
+
+
+class TimeMLP(nn.Module):
+    def __init__(self, freq_dim: int, out_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.net = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(timestep_embedding(t, self.freq_dim))
+
+
+class MultimodalMMDiT(nn.Module):
+    def __init__(self, m: MMDiTModelConfig, vocab_size: int):
+        super().__init__()
+        h, self.k = m.hidden_size, m.num_latent_tokens
+        self.tok = nn.Embedding(vocab_size, h)
+        self.pos = nn.Embedding(m.max_seq_len, h)
+        self.latent_in = nn.Linear(m.latent_dim, h * self.k)
+        self.latent_pos = nn.Parameter(torch.zeros(self.k, h))
+        self.time_text, self.time_latent = TimeMLP(256, m.cond_dim), TimeMLP(256, m.cond_dim)
+        self.drop = nn.Dropout(m.dropout)
+        self.backbone = MMDiT(depth=m.n_blocks, dim_modalities=(h, h), dim_cond=m.cond_dim, heads=m.n_heads,
+                              dim_head=h // m.n_heads, num_residual_streams=m.num_residual_streams,
+                              flash_attn=m.flash_attn, ff_kwargs=dict(dropout=m.dropout))
+        self.text_head = nn.Linear(h, vocab_size)
+        self.latent_head = nn.Linear(h, m.latent_dim)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, latent: torch.Tensor,
+                t_text: torch.Tensor, t_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``text_ids [B, L]``, ``text_mask [B, L]`` (True = real token), ``latent [B, D]``,
+        ``t_text [B]`` and ``t_latent [B]`` in [0, 1] -> (logits ``[B, L, V]``, latent ``[B, D]``)."""
+        pos = torch.arange(text_ids.shape[1], device=text_ids.device)
+        x_text = self.drop(self.tok(text_ids) + self.pos(pos))
+        x_lat = self.latent_in(latent).view(latent.shape[0], self.k, -1) + self.latent_pos
+        cond = self.time_text(t_text) + self.time_latent(t_latent)
+        out_text, out_lat = self.backbone(modality_tokens=(x_text, x_lat),
+                                          modality_masks=(text_mask, None), time_cond=cond)
+        return self.text_head(out_text), self.latent_head(out_lat.mean(1))
+
+
+def get_model(m: MMDiTModelConfig, vocab_size: int) -> nn.Module:
+    if m.type == "multimodal_mmdit":
+        return MultimodalMMDiT(m, vocab_size)
+    raise ConfigError(f"model.type: unknown model {m.type!r}")
