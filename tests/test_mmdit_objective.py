@@ -1,0 +1,134 @@
+"""The MMDiT objective through the real mmdit model (tiny size): modes, gradients, cycle_vae."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from latentDLM_mmdit.config import ConfigError, validate
+from latentDLM_mmdit.data_simple import Collator
+from latentDLM_mmdit.mmdit_objective import BASE_MODES, MMDiTObjective, MMDiTRunConfig, ScheduleBlock
+
+D = 32
+CYCLE_KEYS = {"text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
+              "cycle_text_loss", "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm"}
+
+
+def make_cfg(**overrides):
+    cfg = OmegaConf.structured(MMDiTRunConfig)
+    base = {"model.hidden_size": 32, "model.n_blocks": 2, "model.n_heads": 4, "model.cond_dim": 32,
+            "model.max_seq_len": 48, "model.latent_dim": D, "data.latent_dim": D, "data.data_files.train": "x",
+            "loss.cycle_text_warmup_steps": 0, "loss.cycle_latent_warmup_steps": 0}
+    for k, v in {**base, **overrides}.items():
+        OmegaConf.update(cfg, k, v, force_add=False)
+    return cfg
+
+
+def make_batch(tokenizer, paragraphs, k=1, b=4):
+    batch = Collator(tokenizer, 48)([{"text": t, "latent": np.random.default_rng(i).standard_normal((k, D)).astype(
+        np.float32), "index": i} for i, t in enumerate(paragraphs[:b])])
+    batch.pop("bad_records")
+    return batch
+
+
+def grads_after(obj, batch, step=0):
+    torch.manual_seed(0)
+    obj.zero_grad()
+    loss, metrics = obj(batch, step)
+    loss.backward()
+    return loss, metrics, {n: p.grad for n, p in obj.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("mode,frozen", [("l2t", "model.latent_head"), ("t2l", "model.text_head"),
+                                         ("unconditional", None), ("cycle_vae", None)])
+def test_gradients_reach_exactly_the_parameters_that_train(tokenizer, paragraphs, mode, frozen):
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": mode}), tokenizer)
+    frozen_names = {n for n, p in obj.named_parameters() if not p.requires_grad}
+    assert frozen_names == ({f"{frozen}.weight", f"{frozen}.bias"} if frozen else set())
+    loss, metrics, grads = grads_after(obj, make_batch(tokenizer, paragraphs))
+    assert torch.isfinite(loss)
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, missing  # DDP sees every trainable parameter on every step
+    head = "model.text_head.weight" if mode != "t2l" else "model.latent_head.weight"
+    assert grads[head].abs().sum() > 0
+
+
+def test_cycle_vae_batch_gt_1_all_metrics_and_kxd_latents(tokenizer, paragraphs):
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "cycle_vae"}), tokenizer)
+    for k in (1, 3):  # [B, D] and [B, K, D] + latent_mask: never broadcast to [B, B, D]
+        loss, metrics = obj(make_batch(tokenizer, paragraphs, k=k), step=5)
+        assert loss.dim() == 0 and torch.isfinite(loss)
+        assert CYCLE_KEYS <= metrics.keys()
+        assert all(math.isfinite(float(v)) for v in metrics.values())
+        assert float(metrics["cycle_text_loss"]) > 0 and float(metrics["cycle_latent_loss"]) > 0
+
+
+def test_cycle_weights_follow_the_ramp(tokenizer, paragraphs):
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "cycle_vae", "loss.cycle_text_warmup_steps": 10,
+                                     "loss.cycle_text_ramp_steps": 20, "loss.cycle_latent_warmup_steps": 0,
+                                     "loss.cycle_latent_ramp_steps": 0}), tokenizer)
+    batch = make_batch(tokenizer, paragraphs)
+    got = {s: obj(batch, s)[1] for s in (5, 20, 40)}
+    assert [got[s]["cycle_text_weight"] for s in (5, 20, 40)] == pytest.approx([0.0, 0.05, 0.1])
+    assert float(got[5]["cycle_text_loss"]) == 0.0  # not computed before its warmup
+    assert all(got[s]["cycle_latent_weight"] == pytest.approx(0.1) for s in got)
+
+
+def only_cycle(kind, **extra):
+    w = {"loss.text_loss_weight": 0.0, "loss.latent_loss_weight": 0.0, "loss.cycle_text_weight": 0.0,
+         "loss.cycle_latent_weight": 0.0, "loss.loss_type": "cycle_vae"}
+    w[f"loss.cycle_{kind}_weight"] = 1.0
+    return make_cfg(**{**w, **extra})
+
+
+def test_stop_grad_switch_decides_whether_the_latent_head_learns_from_t2l2t(tokenizer, paragraphs):
+    batch = make_batch(tokenizer, paragraphs)
+    for stop, expect in ((True, False), (False, True)):
+        obj = MMDiTObjective(only_cycle("text", **{"loss.cycle_stop_grad_latent": stop}), tokenizer)
+        _, _, grads = grads_after(obj, batch)
+        assert bool(grads["model.latent_head.weight"].abs().sum() > 0) == expect, stop
+
+
+def test_l2t2l_pseudo_tokens_argmax_vs_categorical_and_no_gradient_through_them(tokenizer, paragraphs):
+    batch = make_batch(tokenizer, paragraphs)
+    losses = {}
+    for sampling in ("argmax", "categorical"):
+        obj = MMDiTObjective(only_cycle("latent", **{"loss.cycle_latent_sampling": sampling}), tokenizer)
+        loss, metrics, grads = grads_after(obj, batch)
+        losses[sampling] = float(metrics["cycle_latent_loss"])
+        # the text head only produced the pseudo-tokens: no gradient reaches it
+        assert grads["model.text_head.weight"].abs().sum() == 0
+        assert grads["model.latent_head.weight"].abs().sum() > 0
+    assert losses["argmax"] != losses["categorical"]
+
+
+def test_modes_depend_on_seed_and_step_only(tokenizer):
+    cfg = make_cfg(**{"loss.loss_type": "random"})
+    cfg.training.mode_weights = {"l2t": 1.0, "t2l": 3.0}
+    a, b = MMDiTObjective(cfg, tokenizer), MMDiTObjective(cfg, tokenizer)
+    torch.manual_seed(123)  # a rank's RNG state must not matter
+    modes = [a.mode_at(s) for s in range(400)]
+    torch.manual_seed(999)
+    assert modes == [b.mode_at(s) for s in range(400)]
+    assert set(modes) == {"l2t", "t2l"} and 0.6 < modes.count("t2l") / 400 < 0.9
+    seq = make_cfg(**{"loss.loss_type": "sequential"})
+    seq.training.sequential_schedule = [ScheduleBlock("l2t", 2), ScheduleBlock("unconditional", 1)]
+    obj = MMDiTObjective(seq, tokenizer)
+    assert [obj.mode_at(s) for s in range(6)] == ["l2t", "l2t", "unconditional"] * 2
+    assert set(BASE_MODES) == {"l2t", "t2l", "unconditional"}
+
+
+@pytest.mark.parametrize("override,words", [
+    ({"loss.loss_type": "sequential"}, "training.sequential_schedule"),
+    ({"loss.loss_type": "random"}, "training.mode_weights"),
+    ({"model.n_heads": 5}, "model.n_heads"),
+    ({"model.latent_parameterization": "score"}, "model.latent_parameterization"),
+    ({"data.latent_dim": 7}, "data.latent_dim"),
+])
+def test_inconsistent_configs_are_errors(override, words):
+    cfg = make_cfg(**override)
+    if override.get("loss.loss_type") == "random":
+        cfg.training.mode_weights = {}
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        validate(cfg, MMDiTRunConfig)
