@@ -1,0 +1,83 @@
+"""The DESIGN.md MMDiT commands, tiny size, on MiniLM latents of pydoc prose."""
+import math
+import signal
+import time
+
+import pytest
+
+from latentDLM_mmdit.run_log import read_jsonl
+from tests.conftest import REPO, run_entry
+
+pytestmark = pytest.mark.slow
+TRAIN = REPO / "latentDLM_mmdit" / "train_mmdit.py"
+STABLE = REPO / "latentDLM_mmdit" / "train_mmdit_stable.py"
+
+
+@pytest.fixture(scope="module")
+def minilm_data(tmp_path_factory, paragraphs):
+    from preprocessed_data.demo_corpus import minilm_encode, write_dataset
+
+    texts = paragraphs[:320]
+    return write_dataset(tmp_path_factory.mktemp("minilm"), texts, minilm_encode(texts))
+
+
+def args(tmp_path, data, tokenizer_path, config, *extra):
+    return ["--config-name", config, "model=tiny", f"data.data_files.train={data}",
+            f"data.tokenizer_name={tokenizer_path}", f"logging.save_dir={tmp_path}", "data.val_split_ratio=0.1",
+            "training.train_batch_size=16", "training.dtype=fp32", "training.warmup_steps=5",
+            "optimizer.lr=1e-3", "logging.log_freq=5", "logging.eval_freq=20", "logging.progress_bar=false",
+            "data.num_workers=0", *extra]
+
+
+def ok(p):
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+
+
+def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, tokenizer_path):
+    ok(run_entry(STABLE, args(tmp_path, minilm_data, tokenizer_path, "mmdit_cycle_vae", "loss.loss_type=cycle_vae",
+                              "training.num_train_steps=40", "loss.cycle_text_warmup_steps=5",
+                              "loss.cycle_latent_warmup_steps=5", "loss.cycle_text_ramp_steps=10",
+                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc"), nproc=1))
+    log = read_jsonl(tmp_path / "cyc" / "training_log.jsonl")
+    keys = {"loss", "text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
+            "cycle_text_loss", "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm"}
+    for r in log:
+        assert keys <= r.keys() and all(math.isfinite(r[k]) for k in keys), r
+    assert log[-1]["text_loss"] < log[0]["text_loss"] and log[-1]["latent_loss"] < log[0]["latent_loss"]
+    assert log[-1]["x0_pred_norm"] < 100  # v_param: no blow-up near t = 1
+    assert [e["step"] for e in read_jsonl(tmp_path / "cyc" / "eval_log.jsonl")] == [20, 40]
+
+
+def test_mmdit_command_resumes_exactly_after_sigterm(tmp_path, minilm_data, tokenizer_path):
+    a = args(tmp_path, minilm_data, tokenizer_path, "mmdit", "training.num_train_steps=30", "logging.save_freq=10")
+    ok(run_entry(TRAIN, a + ["logging.run_name=ref"]))
+    proc = run_entry(TRAIN, a + ["logging.run_name=cut"], background=True)
+    log = tmp_path / "cut" / "training_log.jsonl"
+    end = time.monotonic() + 300
+    while not (log.exists() and any(r["step"] >= 12 for r in read_jsonl(log))):
+        assert proc.poll() is None and time.monotonic() < end
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    ok(run_entry(TRAIN, a + ["logging.run_name=cut", "training.resume=auto"]))
+    ref, cut = read_jsonl(tmp_path / "ref" / "training_log.jsonl"), read_jsonl(log)
+    assert [r["step"] for r in cut] == [5, 10, 15, 20, 25, 30]
+    assert [r["loss"] for r in cut] == [r["loss"] for r in ref]
+
+
+def test_two_ranks_agree_on_the_random_mode_of_every_step(tmp_path, minilm_data, tokenizer_path):
+    ok(run_entry(TRAIN, args(tmp_path, minilm_data, tokenizer_path, "mmdit", "loss.loss_type=random",
+                             "training.num_train_steps=12", "logging.log_freq=1", "training.train_batch_size=8",
+                             "logging.run_name=rnd"), nproc=2))
+    log = read_jsonl(tmp_path / "rnd" / "training_log.jsonl")
+    seen = set()
+    for r in log:
+        flags = [r[f"mode_{m}"] for m in ("l2t", "t2l", "unconditional")]
+        assert sorted(flags) == [0.0, 0.0, 1.0], r  # a 0.5 would mean the ranks disagreed
+        seen.add(flags.index(1.0))
+    assert len(seen) > 1
+
+
+def test_unknown_loss_type_is_a_config_error(tmp_path, minilm_data, tokenizer_path):
+    p = run_entry(TRAIN, args(tmp_path, minilm_data, tokenizer_path, "mmdit", "loss.loss_type=l2t2l"))
+    assert p.returncode != 0 and "loss.loss_type" in p.stdout + p.stderr and "cycle_vae" in p.stdout + p.stderr
