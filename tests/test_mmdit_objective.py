@@ -122,7 +122,7 @@ def test_modes_depend_on_seed_and_step_only(tokenizer):
 @pytest.mark.parametrize("override,words", [
     ({"loss.loss_type": "sequential"}, "training.sequential_schedule"),
     ({"loss.loss_type": "random"}, "training.mode_weights"),
-    ({"model.n_heads": 5}, "model.n_heads"),
+    ({"model.n_heads": 0}, "model.n_heads"),
     ({"model.latent_parameterization": "score"}, "model.latent_parameterization"),
     ({"data.latent_dim": 7}, "data.latent_dim"),
 ])
@@ -132,3 +132,10 @@ def test_inconsistent_configs_are_errors(override, words):
         cfg.training.mode_weights = {}
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         validate(cfg, MMDiTRunConfig)
+
+
+def test_n_heads_reaches_the_attention_even_when_hidden_does_not_divide(tokenizer):
+    """REFERENCE's 1024 hidden / 24 heads: dim_head = 42, attention width 24 * 42 = 1008."""
+    obj = MMDiTObjective(make_cfg(**{"model.hidden_size": 48, "model.n_heads": 5}), tokenizer)
+    attn = obj.model.backbone.blocks[0].joint_attn
+    assert attn.to_qkv[0].weight.shape[0] == 3 * 5 * (48 // 5)  # Linear(dim, 3 * heads * dim_head)

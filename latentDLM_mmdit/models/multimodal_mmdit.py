@@ -4,8 +4,10 @@ Text: token embedding + learned positions. Latent: the sentence latent projected
 ``num_latent_tokens`` tokens. Both timesteps (text t in [0, 1], latent t = index / T) are
 embedded sinusoidally (scaled by 1000, so that [0, 1] is well resolved), passed through an MLP
 each and summed into the conditioning vector of ``mmdit.mmdit_generalized_pytorch.MMDiT``
-(heads = ``n_heads``, dim_head = hidden / n_heads). Heads: token logits from the text stream,
-a latent vector from the mean of the latent tokens.
+(heads = ``n_heads``, dim_head = hidden // n_heads). mmdit's joint attention projects to
+``heads * dim_head`` and back, so hidden need not divide: the reference size 1024 / 24 heads has
+dim_head 42 and an attention width of 1008. Heads: token logits from the text stream, a latent
+vector from the mean of the latent tokens.
 """
 from __future__ import annotations
 
@@ -47,9 +49,8 @@ class MMDiTModelConfig:
     def check(self) -> None:
         if self.type != "multimodal_mmdit":
             raise ConfigError(f"model.type: unknown model {self.type!r} (multimodal_mmdit)")
-        if self.hidden_size % self.n_heads:
-            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by model.n_heads "
-                              f"({self.n_heads}): dim_head = hidden_size / n_heads")
+        if not 1 <= self.n_heads <= self.hidden_size:
+            raise ConfigError(f"model.n_heads: must be in [1, hidden_size], got {self.n_heads}")
         if self.latent_beta_schedule not in ("cosine", "linear"):
             raise ConfigError(f"model.latent_beta_schedule: {self.latent_beta_schedule!r} (cosine | linear)")
         if self.latent_parameterization not in ("epsilon", "x0", "v_param"):
