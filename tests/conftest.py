@@ -44,6 +44,15 @@ def make_dataset(out_dir: Path, texts: list[str], dim: int = 16, layout: str = "
     return write_dataset(out_dir, texts, lat, layout=layout, json_name=json_name)
 
 
+@pytest.fixture(scope="session")
+def minilm_data(tmp_path_factory, paragraphs) -> Path:
+    """320 pydoc paragraphs with real all-MiniLM-L6-v2 latents (384-d), encoded once per session."""
+    from preprocessed_data.demo_corpus import minilm_encode, write_dataset
+
+    texts = paragraphs[:320]
+    return write_dataset(tmp_path_factory.mktemp("minilm"), texts, minilm_encode(texts))
+
+
 @pytest.fixture
 def tiny_data(tmp_path, paragraphs) -> Path:
     return make_dataset(tmp_path / "data", paragraphs[:160])

@@ -12,14 +12,6 @@ pytestmark = pytest.mark.slow
 ENTRY = REPO / "baseline" / "train.py"
 
 
-@pytest.fixture(scope="module")
-def minilm_data(tmp_path_factory, paragraphs):
-    from preprocessed_data.demo_corpus import minilm_encode, write_dataset
-
-    texts = paragraphs[:320]
-    return write_dataset(tmp_path_factory.mktemp("minilm"), texts, minilm_encode(texts))
-
-
 def base_args(tmp_path, data, tokenizer_path):
     return ["--config-name", "t2l_regression", f"data.data_files.train={data}",
             f"data.tokenizer_name={tokenizer_path}", f"logging.save_dir={tmp_path}",

@@ -13,14 +13,6 @@ TRAIN = REPO / "latentDLM_mmdit" / "train_mmdit.py"
 STABLE = REPO / "latentDLM_mmdit" / "train_mmdit_stable.py"
 
 
-@pytest.fixture(scope="module")
-def minilm_data(tmp_path_factory, paragraphs):
-    from preprocessed_data.demo_corpus import minilm_encode, write_dataset
-
-    texts = paragraphs[:320]
-    return write_dataset(tmp_path_factory.mktemp("minilm"), texts, minilm_encode(texts))
-
-
 def args(tmp_path, data, tokenizer_path, config, *extra):
     return ["--config-name", config, "model=tiny", f"data.data_files.train={data}",
             f"data.tokenizer_name={tokenizer_path}", f"logging.save_dir={tmp_path}", "data.val_split_ratio=0.1",
