@@ -195,10 +195,6 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
     return obj
 
 
-def shared_config_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs"
-
-
 def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
                 config_name: str | None = None) -> Callable:
     """Decorator for an entrypoint ``main(cfg)``: register ``schema`` as ``schema_name`` (the

@@ -1,13 +1,12 @@
 """Configs: a wrong key or value fails before any work, naming the key; every key is read."""
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from latentDLM_mmdit import config as C
-from tests.conftest import REPO, TINY, run_entry
+from tests.conftest import REPO, run_entry
 
 BASELINE = REPO / "baseline" / "train.py"
 

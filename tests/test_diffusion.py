@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import GaussianLatentDiffusion
 from latentDLM_mmdit.diffusion.masked_text_diffusion import MaskedTextDiffusion
