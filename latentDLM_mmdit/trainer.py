@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from latentDLM_mmdit import checkpointing as C
 from latentDLM_mmdit import distributed as D
+from latentDLM_mmdit.config import ConfigError
 from latentDLM_mmdit.data_records import DataError
 from latentDLM_mmdit.data_simple import (build_data, load_tokenizer, shutdown_workers,
                                          take_bad_records)
@@ -81,8 +82,8 @@ def train(cfg: DictConfig, build_objective: Callable) -> dict:
     try:
         loop = _Loop(cfg, build_objective, dist)
         return loop.run()
-    except PrefetchError as e:
-        log.error("%s", e)
+    except (PrefetchError, ConfigError) as e:  # e.g. an objective finding its tokenizer unfit
+        log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
     except DataError as e:
         log.error("bad data: %s\nList every bad record with: python -m latentDLM_mmdit.data_simple "

@@ -73,3 +73,4 @@ def test_two_ranks_agree_on_the_random_mode_of_every_step(tmp_path, minilm_data,
 def test_unknown_loss_type_is_a_config_error(tmp_path, minilm_data, tokenizer_path):
     p = run_entry(TRAIN, args(tmp_path, minilm_data, tokenizer_path, "mmdit", "loss.loss_type=l2t2l"))
     assert p.returncode != 0 and "loss.loss_type" in p.stdout + p.stderr and "cycle_vae" in p.stdout + p.stderr
+

@@ -154,3 +154,12 @@ def test_samplers_produce_complete_outputs_in_the_trained_parameterisation(token
     assert out.shape == ids.shape
     assert not (out[mask] == tokenizer.mask_token_id).any()  # every real position decoded
     assert (out[~mask] == 0).all()  # padding untouched
+
+
+def test_a_tokenizer_without_mask_token_is_a_config_error_naming_the_key(tokenizer):
+    import copy
+
+    no_mask = copy.deepcopy(tokenizer)
+    no_mask.mask_token = None
+    with pytest.raises(ConfigError, match=r"data\.tokenizer_name: .* has no mask token"):
+        MMDiTObjective(make_cfg(), no_mask)

@@ -4,8 +4,8 @@ Schedules: ``cosine`` (Nichol & Dhariwal, s = 0.008, betas clipped at 0.999) and
 (betas 1e-4 .. 0.02). Parameterisations of the network output: ``epsilon``, ``x0``, ``v_param``
 (v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho). With epsilon at the last timestep,
 x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) divides by a tiny sqrt(a) (cosine) and amplifies the
-network's error 1e4-6e4-fold (sqrt(a) ~ 5e-5 here); x0 and v give x0 without that division. ``predict_x0`` therefore
-clamps the epsilon route to ``x0_clamp`` (when set) and says so once.
+network's error 1e4-6e4-fold (sqrt(a) ~ 5e-5 here); x0 and v give x0 without that division.
+``predict_x0`` therefore clamps the epsilon route to ``x0_clamp`` (when set) and says so once.
 """
 from __future__ import annotations
 
