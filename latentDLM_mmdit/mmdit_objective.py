@@ -100,10 +100,22 @@ class MMDiTTrainingConfig(TrainingConfig):
 
 
 @dataclass
+class MMDiTSampleConfig:
+    t2l_steps: int = 50  # DDIM steps of T2L encoding
+    l2t_steps: int = 0  # unmasking steps of L2T decoding; 0 = one per text position
+    eval_roundtrip_batches: int = 1  # eval batches that also get T2L2T / L2T2L round trips; 0 = off
+
+    def check(self) -> None:
+        if self.t2l_steps < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
+            raise ConfigError("sample: need t2l_steps >= 1, l2t_steps >= 0, eval_roundtrip_batches >= 0")
+
+
+@dataclass
 class MMDiTRunConfig(RunConfig):
     training: MMDiTTrainingConfig = field(default_factory=MMDiTTrainingConfig)
     model: MMDiTModelConfig = field(default_factory=MMDiTModelConfig)
     loss: MMDiTLossConfig = field(default_factory=MMDiTLossConfig)
+    sample: MMDiTSampleConfig = field(default_factory=MMDiTSampleConfig)
 
     def check(self) -> None:
         lt = self.loss.loss_type.name
@@ -138,7 +150,8 @@ class MMDiTObjective(nn.Module):
         self.text = MaskedTextDiffusion(tokenizer.mask_token_id, m.t_eps)
         self.latent = GaussianLatentDiffusion(m.latent_timesteps, m.latent_beta_schedule,
                                               m.latent_parameterization, m.x0_clamp)
-        self.loss_type, self.seed = self.lc.loss_type.name, t.seed
+        self.loss_type, self.seed, self.sample_cfg = self.lc.loss_type.name, t.seed, cfg.sample
+        self.register_buffer("special_ids", torch.tensor(tokenizer.all_special_ids), persistent=False)
         self.schedule = [(b.type, b.steps) for b in t.sequential_schedule]
         self.weights = {k: float(v) for k, v in t.mode_weights.items() if v > 0}
         if self.loss_type == "l2t":  # decided once, never toggled per step
@@ -250,6 +263,18 @@ class MMDiTObjective(nn.Module):
             loss = loss + w_lat * cycle_latent
         metrics.update(cycle_text_loss=cycle_text, cycle_latent_loss=cycle_latent)
         return loss, metrics
+
+
+    @torch.no_grad()
+    def eval_extra(self, batch: dict, index: int) -> dict:
+        """Round-trip metrics on the first ``sample.eval_roundtrip_batches`` eval batches:
+        ``t2l2t_acc`` (text -> T2L latent -> L2T text, token accuracy over real positions) and
+        ``l2t2l_cos`` (latent -> L2T text -> T2L latent, cosine with the original)."""
+        if index >= self.sample_cfg.eval_roundtrip_batches:
+            return {}
+        from latentDLM_mmdit.sample import roundtrip
+
+        return roundtrip(self, batch["input_ids"], batch["attention_mask"], mean_latent(batch).float())[0]
 
 
 def build(cfg, tokenizer) -> nn.Module:

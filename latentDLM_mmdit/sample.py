@@ -1,16 +1,27 @@
-"""Samplers consistent with training (the CLI and round-trip eval metrics come next).
+"""Samplers consistent with training, round-trip metrics, and the sampling CLI.
 
 - :func:`t2l_encode`: text -> latent by deterministic DDIM (eta = 0) from pure noise at T - 1,
   reading the network output in the trained parameterisation (``predict_x0`` / ``predict_eps``).
 - :func:`l2t_decode`: latent -> text by iterative unmasking from fully masked text: at each step
   the most confident predictions among the still-masked positions are committed; the text
   timestep passed to the model is the fraction still masked (the MDLM mask rate).
+- :func:`roundtrip`: T2L2T token accuracy and L2T2L cosine (the eval metrics).
+
+CLI (a checkpoint file or a run directory, whose ``latest`` is used)::
+
+    python -m latentDLM_mmdit.sample t2l --checkpoint RUN_DIR --input texts.txt --output latents.npy
+    python -m latentDLM_mmdit.sample l2t --checkpoint RUN_DIR --input latents.npy --output texts.txt
 """
 from __future__ import annotations
 
+import argparse
 import math
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from latentDLM_mmdit.mmdit_objective import MMDiTObjective
 
@@ -25,7 +36,7 @@ def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: tor
     zeros = torch.zeros(B, device=input_ids.device)
     for i, t in enumerate(ts):
         tt = torch.full((B,), t, device=input_ids.device)
-        _, out = obj.model(input_ids, attention_mask, x, zeros, tt.float() / g.timesteps)
+        _, out = obj.model(input_ids, attention_mask, x, zeros, tt.float() / g.timesteps, text_logits=False)
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         x = g.ddim_step(out.float(), x, tt, torch.full((B,), prev, device=input_ids.device))
     return x
@@ -46,8 +57,10 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
             break
         t = still.sum(1).float() / n_real.clamp_min(1)
         logits, _ = obj.model(ids, attention_mask, latent, t, zeros)
+        logits = logits.float()
         logits[..., mask_id] = -math.inf  # never predict the mask token itself
-        conf, pred = logits.float().softmax(-1).max(-1)
+        top, pred = logits.max(-1)
+        conf = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
         conf = torch.where(still, conf, -1.0)
         left = steps - s
         k = torch.ceil(still.sum(1).float() / left).long()  # spread the remaining positions evenly
@@ -56,3 +69,100 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
         commit = still & (rank < k.unsqueeze(1))
         ids = torch.where(commit, pred, ids)
     return ids
+
+
+@torch.no_grad()
+def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor):
+    """``({"t2l2t_acc", "l2t2l_cos"}, {"t2l2t_ids", "l2t2l_latent"})``. The accuracy counts real,
+    non-special tokens only ([CLS]/[SEP] would flatter it); decoding uses the original lengths."""
+    sc = obj.sample_cfg
+    z = t2l_encode(obj, ids, mask, sc.t2l_steps)
+    ids_hat = l2t_decode(obj, z, mask, sc.l2t_steps or None)
+    scored = mask & ~torch.isin(ids, obj.special_ids.to(ids.device))
+    acc = (ids_hat == ids)[scored].float().mean() if scored.any() else torch.zeros((), device=ids.device)
+    text_hat = l2t_decode(obj, latent, mask, sc.l2t_steps or None)
+    z_hat = t2l_encode(obj, text_hat, mask, sc.t2l_steps)
+    cos = F.cosine_similarity(z_hat.float(), latent.float(), dim=-1).mean()
+    return {"t2l2t_acc": acc, "l2t2l_cos": cos}, {"t2l2t_ids": ids_hat, "l2t2l_latent": z_hat}
+
+
+# -- loading a trained model ----------------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "latest").is_file():
+            raise SystemExit(f"{p} holds no 'latest' checkpoint pointer; pass a checkpoint_step_N.pt file")
+        p = p / (p / "latest").read_text().strip()
+    if not p.is_file():
+        raise SystemExit(f"checkpoint {p} does not exist")
+    return p
+
+
+def load_objective(checkpoint: str | Path, device: str = "cpu"):
+    """(objective in eval mode, tokenizer, config) from a checkpoint the MMDiT entrypoints wrote."""
+    from omegaconf import OmegaConf
+
+    from latentDLM_mmdit.checkpointing import load_checkpoint, load_trainable_state_dict
+    from latentDLM_mmdit.data_simple import load_tokenizer
+    from latentDLM_mmdit.mmdit_objective import MMDiTRunConfig
+
+    state = load_checkpoint(resolve_checkpoint(checkpoint))
+    cfg = OmegaConf.merge(OmegaConf.structured(MMDiTRunConfig), state["config"])
+    tok = load_tokenizer(cfg.data.tokenizer_name)
+    torch.manual_seed(cfg.training.seed)  # frozen heads (absent from the file) as at training time
+    obj = MMDiTObjective(cfg, tok)
+    load_trainable_state_dict(obj, state["model"])
+    return obj.to(device).eval(), tok, cfg
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m latentDLM_mmdit.sample", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("direction", choices=["t2l", "l2t"], help="t2l: text -> latent .npy; l2t: latent .npy -> text")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint_step_N.pt or a run directory")
+    ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
+    ap.add_argument("--output", required=True, help="t2l: .npy to write; l2t: text file to write")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.* keys)")
+    ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    obj, tok, cfg = load_objective(a.checkpoint, a.device)
+    dev = torch.device(a.device)
+    if a.direction == "t2l":
+        texts = Path(a.input).read_text(encoding="utf-8").splitlines()
+        if not texts:
+            raise SystemExit(f"{a.input}: no lines to encode")
+        max_len = min(cfg.data.max_seq_len, cfg.model.max_seq_len)
+        gen, out = torch.Generator().manual_seed(a.seed), []
+        for sl in _batches(len(texts), a.batch_size):
+            enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            out.append(t2l_encode(obj, enc["input_ids"].to(dev), enc["attention_mask"].bool().to(dev),
+                                  a.steps or cfg.sample.t2l_steps, generator=gen).cpu())
+        np.save(a.output, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
+    else:
+        z = np.load(a.input, allow_pickle=False)
+        z = z[None] if z.ndim == 1 else z
+        D = cfg.model.latent_dim
+        if z.ndim != 2 or z.shape[1] != D:
+            raise SystemExit(f"{a.input}: expected latents of shape [N, {D}], got {list(z.shape)}")
+        if not 3 <= a.length <= cfg.model.max_seq_len:
+            raise SystemExit(f"--length must be in [3, model.max_seq_len={cfg.model.max_seq_len}]")
+        lines = []
+        for sl in _batches(len(z), a.batch_size):
+            lat = torch.from_numpy(z[sl]).float().to(dev)
+            mask = torch.ones(lat.shape[0], a.length, dtype=torch.bool, device=dev)
+            ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None)
+            lines += [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in ids.cpu().tolist()]
+        Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,9 @@
 
 An entrypoint hands :func:`train` its config and a factory ``build_objective(cfg, tokenizer)``
 returning an ``nn.Module`` whose ``forward(batch, step)`` returns ``(loss, metrics)``. Optional
-objective hooks: ``flops_per_token()`` (for MFU; default 6 x trainable + 2 x frozen parameters)
-and ``checkpoint_metadata()`` (e.g. the frozen backbone's name and revision).
+objective hooks: ``flops_per_token()`` (for MFU; default 6 x trainable + 2 x frozen parameters),
+``checkpoint_metadata()`` (e.g. the frozen backbone's name and revision) and
+``eval_extra(batch, index)`` (more eval metrics, e.g. sampled round trips).
 
 Per optimizer step: ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the
 last), bf16 autocast over fp32 master weights, clipping, then one all-reduced flag tells every
@@ -288,6 +289,7 @@ class _Loop:
 
     def _eval_batches(self, it, nb: int, window: MetricWindow) -> None:
         dev = self.dist.device
+        extra = getattr(self.objective, "eval_extra", None)  # optional: e.g. sampled round trips
         for i, batch in enumerate(it):
             if nb and i >= nb:
                 break
@@ -295,6 +297,9 @@ class _Loop:
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with self.autocast:
                 loss, metrics = self.objective(batch, self.step)
+            if extra:
+                with self.autocast:
+                    metrics = {**metrics, **extra(batch, i)}
             window.add({"loss": loss.float(), **metrics}, weight=batch["input_ids"].shape[0])
 
     def _save(self) -> None:

@@ -1,7 +1,11 @@
 """The DESIGN.md MMDiT commands, tiny size, on MiniLM latents of pydoc prose."""
 import math
 import signal
+import subprocess
+import sys
 import time
+
+import numpy as np
 
 import pytest
 
@@ -29,7 +33,8 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     ok(run_entry(STABLE, args(tmp_path, minilm_data, tokenizer_path, "mmdit_cycle_vae", "loss.loss_type=cycle_vae",
                               "training.num_train_steps=40", "loss.cycle_text_warmup_steps=5",
                               "loss.cycle_latent_warmup_steps=5", "loss.cycle_text_ramp_steps=10",
-                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc"), nproc=1))
+                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc",
+                              "sample.t2l_steps=10", "sample.l2t_steps=16"), nproc=1))
     log = read_jsonl(tmp_path / "cyc" / "training_log.jsonl")
     keys = {"loss", "text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
             "cycle_text_loss", "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm"}
@@ -37,7 +42,21 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
         assert keys <= r.keys() and all(math.isfinite(r[k]) for k in keys), r
     assert log[-1]["text_loss"] < log[0]["text_loss"] and log[-1]["latent_loss"] < log[0]["latent_loss"]
     assert log[-1]["x0_pred_norm"] < 100  # v_param: no blow-up near t = 1
-    assert [e["step"] for e in read_jsonl(tmp_path / "cyc" / "eval_log.jsonl")] == [20, 40]
+    evals = read_jsonl(tmp_path / "cyc" / "eval_log.jsonl")
+    assert [e["step"] for e in evals] == [20, 40]
+    assert all(0 <= e["t2l2t_acc"] <= 1 and -1 <= e["l2t2l_cos"] <= 1 for e in evals)
+
+    # the sampling CLI on the trained run: text -> latents -> text
+    texts = tmp_path / "in.txt"
+    texts.write_text("The with statement wraps a block.\nA for loop iterates over items.\n")
+    for d, i, o in (("t2l", texts, tmp_path / "z.npy"), ("l2t", tmp_path / "z.npy", tmp_path / "out.txt")):
+        ok(subprocess.run([sys.executable, "-m", "latentDLM_mmdit.sample", d, "--checkpoint", str(tmp_path / "cyc"),
+                           "--input", str(i), "--output", str(o), "--steps", "8", "--length", "12"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300))
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (2, 384) and np.isfinite(z).all()
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(line.strip() and "[MASK]" not in line for line in lines)
 
 
 def test_mmdit_command_resumes_exactly_after_sigterm(tmp_path, minilm_data, tokenizer_path):

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from latentDLM_mmdit.config import ConfigError, validate
-from latentDLM_mmdit.data_simple import Collator
+from latentDLM_mmdit.data_simple import Collator, mean_latent
 from latentDLM_mmdit.mmdit_objective import BASE_MODES, MMDiTObjective, MMDiTRunConfig, ScheduleBlock
 
 D = 32
@@ -163,3 +163,24 @@ def test_a_tokenizer_without_mask_token_is_a_config_error_naming_the_key(tokeniz
     no_mask.mask_token = None
     with pytest.raises(ConfigError, match=r"data\.tokenizer_name: .* has no mask token"):
         MMDiTObjective(make_cfg(), no_mask)
+
+
+def test_roundtrip_metrics_equal_a_recomputation_from_the_samplers(tokenizer, paragraphs):
+    from latentDLM_mmdit.sample import l2t_decode, roundtrip, t2l_encode
+
+    obj = MMDiTObjective(make_cfg(**{"sample.t2l_steps": 4, "sample.l2t_steps": 5}), tokenizer).eval()
+    batch = make_batch(tokenizer, paragraphs)
+    ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch)
+    torch.manual_seed(3)
+    metrics, out = roundtrip(obj, ids, mask, z)
+    torch.manual_seed(3)  # the same noise, drawn by hand in the same order
+    ids_hat = l2t_decode(obj, t2l_encode(obj, ids, mask, 4), mask, 5)
+    z_hat = t2l_encode(obj, l2t_decode(obj, z, mask, 5), mask, 4)
+    special = torch.tensor([tokenizer.get_special_tokens_mask(r, already_has_special_tokens=True)
+                            for r in ids.tolist()], dtype=torch.bool)
+    scored = mask & ~special
+    assert torch.equal(out["t2l2t_ids"], ids_hat)
+    assert metrics["t2l2t_acc"].item() == pytest.approx((ids_hat == ids)[scored].float().mean().item())
+    cos = (z_hat * z).sum(-1) / (z_hat.norm(dim=-1) * z.norm(dim=-1))
+    assert metrics["l2t2l_cos"].item() == pytest.approx(cos.mean().item(), abs=1e-6)
+    assert obj.eval_extra(batch, 0).keys() == {"t2l2t_acc", "l2t2l_cos"} and obj.eval_extra(batch, 1) == {}

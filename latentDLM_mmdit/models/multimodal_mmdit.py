@@ -101,16 +101,18 @@ class MultimodalMMDiT(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, latent: torch.Tensor,
-                t_text: torch.Tensor, t_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                t_text: torch.Tensor, t_latent: torch.Tensor, text_logits: bool = True):
         """``text_ids [B, L]``, ``text_mask [B, L]`` (True = real token), ``latent [B, D]``,
-        ``t_text [B]`` and ``t_latent [B]`` in [0, 1] -> (logits ``[B, L, V]``, latent ``[B, D]``)."""
+        ``t_text [B]`` and ``t_latent [B]`` in [0, 1] -> (logits ``[B, L, V]``, latent ``[B, D]``).
+        ``text_logits=False`` skips the vocabulary projection (samplers that only read the latent)."""
         pos = torch.arange(text_ids.shape[1], device=text_ids.device)
         x_text = self.drop(self.tok(text_ids) + self.pos(pos))
         x_lat = self.latent_in(latent).view(latent.shape[0], self.k, -1) + self.latent_pos
         cond = self.time_text(t_text) + self.time_latent(t_latent)
         out_text, out_lat = self.backbone(modality_tokens=(x_text, x_lat),
                                           modality_masks=(text_mask, None), time_cond=cond)
-        return self.text_head(out_text), self.latent_head(out_lat.mean(1))
+        logits = self.text_head(out_text) if text_logits else None
+        return logits, self.latent_head(out_lat.mean(1))
 
 
 def get_model(m: MMDiTModelConfig, vocab_size: int) -> nn.Module:
