@@ -61,6 +61,18 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (the file its ``latest`` names)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "latest").is_file():
+            raise SystemExit(f"{p} holds no 'latest' checkpoint pointer; pass a checkpoint_step_N.pt file")
+        p = p / (p / "latest").read_text().strip()
+    if not p.is_file():
+        raise SystemExit(f"checkpoint {p} does not exist")
+    return p
+
+
 def remove_stale_temps(run_dir: Path) -> None:
     """Delete ``*.tmp`` files that a killed writer left behind."""
     for p in run_dir.glob("*.tmp"):
@@ -119,3 +131,20 @@ def load_trainable_state_dict(module: torch.nn.Module, sd: dict[str, torch.Tenso
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+
+
+def rebuild_from_checkpoint(checkpoint: str | Path, schema_cls, build_objective, device: str = "cpu"):
+    """(objective in eval mode, tokenizer, config) rebuilt from a checkpoint of the shared loop:
+    its saved config, the tokenizer it names, the objective's factory, then the trained weights.
+    Frozen parts absent from the file are rebuilt as at training time (same seed, same source)."""
+    from omegaconf import OmegaConf
+
+    from latentDLM_mmdit.data_simple import load_tokenizer
+
+    state = load_checkpoint(resolve_checkpoint(checkpoint))
+    cfg = OmegaConf.merge(OmegaConf.structured(schema_cls), state["config"])
+    tok = load_tokenizer(cfg.data.tokenizer_name)
+    torch.manual_seed(cfg.training.seed)
+    obj = build_objective(cfg, tok)
+    load_trainable_state_dict(obj, state["model"])
+    return obj.to(device).eval(), tok, cfg

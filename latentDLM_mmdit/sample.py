@@ -87,32 +87,12 @@ def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent
 
 
 # -- loading a trained model ----------------------------------------------------------------
-def resolve_checkpoint(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        if not (p / "latest").is_file():
-            raise SystemExit(f"{p} holds no 'latest' checkpoint pointer; pass a checkpoint_step_N.pt file")
-        p = p / (p / "latest").read_text().strip()
-    if not p.is_file():
-        raise SystemExit(f"checkpoint {p} does not exist")
-    return p
-
-
 def load_objective(checkpoint: str | Path, device: str = "cpu"):
     """(objective in eval mode, tokenizer, config) from a checkpoint the MMDiT entrypoints wrote."""
-    from omegaconf import OmegaConf
+    from latentDLM_mmdit.checkpointing import rebuild_from_checkpoint
+    from latentDLM_mmdit.mmdit_objective import MMDiTRunConfig, build
 
-    from latentDLM_mmdit.checkpointing import load_checkpoint, load_trainable_state_dict
-    from latentDLM_mmdit.data_simple import load_tokenizer
-    from latentDLM_mmdit.mmdit_objective import MMDiTRunConfig
-
-    state = load_checkpoint(resolve_checkpoint(checkpoint))
-    cfg = OmegaConf.merge(OmegaConf.structured(MMDiTRunConfig), state["config"])
-    tok = load_tokenizer(cfg.data.tokenizer_name)
-    torch.manual_seed(cfg.training.seed)  # frozen heads (absent from the file) as at training time
-    obj = MMDiTObjective(cfg, tok)
-    load_trainable_state_dict(obj, state["model"])
-    return obj.to(device).eval(), tok, cfg
+    return rebuild_from_checkpoint(checkpoint, MMDiTRunConfig, build, device)
 
 
 def _batches(n: int, size: int):

@@ -22,7 +22,7 @@ def args(tmp_path, data, tokenizer_path, config, *extra):
             f"data.tokenizer_name={tokenizer_path}", f"logging.save_dir={tmp_path}", "data.val_split_ratio=0.1",
             "training.train_batch_size=16", "training.dtype=fp32", "training.warmup_steps=5",
             "optimizer.lr=1e-3", "logging.log_freq=5", "logging.eval_freq=20", "logging.progress_bar=false",
-            "data.num_workers=0", *extra]
+            "data.num_workers=0", "sample.t2l_steps=10", "sample.l2t_steps=16", *extra]
 
 
 def ok(p):
@@ -33,8 +33,7 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     ok(run_entry(STABLE, args(tmp_path, minilm_data, tokenizer_path, "mmdit_cycle_vae", "loss.loss_type=cycle_vae",
                               "training.num_train_steps=40", "loss.cycle_text_warmup_steps=5",
                               "loss.cycle_latent_warmup_steps=5", "loss.cycle_text_ramp_steps=10",
-                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc",
-                              "sample.t2l_steps=10", "sample.l2t_steps=16"), nproc=1))
+                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc"), nproc=1))
     log = read_jsonl(tmp_path / "cyc" / "training_log.jsonl")
     keys = {"loss", "text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
             "cycle_text_loss", "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm"}

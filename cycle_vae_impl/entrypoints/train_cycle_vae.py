@@ -34,14 +34,18 @@ def main() -> int:
         f"loss.cycle_text_warmup_steps={args.steps // 4}", f"loss.cycle_latent_warmup_steps={args.steps // 4}",
         f"loss.cycle_text_ramp_steps={args.steps // 4}", f"loss.cycle_latent_ramp_steps={args.steps // 4}",
         f"logging.save_dir={out / 'runs'}", "logging.run_name=synthetic", "logging.log_freq=10",
-        f"logging.eval_freq={max(1, args.steps // 2)}", f"logging.save_freq={args.steps}", *overrides])
+        f"logging.eval_freq={max(1, args.steps // 2)}", f"logging.save_freq={args.steps}",
+        "sample.t2l_steps=10", "sample.l2t_steps=16", *overrides])
     train(cfg, build)
     log = read_jsonl(out / "runs" / "synthetic" / "training_log.jsonl")
     first, last = log[0], log[-1]
     print(f"\ncycle_vae --synthetic: step {first['step']} -> {last['step']}: loss {first['loss']:.3f} -> "
           f"{last['loss']:.3f}, text {first['text_loss']:.3f} -> {last['text_loss']:.3f}, latent "
           f"{first['latent_loss']:.3f} -> {last['latent_loss']:.3f}, cycle_text {last['cycle_text_loss']:.3f}, "
-          f"cycle_latent {last['cycle_latent_loss']:.3f}\nrun directory: {out / 'runs' / 'synthetic'}")
+          f"cycle_latent {last['cycle_latent_loss']:.3f}\n"
+          + "".join(f"eval step {e['step']}: T2L2T token acc {e['t2l2t_acc']:.3f}, L2T2L cosine {e['l2t2l_cos']:.3f}\n"
+                    for e in read_jsonl(out / "runs" / "synthetic" / "eval_log.jsonl") if "t2l2t_acc" in e)
+          + f"run directory: {out / 'runs' / 'synthetic'}")
     return 0
 
 
