@@ -1,0 +1,175 @@
+"""The extraction run behind ``prepare_data_multi_gpu.py``: parts, ranks, resume, outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from latentDLM_mmdit.data_simple import held_out
+from preprocessed_data.corpus import CorpusError, read_corpus
+from preprocessed_data.encoders import build_encoder
+
+log = logging.getLogger("mm_ldlm.extract")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8")))
+
+
+def encode_part(enc, texts: list[str], batch_size: int, bar) -> tuple[np.ndarray, int]:
+    """Rows in input order; batches of similar length, longest first (an OOM shows at once)."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = np.empty((len(texts), enc.dim), dtype=np.float32)
+    truncated = 0
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = [texts[i] for i in idx]
+        out[idx] = enc.encode(batch)
+        long = [t for t in batch if len(t) > enc.max_length]  # only these can exceed the token limit
+        truncated += sum(n > enc.max_length for n in enc.n_tokens(long)) if long else 0
+        bar.update(len(idx))
+    return out, truncated
+
+
+def _fingerprint(a, texts: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([a.latent_model, Path(a.model_dir).name if a.model_dir else None, a.latent_dim,
+                         a.prefix, a.max_length, a.sonar_lang, a.layout]).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def _part_paths(p: int, start: int, n: int, layout: str) -> list[str]:
+    if layout == "shard":
+        return [f"latents/shard_{p:05d}.npy"]
+    return [f"latents/{i:08d}.npy" for i in range(start, start + n)]
+
+
+def _part_done(meta_path: Path, fp: str) -> bool:
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") != fp:
+        raise SystemExit(f"{meta_path.parent.parent} holds a different extraction (another corpus, encoder or "
+                         "settings); choose a new --output-dir, or delete it to start over")
+    return True
+
+
+def run(a) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():  # only barriers: gloo, with room for slow ranks
+        dist.init_process_group("gloo", timeout=timedelta(hours=72))
+    try:
+        _run(a, rank, world, local)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(a, rank: int, world: int, local: int) -> None:
+    t_start = time.perf_counter()
+    out = Path(a.output_dir)
+    (out / "latents").mkdir(parents=True, exist_ok=True)
+    try:
+        corpus = read_corpus(a.input_files, a.datasets, text_field=a.text_field, dataset_config=a.dataset_config,
+                             split=a.split, min_chars=a.min_chars, chunk_chars=a.chunk_chars,
+                             chunk_overlap=a.chunk_overlap, keep_duplicates=a.keep_duplicates,
+                             on_bad_text=a.on_bad_text, max_samples=a.max_samples)
+    except CorpusError as e:
+        raise SystemExit(f"bad input: {e}") from None
+    texts, n = corpus.texts, len(corpus.texts)
+    if n == 0:
+        raise SystemExit(f"no texts left to encode (skipped: {dict(corpus.skipped)})")
+    parts = [(p, s, min(n, s + a.shard_rows)) for p, s in enumerate(range(0, n, a.shard_rows))]
+    mine = [pt for pt in parts if pt[0] % world == rank]
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    dtype = DTYPES["bf16" if cuda else "fp32"] if a.dtype == "auto" else DTYPES[a.dtype]
+    enc = build_encoder(a.latent_model, a.model_dir, device, dtype, a.latent_dim, a.prefix, a.sonar_lang,
+                        a.max_length, a.trust_remote_code)
+    todo = []
+    for p, s, e in mine:
+        fp = _fingerprint(a, texts[s:e])
+        if not _part_done(out / "latents" / f".part_{p:05d}.json", fp):
+            todo.append((p, s, e, fp))
+    if rank == 0:
+        log.info("%d texts in %d parts over %d ranks; this rank: %d parts to encode, %d already done",
+                 n, len(parts), world, len(todo), len(mine) - len(todo))
+    bar = tqdm(total=sum(e - s for _, s, e, _ in todo), unit="text", desc=f"encode (rank 0 of {world})",
+               disable=rank != 0 or a.no_progress, dynamic_ncols=True, mininterval=1.0)
+    for p, s, e, fp in todo:
+        t0 = time.perf_counter()
+        z, truncated = encode_part(enc, texts[s:e], a.batch_size, bar)
+        if not np.isfinite(z).all():
+            raise SystemExit(f"encoder produced non-finite vectors in part {p} (texts {s}..{e - 1}); "
+                             "try --dtype fp32")
+        if a.layout == "shard":
+            _atomic(out / f"latents/shard_{p:05d}.npy", lambda f: np.save(f, z, allow_pickle=False))
+        else:
+            for i, row in zip(range(s, e), z):
+                _atomic(out / f"latents/{i:08d}.npy", lambda f, row=row: np.save(f, row, allow_pickle=False))
+        _atomic_json(out / "latents" / f".part_{p:05d}.json",  # written last: the part's done marker
+                     {"part": p, "start": s, "n": e - s, "seconds": time.perf_counter() - t0,
+                      "truncated": truncated, "fingerprint": fp})
+    bar.close()
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        _write_index(a, out, corpus, parts, enc, time.perf_counter() - t_start, world)
+
+
+def _write_index(a, out: Path, corpus, parts, enc, wall: float, world: int) -> None:
+    metas = []
+    for p, _, _ in parts:
+        mp = out / "latents" / f".part_{p:05d}.json"
+        if not mp.is_file():
+            raise SystemExit(f"part {p} has no output ({mp}); a rank failed - rerun to finish it")
+        metas.append(json.loads(mp.read_text()))
+    val = held_out(corpus.texts, a.val_ratio) if a.create_validation else np.zeros(len(corpus.texts), bool)
+    train, valid = [], []
+    for p, s, e in parts:
+        paths = _part_paths(p, s, e - s, a.layout)
+        for i in range(s, e):
+            rec = {"text": corpus.texts[i], "dataset": corpus.datasets[i], "id": corpus.ids[i]}
+            if a.layout == "shard":
+                rec.update(latent_path=paths[0], latent_row=i - s)
+            else:
+                rec["latent_path"] = paths[i - s]
+            (valid if val[i] else train).append(rec)
+    _atomic_json(out / "train_data.json", train)
+    if a.create_validation:
+        _atomic_json(out / "validation_data.json", valid)
+    enc_secs = sum(m["seconds"] for m in metas)
+    stats = {"total_samples": len(corpus.texts), "train_samples": len(train), "validation_samples": len(valid),
+             "encoder": a.latent_model, "model_dir": a.model_dir, "latent_dim": enc.dim, "prefix": a.prefix
+             if a.prefix is not None else getattr(enc, "prefix", ""), "max_tokens": enc.max_length,
+             "layout": a.layout, "shard_rows": a.shard_rows, "world_size": world,
+             "truncated": sum(m["truncated"] for m in metas), "skipped": dict(corpus.skipped),
+             "samples_per_s": round(len(corpus.texts) * world / enc_secs, 1) if enc_secs else None,
+             "samples_per_s_per_rank": round(len(corpus.texts) / enc_secs, 1) if enc_secs else None,
+             "wall_seconds_last_run": round(wall, 1)}
+    _atomic_json(out / "dataset_stats.json", stats)
+    log.info("wrote %s (%d train, %d validation records); stats in %s", out / "train_data.json", len(train),
+             len(valid), out / "dataset_stats.json")
