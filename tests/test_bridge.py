@@ -1,0 +1,139 @@
+"""The WeDLM bridge on a tiny random Qwen3 saved in WeDLM form."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from latentDLM_mmdit.data_simple import Collator
+from wedlm_bridge.backbone import load_backbone
+from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig, shifted_text_ce
+from wedlm_bridge.tiny import make_tiny_wedlm
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wedlm") / "tiny"
+    make_tiny_wedlm(d)
+    return d
+
+
+def make_cfg(tiny_dir, **overrides):
+    cfg = OmegaConf.structured(BridgeRunConfig)
+    base = {"model.pretrained_local_dir": str(tiny_dir), "model.pretrained_model_dtype": "float32",
+            "model.latent_dim": D, "data.latent_dim": D, "model.latent_prefix_len": 3, "data.data_files.train": "x"}
+    for k, v in {**base, **overrides}.items():
+        OmegaConf.update(cfg, k, v, force_add=False)
+    return cfg
+
+
+def make_obj(tiny_dir, tokenizer, **overrides):
+    torch.manual_seed(0)
+    return BridgeObjective(make_cfg(tiny_dir, **overrides), tokenizer, load_backbone(str(tiny_dir), "float32"))
+
+
+def make_batch(tokenizer, paragraphs, b=4):
+    batch = Collator(tokenizer, 40)([{"text": t, "latent": np.random.default_rng(i).standard_normal((1, D)).astype(
+        np.float32), "index": i} for i, t in enumerate(paragraphs[:b])])
+    batch.pop("bad_records")
+    return batch
+
+
+def test_wedlm_form_loads_into_stock_classes_with_the_same_logits(tmp_path, tiny_dir):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+    raw = json.loads((tiny_dir / "config.json").read_text())
+    assert raw["model_type"] == "wedlm" and raw["architectures"] == ["WeDLMForCausalLM"] and "auto_map" in raw
+    src = make_tiny_wedlm(tmp_path / "again")  # the Qwen3ForCausalLM it was saved from
+    loaded = load_backbone(str(tmp_path / "again"), "float32")
+    assert type(loaded) is Qwen3ForCausalLM
+    ids = torch.randint(1000, 2000, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, src(ids).logits)
+    # a Qwen2.5-shaped checkpoint (the 7B) in WeDLM form: no q/k norms -> Qwen2ForCausalLM
+    torch.manual_seed(0)
+    q2 = Qwen2ForCausalLM(Qwen2Config(vocab_size=3000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2)).eval()
+    q2.save_pretrained(tmp_path / "q2")
+    cfg = json.loads((tmp_path / "q2" / "config.json").read_text())
+    cfg.update(model_type="wedlm", architectures=["WeDLMForCausalLM"])
+    (tmp_path / "q2" / "config.json").write_text(json.dumps(cfg))
+    l2 = load_backbone(str(tmp_path / "q2"), "float32")
+    assert type(l2) is Qwen2ForCausalLM
+    with torch.no_grad():
+        assert torch.equal(l2(ids).logits, q2(ids).logits)
+
+
+def test_text_ce_without_prefix_equals_the_backbones_labels_loss_and_ignores_pads(tiny_dir, tokenizer, paragraphs):
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": "l2t"}).eval()
+    b = make_batch(tokenizer, paragraphs)
+    ids, mask = b["input_ids"], b["attention_mask"]
+    assert not mask.all()  # the batch has padding
+    with torch.no_grad():
+        logits, labels = obj.lm_logits(None, ids, mask)
+        ours, _ = shifted_text_ce(logits, labels)
+        ref = obj.backbone(input_ids=ids, attention_mask=mask.long(), labels=ids.masked_fill(~mask, -100)).loss
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+        # more padding, with other pad ids: the same loss, with and without a prefix
+        wide = torch.cat([ids, torch.full((4, 5), 7)], 1)
+        wmask = torch.cat([mask, torch.zeros(4, 5, dtype=torch.bool)], 1)
+        assert shifted_text_ce(*obj.lm_logits(None, wide, wmask))[0].item() == pytest.approx(ours.item(), rel=1e-5)
+        prefix = obj.prefix_embeds(b["latent"])
+        with_p = shifted_text_ce(*obj.lm_logits(prefix, ids, mask))[0]
+        with_p_wide = shifted_text_ce(*obj.lm_logits(prefix, wide, wmask))[0]
+        assert with_p.item() == pytest.approx(with_p_wide.item(), rel=1e-5)
+
+
+def test_prefix_matches_the_embedding_scale(tiny_dir, tokenizer):
+    obj = make_obj(tiny_dir, tokenizer)
+    p = obj.prefix_embeds(torch.randn(5, D) * 100)
+    emb = obj.backbone.get_input_embeddings().weight
+    rms = p.pow(2).mean(-1).sqrt()
+    assert p.shape == (5, 3, emb.shape[1]) and torch.allclose(rms, emb.pow(2).mean().sqrt().expand_as(rms), rtol=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_pooling_is_correct_under_left_and_right_padding(tiny_dir, tokenizer, paragraphs, pooling):
+    obj = make_obj(tiny_dir, tokenizer, **{"model.latent_pooling": pooling}).eval()
+    texts = [paragraphs[0][:40], paragraphs[1][:120]]
+    with torch.no_grad():
+        alone = torch.cat([obj.encode_text(e["input_ids"], e["attention_mask"].bool())
+                           for e in (tokenizer([t], return_tensors="pt") for t in texts)])
+        for side in ("right", "left"):
+            tokenizer.padding_side = side
+            e = tokenizer(texts, padding=True, return_tensors="pt")
+            got = obj.encode_text(e["input_ids"], e["attention_mask"].bool())
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)  # RoPE: only relative positions
+    tokenizer.padding_side = "right"
+
+
+@pytest.mark.parametrize("task,lora,trains", [
+    ("t2l", 0, {"t2l_head"}), ("l2t", 0, {"latent_prefix"}), ("joint", 0, {"t2l_head", "latent_prefix"}),
+    ("l2t", 4, {"latent_prefix", "lora"}), ("t2l", 4, {"t2l_head", "lora"})])
+def test_only_the_task_heads_and_adapters_train_and_the_backbone_stays_bit_identical(
+        tiny_dir, tokenizer, paragraphs, task, lora, trains):
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": task, "model.lora_r": lora})
+    names = {n for n, p in obj.named_parameters() if p.requires_grad}
+    kinds = {"lora" if "lora_" in n else n.split(".")[0] for n in names}
+    assert kinds == trains
+    frozen = {n: p.detach().clone() for n, p in obj.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=1e-2)
+    b = make_batch(tokenizer, paragraphs)
+    for step in range(3):
+        loss, metrics = obj(b, step)
+        loss.backward()
+        assert all(p.grad is not None for n, p in obj.named_parameters() if n in names)
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(p, frozen[n]) for n, p in obj.named_parameters() if n in frozen)
+    want = {"t2l": {"latent_loss", "latent_cos"}, "l2t": {"text_loss", "text_acc"}}
+    assert set(metrics) == (want.get(task) or want["t2l"] | want["l2t"])
+
+
+def test_unfrozen_backbone_respects_freeze_lm_head(tiny_dir, tokenizer):
+    obj = make_obj(tiny_dir, tokenizer, **{"model.freeze_backbone": False, "model.freeze_lm_head": True})
+    grads = {n.split(".")[1] for n, p in obj.named_parameters() if p.requires_grad and n.startswith("backbone.")}
+    assert grads == {"model"} and not obj.backbone.lm_head.weight.requires_grad

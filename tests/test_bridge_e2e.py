@@ -1,0 +1,109 @@
+"""The bridge end to end: launcher + localhost hub, staged training, exact resume, 2 ranks, CLIs."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from latentDLM_mmdit.prefetch import read_marker
+from latentDLM_mmdit.run_log import read_jsonl
+from tests.conftest import REPO, run_entry
+from tests.helpers.fake_hub import FakeHub
+from tests.test_launch import bash, env_for
+from wedlm_bridge.tiny import make_tiny_wedlm
+
+pytestmark = pytest.mark.slow
+SCRIPT = REPO / "wedlm_bridge" / "run_wedlm8b_ar_bridge.sh"
+TRAIN = REPO / "wedlm_bridge" / "train_wedlm_ar_bridge.py"
+COMMON = ["model=tiny", "training.dtype=fp32", "training.warmup_steps=0", "optimizer.lr=1e-3",
+          "training.train_batch_size=4", "logging.log_freq=2", "logging.progress_bar=false", "data.num_workers=0",
+          "data.val_split_ratio=0.1", "data.max_seq_len=48"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wedlm") / "tiny"
+    make_tiny_wedlm(d)
+    return d
+
+
+def ok(p):
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+
+
+def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, tiny_dir, minilm_data):
+    files = {p.name: p.read_bytes() for p in tiny_dir.iterdir() if p.is_file()}
+    with FakeHub("tencent/WeDLM-8B-Base", files) as hub:
+        env = env_for(tmp_path, hub, DOWNLOAD_ONLY="1", MODEL_ID="tencent/WeDLM-8B-Base",
+                      LOCAL_MODEL_DIR=str(tmp_path / "models" / "wedlm"))
+        ok(bash(SCRIPT, env))
+    local = tmp_path / "models" / "wedlm"
+    assert read_marker(local) and (local / "model.safetensors").read_bytes() == files["model.safetensors"]
+    runs = tmp_path / "runs"
+    base = env_for(tmp_path, None, MODEL_ID="tencent/WeDLM-8B-Base", LOCAL_MODEL_DIR=str(local),
+                   TRAIN_JSON=str(minilm_data), NUM_STEPS="6", SAVE_DIR=str(runs), NPROC_PER_NODE="1")
+    stages = [("t2l", "s1", {}), ("l2t", "s2", {"INIT_FROM": str(runs / "s1")}),
+              ("joint", "s3", {"INIT_FROM": str(runs / "s2"), "NPROC_PER_NODE": "2"})]
+    for task, name, extra in stages:  # hub gone: everything below is offline
+        ok(bash(SCRIPT, {**base, "TASK": task, "RUN_NAME": name, **extra}, *COMMON, timeout=600))
+        log = read_jsonl(runs / name / "training_log.jsonl")
+        keys = {"t2l": {"latent_loss", "latent_cos"}, "l2t": {"text_loss", "text_acc"}}
+        want = keys.get(task) or keys["t2l"] | keys["l2t"]
+        assert all(want <= r.keys() and all(math.isfinite(r[k]) for k in want) for r in log)
+        assert read_jsonl(runs / name / "eval_log.jsonl")
+    ck = torch.load(runs / "s3" / "checkpoint_step_6.pt", weights_only=True)
+    assert {k.split(".")[0] for k in ck["model"]} == {"latent_prefix", "t2l_head"}  # no backbone weights
+    assert ck["objective"]["backbone"] == "tencent/WeDLM-8B-Base" and ck["objective"]["backbone_revision"]
+    # stage 2 started from stage 1's t2l head (frozen in l2t): identical tensors
+    s1 = torch.load(runs / "s1" / "checkpoint_step_6.pt", weights_only=True)["model"]
+    from wedlm_bridge.bridge import load_bridge
+    s2, _, _ = load_bridge(str(runs / "s2"))
+    assert all(torch.equal(s2.state_dict()[k], v) for k, v in s1.items() if k.startswith("t2l_head"))
+
+
+def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_data):
+    args = ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={tiny_dir}",
+            f"data.data_files.train={minilm_data}", f"logging.save_dir={tmp_path}", "training.task=joint",
+            "model.lora_r=4", "training.num_train_steps=8", "logging.save_freq=4", "logging.run_name=ref"]
+    ok(run_entry(TRAIN, args))
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "ref", cut)
+    (cut / "checkpoint_step_8.pt").unlink()  # as if killed between step 4's and step 8's checkpoints
+    (cut / "latest").write_text("checkpoint_step_4.pt\n")
+    ok(run_entry(TRAIN, args[:-1] + ["logging.run_name=cut", "training.resume=auto"]))
+    ref, got = read_jsonl(tmp_path / "ref" / "training_log.jsonl"), read_jsonl(cut / "training_log.jsonl")
+    assert [r["step"] for r in got] == [2, 4, 6, 8]
+    assert [r["loss"] for r in got] == [r["loss"] for r in ref]
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("A for loop iterates over items.\nThe with statement wraps a block.\n")
+    cli = lambda mod, *a: subprocess.run([sys.executable, "-m", f"wedlm_bridge.{mod}", "--checkpoint",  # noqa: E731
+                                         str(tmp_path / "ref"), *map(str, a)], capture_output=True, text=True,
+                                        cwd=REPO, timeout=300)
+    ok(cli("encode", "--input", texts, "--output", tmp_path / "z.npy", "--device", "cpu"))
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (2, 384) and np.isfinite(z).all()
+    ok(cli("decode", "--latents", tmp_path / "z.npy", "--output", tmp_path / "out.txt", "--max-new-tokens", "8",
+           "--device", "cpu"))
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
+    ok(cli("export", "--output", tmp_path / "export"))
+    from safetensors.torch import load_file
+
+    from wedlm_bridge.backbone import load_backbone
+    from wedlm_bridge.bridge import load_bridge
+    heads = load_file(tmp_path / "export" / "bridge_heads.safetensors")
+    assert {k.split(".")[0] for k in heads} == {"latent_prefix", "t2l_head"}
+    merged_dir = tmp_path / "export" / "merged_model"
+    raw = json.loads((merged_dir / "config.json").read_text())
+    assert raw["model_type"] == "wedlm" and raw["auto_map"] and "mask_token_id" in raw
+    obj, _, _ = load_bridge(str(tmp_path / "ref"))
+    ids = torch.randint(1000, 2000, (2, 10))
+    with torch.no_grad():
+        want = obj.backbone(input_ids=ids).logits  # base + adapters
+        got = load_backbone(str(merged_dir), "float32")(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(want, load_backbone(str(tiny_dir), "float32")(input_ids=ids).logits, atol=1e-6)

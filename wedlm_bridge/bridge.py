@@ -1,0 +1,264 @@
+"""The WeDLM latent bridge: latent -> prefix -> text (l2t) and text -> pooled hidden -> latent (t2l).
+
+- ``latent_prefix``: latent ``[B, D]`` -> ``latent_prefix_len`` input embeddings (an MLP); with
+  ``prefix_match_embedding_scale`` each embedding is RMS-normalised and scaled to the RMS of the
+  backbone's token embeddings, so the prefix enters at the scale the backbone expects.
+- l2t: ``[prefix; text]`` through the causal LM; ``text_loss`` is the next-token CE over text
+  positions only (the last prefix position predicts the first token; pads are -100); an EOS is
+  appended so the model learns where to stop.
+- ``t2l_head``: the last hidden layer pooled over real tokens (``last`` | ``mean``, correct
+  under left or right padding) -> MLP -> latent; ``latent_loss`` is MSE, ``latent_cos`` logged.
+- What trains is decided once, at build: the heads of the task (t2l: t2l_head; l2t:
+  latent_prefix; joint: both), LoRA adapters when ``model.lora_r > 0``, the backbone only when
+  ``freeze_backbone=false`` (the LM head then follows ``freeze_lm_head``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentDLM_mmdit.config import ConfigError, RunConfig, TrainingConfig
+
+log = logging.getLogger("mm_ldlm.bridge")
+
+
+class Task(Enum):
+    t2l = "t2l"
+    l2t = "l2t"
+    joint = "joint"
+
+
+class Pooling(Enum):
+    last = "last"
+    mean = "mean"
+
+
+@dataclass
+class BridgeModelConfig:
+    pretrained_model_name_or_path: str = "tencent/WeDLM-8B-Base"
+    trust_remote_code: bool = False
+    pretrained_model_dtype: str = "bfloat16"  # bfloat16 | float16 | float32
+    local_files_only: bool = True
+    pretrained_local_dir: Optional[str] = "./local_models/wedlm-8b"
+    download_pretrained_local_dir: bool = False  # prefetch into pretrained_local_dir when missing
+    latent_dim: int = 1024
+    latent_prefix_len: int = 8
+    prefix_match_embedding_scale: bool = True
+    latent_pooling: Pooling = Pooling.last
+    max_seq_len: int = 1024
+    freeze_backbone: bool = True
+    freeze_lm_head: bool = True
+    lora_r: int = 0  # > 0: LoRA adapters on the backbone (peft)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    activation_checkpointing: bool = False
+
+    def check(self) -> None:
+        from wedlm_bridge.backbone import DTYPES
+
+        if self.pretrained_model_dtype not in DTYPES:
+            raise ConfigError(f"model.pretrained_model_dtype: {self.pretrained_model_dtype!r} ({' | '.join(DTYPES)})")
+        for key in ("latent_dim", "latent_prefix_len", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: must be >= 1")
+        if self.lora_r < 0:
+            raise ConfigError("model.lora_r: must be >= 0 (0 = no adapters)")
+        if self.lora_r and not self.freeze_backbone:
+            raise ConfigError("model.lora_r: adapters train on a frozen backbone; set model.freeze_backbone=true "
+                              "or model.lora_r=0 for full fine-tuning")
+
+
+@dataclass
+class BridgeTrainingConfig(TrainingConfig):
+    task: Task = Task.t2l
+    text_loss_weight: float = 1.0
+    latent_loss_weight: float = 1.0
+    init_from: Optional[str] = None  # a previous stage's checkpoint (or run dir): its trained weights
+
+
+@dataclass
+class BridgeRunConfig(RunConfig):
+    training: BridgeTrainingConfig = field(default_factory=BridgeTrainingConfig)
+    model: BridgeModelConfig = field(default_factory=BridgeModelConfig)
+
+    def check(self) -> None:
+        if self.data.latent_dim != self.model.latent_dim:
+            raise ConfigError(f"data.latent_dim ({self.data.latent_dim}) != model.latent_dim ({self.model.latent_dim})")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+    last = mask.shape[1] - 1 - mask.long().flip(1).argmax(1)  # last real token, either padding side
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def shifted_text_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token CE and accuracy: position i predicts labels[i + 1]; -100 never counts."""
+    pred, tgt = logits[:, :-1].float(), labels[:, 1:]
+    valid = tgt != -100
+    loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+    acc = (pred.argmax(-1) == tgt)[valid].float().mean() if valid.any() else torch.zeros((), device=logits.device)
+    return loss, acc
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+
+
+class BridgeObjective(nn.Module):
+    def __init__(self, cfg, tokenizer, backbone: nn.Module):
+        super().__init__()
+        m, t = cfg.model, cfg.training
+        self.task, self.pooling = t.task.name, m.latent_pooling.name
+        self.tw, self.lw, self.P = t.text_loss_weight, t.latent_loss_weight, m.latent_prefix_len
+        self.eos_id = tokenizer.eos_token_id
+        self.backbone_name = m.pretrained_model_name_or_path
+        self.backbone_dir = m.pretrained_local_dir
+        h = backbone.config.hidden_size
+        backbone.requires_grad_(not m.freeze_backbone)
+        if not m.freeze_backbone:
+            backbone.get_output_embeddings().requires_grad_(not m.freeze_lm_head)
+        if m.activation_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            backbone.config.use_cache = False
+        if m.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            backbone = get_peft_model(backbone, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha,
+                                                           lora_dropout=m.lora_dropout,
+                                                           target_modules=list(m.lora_target_modules)))
+        self.backbone = backbone
+        emb = backbone.get_input_embeddings().weight
+        self.register_buffer("emb_rms", emb.detach().float().pow(2).mean().sqrt(), persistent=False)
+        self.match_scale = m.prefix_match_embedding_scale
+        self.latent_prefix = _mlp(m.latent_dim, h, self.P * h)
+        self.t2l_head = _mlp(h, h, m.latent_dim)
+        self.latent_prefix.requires_grad_(self.task in ("l2t", "joint"))
+        self.t2l_head.requires_grad_(self.task in ("t2l", "joint"))
+
+    # -- pieces shared by training and the CLIs --------------------------------------------
+    def prefix_embeds(self, latent: torch.Tensor) -> torch.Tensor:
+        p = self.latent_prefix(latent.float()).view(latent.shape[0], self.P, -1)
+        if self.match_scale:
+            p = p * torch.rsqrt(p.pow(2).mean(-1, keepdim=True) + 1e-6) * self.emb_rms
+        return p
+
+    def lm_logits(self, prefix: Optional[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor):
+        """(logits over [prefix; text], labels with -100 on the prefix and pads)."""
+        embeds = self.backbone.get_input_embeddings()(ids)
+        labels = ids.masked_fill(~mask.bool(), -100)
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], 1)
+            B, P = prefix.shape[:2]
+            mask = torch.cat([torch.ones(B, P, dtype=mask.dtype, device=mask.device), mask], 1)
+            labels = torch.cat([torch.full((B, P), -100, dtype=labels.dtype, device=labels.device), labels], 1)
+        out = self.backbone(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
+        return out.logits, labels
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
+        return self.t2l_head(pool(out.hidden_states[-1], mask, self.pooling).float())
+
+    def with_eos(self, ids: torch.Tensor, mask: torch.Tensor):
+        """Append EOS after each text (the decoder must learn to stop); no-op without an EOS token."""
+        if self.eos_id is None:
+            return ids, mask
+        B = ids.shape[0]
+        ids = torch.cat([ids, ids.new_zeros(B, 1)], 1)
+        mask = torch.cat([mask, mask.new_zeros(B, 1)], 1)
+        end = mask.long().sum(1)
+        ids[torch.arange(B), end] = self.eos_id
+        mask[torch.arange(B), end] = True
+        return ids, mask
+
+    # -- training --------------------------------------------------------------------------
+    def forward(self, batch: dict, step: int):
+        from latentDLM_mmdit.data_simple import mean_latent
+
+        ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
+        loss, metrics = torch.zeros((), device=ids.device), {}
+        if self.task in ("l2t", "joint"):
+            i2, m2 = self.with_eos(ids, mask)
+            logits, labels = self.lm_logits(self.prefix_embeds(z), i2, m2)
+            text_loss, acc = shifted_text_ce(logits, labels)
+            loss = loss + self.tw * text_loss
+            metrics.update(text_loss=text_loss.detach(), text_acc=acc)
+        if self.task in ("t2l", "joint"):
+            pred = self.encode_text(ids, mask)
+            latent_loss = F.mse_loss(pred, z)
+            loss = loss + self.lw * latent_loss
+            metrics.update(latent_loss=latent_loss.detach(),
+                           latent_cos=F.cosine_similarity(pred.detach(), z, dim=-1).mean())
+        return loss, metrics
+
+    def flops_per_token(self) -> float:
+        """Model FLOPs per text token: forward 2N everywhere; backward 2N through the backbone
+        whenever something before its output trains (the prefix, adapters), + 2N for weights that train."""
+        n_bb = sum(p.numel() for p in self.backbone.parameters())
+        n_train_bb = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
+        total = 0.0
+        if self.task in ("l2t", "joint"):
+            total += 4 * n_bb + 2 * n_train_bb
+        if self.task in ("t2l", "joint"):
+            total += 2 * n_bb + (2 * n_bb + 2 * n_train_bb if n_train_bb else 0)
+        return total
+
+    def checkpoint_metadata(self) -> dict:
+        from latentDLM_mmdit.prefetch import read_marker
+
+        marker = read_marker(self.backbone_dir) if self.backbone_dir else None
+        return {"backbone": self.backbone_name, "backbone_dir": self.backbone_dir,
+                "backbone_revision": (marker or {}).get("commit")}
+
+
+def build(cfg, tokenizer) -> nn.Module:
+    from latentDLM_mmdit.prefetch import check_if_prefetched, prefetch
+    from wedlm_bridge.backbone import load_backbone
+
+    m = cfg.model
+    if m.pretrained_local_dir:
+        if m.download_pretrained_local_dir and not Path(m.pretrained_local_dir).is_dir():
+            prefetch(m.pretrained_model_name_or_path, m.pretrained_local_dir)
+        check_if_prefetched(m.pretrained_local_dir)
+    backbone = load_backbone(m.pretrained_local_dir or m.pretrained_model_name_or_path, m.pretrained_model_dtype,
+                             m.trust_remote_code, m.local_files_only)
+    obj = BridgeObjective(cfg, tokenizer, backbone)
+    if cfg.training.init_from:  # on resume the run's own checkpoint then overwrites what trains
+        load_stage(obj, cfg.training.init_from)
+    return obj
+
+
+def load_stage(obj: BridgeObjective, path: str) -> None:
+    """Start from a previous stage: every tensor of its checkpoint whose name and shape exist here
+    (heads, adapters); the optimizer starts fresh. A resumed run's own checkpoint wins over this."""
+    from latentDLM_mmdit.checkpointing import load_checkpoint, resolve_checkpoint
+
+    sd = load_checkpoint(resolve_checkpoint(path))["model"]
+    own = obj.state_dict()
+    take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise ConfigError(f"training.init_from: {path} shares no weights with this model")
+    obj.load_state_dict(take, strict=False)
+    log.info("init_from %s: %d tensors (%s)", path, len(take),
+             ", ".join(sorted({k.split(".")[0] for k in take})))
+
+
+def load_bridge(checkpoint: str, device: str = "cpu"):
+    """(objective in eval mode, tokenizer, config) from a bridge run directory or checkpoint."""
+    from latentDLM_mmdit.checkpointing import rebuild_from_checkpoint
+
+    return rebuild_from_checkpoint(checkpoint, BridgeRunConfig, build, device)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

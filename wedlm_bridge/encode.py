@@ -1,0 +1,44 @@
+"""Text -> latents with a trained bridge (the t2l direction).
+
+    python -m wedlm_bridge.encode --checkpoint RUN_DIR --input texts.txt --output z.npy
+
+One text per input line; writes float32 [N, latent_dim].
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wedlm_bridge.bridge import default_device, load_bridge
+
+
+@torch.no_grad()
+def encode(obj, tok, texts: list[str], max_len: int, device) -> np.ndarray:
+    enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return obj.encode_text(enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)).float().cpu().numpy()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m wedlm_bridge.encode", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
+    ap.add_argument("--input", required=True, help="text file, one text per line")
+    ap.add_argument("--output", required=True, help=".npy to write")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default=default_device())
+    a = ap.parse_args(argv)
+    obj, tok, cfg = load_bridge(a.checkpoint, a.device)
+    texts = Path(a.input).read_text(encoding="utf-8").splitlines()
+    if not texts:
+        raise SystemExit(f"{a.input}: no lines to encode")
+    z = np.concatenate([encode(obj, tok, texts[i : i + a.batch_size], cfg.data.max_seq_len, a.device)
+                        for i in range(0, len(texts), a.batch_size)])
+    np.save(a.output, z.astype(np.float32), allow_pickle=False)
+    print(f"wrote {z.shape[0]} x {z.shape[1]} latents to {a.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Export a trained bridge for use outside this repository.
+
+    python -m wedlm_bridge.export --checkpoint RUN_DIR --output DIR
+
+Writes ``DIR/bridge_heads.safetensors`` (latent_prefix.*, t2l_head.*) and ``DIR/bridge_config.json``
+(model settings, task, the backbone's id and revision). With LoRA adapters, also
+``DIR/merged_model/``: the backbone with the adapters merged, saved with WeDLM's own config.json
+(model_type, auto_map, mask_token_id ... kept) and its tokenizer and code files, so it loads like
+the original checkpoint (through this repository's no-remote-code path or with remote code).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from wedlm_bridge.bridge import load_bridge
+
+
+def export(checkpoint: str, out: str | Path) -> Path:
+    obj, tok, cfg = load_bridge(checkpoint, "cpu")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = {k: v.contiguous() for k, v in obj.state_dict().items() if k.startswith(("latent_prefix.", "t2l_head."))}
+    save_file(heads, str(out / "bridge_heads.safetensors"))
+    meta = {"model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+            "task": cfg.training.task.name, **obj.checkpoint_metadata()}
+    (out / "bridge_config.json").write_text(json.dumps(meta, indent=2))
+    if cfg.model.lora_r:
+        merged = obj.backbone.merge_and_unload()
+        d = out / "merged_model"
+        merged.save_pretrained(d)
+        src = Path(cfg.model.pretrained_local_dir or "")
+        raw = dict(getattr(merged, "source_config_json", {}) or json.loads((d / "config.json").read_text()))
+        raw["torch_dtype"] = cfg.model.pretrained_model_dtype
+        (d / "config.json").write_text(json.dumps(raw, indent=2))
+        tok.save_pretrained(d)
+        for f in src.glob("*.py") if src.is_dir() else []:  # WeDLM's remote code, for trust_remote_code users
+            shutil.copy2(f, d / f.name)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m wedlm_bridge.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
+    ap.add_argument("--output", required=True)
+    a = ap.parse_args(argv)
+    print(f"exported to {export(a.checkpoint, a.output)}")
+
+
+if __name__ == "__main__":
+    main()
