@@ -168,10 +168,11 @@ def test_two_ranks_and_a_killed_rerun_equal_one_uninterrupted_run(tmp_path, corp
     proc.wait()
     done_before = {m: m.stat().st_mtime_ns for m in (cut / "latents").glob(".part_*.json")}
     assert 0 < len(done_before) < 12 and not (cut / "train_data.json").exists()
-    p = run_cli(common + ["--output-dir", cut])
+    p = run_cli(common + ["--output-dir", cut, "--batch-size", "1"])
     assert p.returncode == 0, p.stderr[-3000:]
     recs3, z3 = load_output(cut)
-    assert recs3 == recs1 and np.array_equal(z3, z1)
+    assert recs3 == recs1
+    np.testing.assert_allclose(z3, z1, atol=1e-6)  # batch 1 vs 8: padding changes float rounding only
     assert all(m.stat().st_mtime_ns == t for m, t in done_before.items())  # not re-encoded
 
 
