@@ -151,6 +151,7 @@ class MMDiTObjective(nn.Module):
         self.latent = GaussianLatentDiffusion(m.latent_timesteps, m.latent_beta_schedule,
                                               m.latent_parameterization, m.x0_clamp)
         self.loss_type, self.seed, self.sample_cfg = self.lc.loss_type.name, t.seed, cfg.sample
+        self.latent_scale = float(m.latent_scale)
         self.register_buffer("special_ids", torch.tensor(tokenizer.all_special_ids), persistent=False)
         self.schedule = [(b.type, b.steps) for b in t.sequential_schedule]
         self.weights = {k: float(v) for k, v in t.mode_weights.items() if v > 0}
@@ -176,35 +177,44 @@ class MMDiTObjective(nn.Module):
         return t_idx.float() / self.latent.timesteps
 
     def l2t_pass(self, ids, mask, cond_latent):
-        """Masked text diffusion conditioned on a clean latent: (loss, acc, logits, noisy, masked)."""
+        """Masked text diffusion conditioned on a clean latent: (loss, acc, logits at the masked
+        positions [N, V], noisy, masked, latent output)."""
         t = self.text.sample_t(ids.shape[0], ids.device)
         noisy, masked = self.text.corrupt(ids, mask, t)
         zero = torch.zeros_like(t)
-        logits, lat_out = self.model(noisy, mask, cond_latent, t, zero)
+        logits, lat_out = self.model(noisy, mask, cond_latent, t, zero, text_logits=masked)
         loss, acc = self.text.loss(logits, ids, masked, mask, t)
         return loss, acc, logits, noisy, masked, lat_out
 
     def t2l_pass(self, ids, mask, x0, t_idx=None):
-        """Latent diffusion conditioned on clean text: (loss, x0_pred, text logits)."""
+        """Latent diffusion conditioned on clean text: (loss, x0_pred). The text head is not
+        evaluated (clean text has no targets): the pass costs no vocabulary projection."""
         if t_idx is None:
             t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.latent.q_sample(x0, t_idx, noise)
-        logits, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self._t_latent(t_idx))
+        _, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self._t_latent(t_idx),
+                            text_logits=False)
         loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
-        return loss, self.latent.predict_x0(out.float(), x_t, t_idx), logits
+        return loss, self.latent.predict_x0(out.float(), x_t, t_idx)
+
+    def _graph_anchor(self) -> torch.Tensor:
+        """0 x every trainable parameter: a T2L-only step (no text head, so the last block's text
+        stream is unused too) still hands DDP a gradient (zero) for every parameter, so all
+        ranks reduce the same set. A sum over the parameters: cheap next to the step."""
+        return sum(0.0 * p.sum() for p in self.model.parameters() if p.requires_grad)
 
     def forward(self, batch: dict, step: int):
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        x0 = mean_latent(batch).float()
+        x0 = mean_latent(batch).float() * self.latent_scale  # diffusion space (see model.latent_scale)
         mode = self.mode_at(step)
         tw, lw = self.lc.text_loss_weight, self.lc.latent_loss_weight
         if mode == "l2t":
             text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0)
             loss, metrics = tw * text_loss + 0.0 * lat_out.sum(), {"text_loss": text_loss, "text_acc": acc}
         elif mode == "t2l":
-            latent_loss, x0_pred, logits = self.t2l_pass(ids, mask, x0)
-            loss = lw * latent_loss + 0.0 * logits.float().sum()
+            latent_loss, x0_pred = self.t2l_pass(ids, mask, x0)
+            loss = lw * latent_loss + self._graph_anchor()
             metrics = {"latent_loss": latent_loss, "x0_pred_norm": x0_pred.norm(dim=-1).mean()}
         elif mode == "unconditional":
             loss, metrics = self._joint(ids, mask, x0, tw, lw)
@@ -221,7 +231,7 @@ class MMDiTObjective(nn.Module):
         t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.latent.q_sample(x0, t_idx, noise)
-        logits, out = self.model(noisy, mask, x_t, t, self._t_latent(t_idx))
+        logits, out = self.model(noisy, mask, x_t, t, self._t_latent(t_idx), text_logits=masked)
         text_loss, acc = self.text.loss(logits, ids, masked, mask, t)
         latent_loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
         return tw * text_loss + lw * latent_loss, {"text_loss": text_loss, "text_acc": acc,
@@ -230,7 +240,7 @@ class MMDiTObjective(nn.Module):
     def _cycle(self, ids, mask, x0, step, tw, lw):
         lc = self.lc
         base_text, acc, logits, noisy, masked, _ = self.l2t_pass(ids, mask, x0)
-        base_latent, x0_pred, _ = self.t2l_pass(ids, mask, x0)
+        base_latent, x0_pred = self.t2l_pass(ids, mask, x0)
         w_text = ramp(lc.cycle_text_weight, step, lc.cycle_text_warmup_steps, lc.cycle_text_ramp_steps)
         w_lat = ramp(lc.cycle_latent_weight, step, lc.cycle_latent_warmup_steps, lc.cycle_latent_ramp_steps)
         loss = tw * base_text + lw * base_latent
@@ -247,7 +257,7 @@ class MMDiTObjective(nn.Module):
             else:
                 lo, hi = int(lc.cycle_latent_t_min * (T - 1)), int(lc.cycle_latent_t_max * (T - 1))
                 t_idx = self.latent.sample_t(x0.shape[0], x0.device, lo, hi + 1)
-            _, x0_hat, _ = self.t2l_pass(ids, mask, x0, t_idx)
+            _, x0_hat = self.t2l_pass(ids, mask, x0, t_idx)
             if lc.cycle_stop_grad_latent:
                 x0_hat = x0_hat.detach()
             cycle_text, _, _, _, _, _ = self.l2t_pass(ids, mask, x0_hat)
@@ -258,8 +268,8 @@ class MMDiTObjective(nn.Module):
                     pred = logits.argmax(-1)
                 else:
                     pred = torch.distributions.Categorical(logits=logits.float()).sample()
-                pseudo = torch.where(masked, pred, noisy)
-            cycle_latent, _, _ = self.t2l_pass(pseudo, mask, x0)
+                pseudo = noisy.masked_scatter(masked, pred)  # logits are per masked position
+            cycle_latent, _ = self.t2l_pass(pseudo, mask, x0)
             loss = loss + w_lat * cycle_latent
         metrics.update(cycle_text_loss=cycle_text, cycle_latent_loss=cycle_latent)
         return loss, metrics

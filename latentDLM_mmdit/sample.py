@@ -1,5 +1,7 @@
 """Samplers consistent with training, round-trip metrics, and the sampling CLI.
 
+Both take and return latents in data units (``model.latent_scale`` is applied inside).
+
 - :func:`t2l_encode`: text -> latent by deterministic DDIM (eta = 0) from pure noise at T - 1,
   reading the network output in the trained parameterisation (``predict_x0`` / ``predict_eps``).
 - :func:`l2t_decode`: latent -> text by iterative unmasking from fully masked text: at each step
@@ -11,10 +13,12 @@ CLI (a checkpoint file or a run directory, whose ``latest`` is used)::
 
     python -m latentDLM_mmdit.sample t2l --checkpoint RUN_DIR --input texts.txt --output latents.npy
     python -m latentDLM_mmdit.sample l2t --checkpoint RUN_DIR --input latents.npy --output texts.txt
+    python -m latentDLM_mmdit.sample roundtrip --checkpoint RUN_DIR --input validation_data.json [--output r.json]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -39,7 +43,7 @@ def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: tor
         _, out = obj.model(input_ids, attention_mask, x, zeros, tt.float() / g.timesteps, text_logits=False)
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         x = g.ddim_step(out.float(), x, tt, torch.full((B,), prev, device=input_ids.device))
-    return x
+    return x / obj.latent_scale
 
 
 @torch.no_grad()
@@ -48,6 +52,7 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
     """Token ids ``[B, L]``; positions where ``attention_mask`` is False stay 0 (padding)."""
     mask_id, B, L = obj.text.mask_id, *attention_mask.shape
     ids = obj.text.fully_masked(attention_mask)
+    latent = latent.float() * obj.latent_scale
     steps = steps or L
     zeros = torch.zeros(B, device=latent.device)
     n_real = attention_mask.sum(1)
@@ -95,6 +100,45 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"):
     return rebuild_from_checkpoint(checkpoint, MMDiTRunConfig, build, device)
 
 
+@torch.no_grad()
+def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64, show: int = 6,
+                     seed: int = 0) -> dict:
+    """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
+    token accuracy of always predicting the most frequent token of these texts at every scored
+    position, and the cosine between each latent and another record's latent."""
+    from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent
+    from latentDLM_mmdit.data_records import read_records
+
+    obj, tok, cfg = load_objective(checkpoint)
+    table = read_records(data_json, cfg.data.latent_data_root, cfg.model.latent_dim)
+    ds = LatentTextDataset(table, cfg.model.latent_dim)
+    items = ds.__getitems__(list(range(min(n, len(ds)))))
+    batch = Collator(tok, min(cfg.data.max_seq_len, cfg.model.max_seq_len))(items)
+    batch.pop("bad_records", None)
+    ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
+    torch.manual_seed(seed)
+    metrics, out = roundtrip(obj, ids, mask, z)
+    scored = mask & ~torch.isin(ids, obj.special_ids)
+    top = torch.bincount(ids[scored]).argmax()
+    zn = F.normalize(z, dim=-1)
+    rows = [{"original": tok.decode(ids[i][mask[i]], skip_special_tokens=True),
+             "t2l2t": tok.decode(out["t2l2t_ids"][i][mask[i]], skip_special_tokens=True)} for i in range(ids.shape[0])]
+    return {"records": ids.shape[0], "t2l2t_acc": metrics["t2l2t_acc"].item(),
+            "t2l2t_acc_chance": (ids[scored] == top).float().mean().item(),
+            "l2t2l_cos": metrics["l2t2l_cos"].item(),
+            "l2t2l_cos_chance": (zn * zn.roll(1, 0)).sum(-1).mean().item(), "examples": rows[:show]}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"held-out round trips on {rep['records']} records",
+             f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   (chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
+             f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
+             ""]
+    for i, r in enumerate(rep["examples"], 1):
+        lines += [f"[{i}] original: {r['original']}", f"    T2L2T:    {r['t2l2t']}", ""]
+    return "\n".join(lines)
+
+
 def _batches(n: int, size: int):
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))
@@ -103,16 +147,26 @@ def _batches(n: int, size: int):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m latentDLM_mmdit.sample", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("direction", choices=["t2l", "l2t"], help="t2l: text -> latent .npy; l2t: latent .npy -> text")
+    ap.add_argument("direction", choices=["t2l", "l2t", "roundtrip"],
+                    help="t2l: text -> latent .npy; l2t: latent .npy -> text; roundtrip: a dataset JSON -> report")
     ap.add_argument("--checkpoint", required=True, help="checkpoint_step_N.pt or a run directory")
     ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
-    ap.add_argument("--output", required=True, help="t2l: .npy to write; l2t: text file to write")
+    ap.add_argument("--output", default=None, help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
+    ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.* keys)")
     ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
+    if a.direction == "roundtrip":
+        rep = roundtrip_report(a.checkpoint, a.input, a.n)
+        print(format_report(rep))
+        if a.output:
+            Path(a.output).write_text(json.dumps(rep, indent=2))
+        return
+    if a.output is None:
+        ap.error("--output is required for t2l / l2t")
     obj, tok, cfg = load_objective(a.checkpoint, a.device)
     dev = torch.device(a.device)
     if a.direction == "t2l":

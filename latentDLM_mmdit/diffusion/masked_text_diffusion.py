@@ -42,9 +42,13 @@ class MaskedTextDiffusion:
 
     def loss(self, logits: torch.Tensor, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ELBO loss, accuracy on masked tokens). ``logits [B, L, V]`` in any dtype."""
-        ce = F.cross_entropy(logits.float().transpose(1, 2), input_ids, reduction="none")  # [B, L]
-        weighted = ce * masked * self.loss_weight(t).unsqueeze(1)
-        loss = weighted.sum() / attention_mask.sum().clamp_min(1)
-        acc = ((logits.argmax(-1) == input_ids) & masked).sum() / masked.sum().clamp_min(1)
+        """(ELBO loss, accuracy on masked tokens). ``logits [B, L, V]``, or ``[N, V]`` for just the
+        N masked positions in row-major order (what the model returns for ``text_logits=masked``)."""
+        if logits.dim() == 3:
+            logits = logits[masked]
+        tgt = input_ids[masked]
+        ce = F.cross_entropy(logits.float(), tgt, reduction="none")  # masked positions only
+        w = self.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
+        loss = (ce * w).sum() / attention_mask.sum().clamp_min(1)
+        acc = (logits.argmax(-1) == tgt).sum() / masked.sum().clamp_min(1)
         return loss, acc

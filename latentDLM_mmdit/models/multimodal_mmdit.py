@@ -43,6 +43,10 @@ class MMDiTModelConfig:
     latent_beta_schedule: str = "cosine"  # cosine | linear
     latent_parameterization: str = "v_param"  # epsilon | x0 | v_param
     x0_clamp: Optional[float] = None  # epsilon only: clamp of the x0 recovered from eps
+    # Latents are multiplied by this before diffusion (and samplers divide it back out).
+    # L2-normalised encoders (E5, Qwen, MiniLM) give per-dim std ~1/sqrt(D): sqrt(D) makes the
+    # Gaussian diffusion see unit variance; without it the signal is invisible under the noise.
+    latent_scale: float = 1.0
     t_eps: float = 1e-4
     flash_attn: bool = True
 
@@ -59,6 +63,8 @@ class MMDiTModelConfig:
         for key in ("n_blocks", "num_residual_streams", "num_latent_tokens", "latent_timesteps", "cond_dim"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
+        if not self.latent_scale > 0:
+            raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
             raise ConfigError("model.t_eps: must be in (0, 1)")
 
@@ -101,17 +107,21 @@ class MultimodalMMDiT(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, latent: torch.Tensor,
-                t_text: torch.Tensor, t_latent: torch.Tensor, text_logits: bool = True):
+                t_text: torch.Tensor, t_latent: torch.Tensor, text_logits: bool | torch.Tensor = True):
         """``text_ids [B, L]``, ``text_mask [B, L]`` (True = real token), ``latent [B, D]``,
         ``t_text [B]`` and ``t_latent [B]`` in [0, 1] -> (logits ``[B, L, V]``, latent ``[B, D]``).
-        ``text_logits=False`` skips the vocabulary projection (samplers that only read the latent)."""
+        ``text_logits=False`` skips the vocabulary projection (passes that only read the latent); a
+        bool ``[B, L]`` tensor projects only those positions and returns ``[N, V]`` (the loss's)."""
         pos = torch.arange(text_ids.shape[1], device=text_ids.device)
         x_text = self.drop(self.tok(text_ids) + self.pos(pos))
         x_lat = self.latent_in(latent).view(latent.shape[0], self.k, -1) + self.latent_pos
         cond = self.time_text(t_text) + self.time_latent(t_latent)
         out_text, out_lat = self.backbone(modality_tokens=(x_text, x_lat),
                                           modality_masks=(text_mask, None), time_cond=cond)
-        logits = self.text_head(out_text) if text_logits else None
+        if isinstance(text_logits, torch.Tensor):
+            logits = self.text_head(out_text[text_logits])
+        else:
+            logits = self.text_head(out_text) if text_logits else None
         return logits, self.latent_head(out_lat.mean(1))
 
 
