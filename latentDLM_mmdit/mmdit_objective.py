@@ -101,13 +101,17 @@ class MMDiTTrainingConfig(TrainingConfig):
 
 @dataclass
 class MMDiTSampleConfig:
-    t2l_steps: int = 50  # DDIM steps of T2L encoding
+    t2l_steps: int = 50  # DDIM steps of T2L sampling (the CLI's default)
+    # DDIM steps of the round trips' T2L: 1 = the posterior mean E[x0 | text] read at t = T - 1,
+    # the encoder the cycle objective trains; more steps sample a latent instead (less faithful)
+    roundtrip_t2l_steps: int = 1
     l2t_steps: int = 0  # unmasking steps of L2T decoding; 0 = one per text position
     eval_roundtrip_batches: int = 1  # eval batches that also get T2L2T / L2T2L round trips; 0 = off
 
     def check(self) -> None:
-        if self.t2l_steps < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
-            raise ConfigError("sample: need t2l_steps >= 1, l2t_steps >= 0, eval_roundtrip_batches >= 0")
+        if min(self.t2l_steps, self.roundtrip_t2l_steps) < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
+            raise ConfigError("sample: need t2l_steps, roundtrip_t2l_steps >= 1, l2t_steps >= 0, "
+                              "eval_roundtrip_batches >= 0")
 
 
 @dataclass

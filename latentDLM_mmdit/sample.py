@@ -81,12 +81,12 @@ def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent
     """``({"t2l2t_acc", "l2t2l_cos"}, {"t2l2t_ids", "l2t2l_latent"})``. The accuracy counts real,
     non-special tokens only ([CLS]/[SEP] would flatter it); decoding uses the original lengths."""
     sc = obj.sample_cfg
-    z = t2l_encode(obj, ids, mask, sc.t2l_steps)
+    z = t2l_encode(obj, ids, mask, sc.roundtrip_t2l_steps)
     ids_hat = l2t_decode(obj, z, mask, sc.l2t_steps or None)
     scored = mask & ~torch.isin(ids, obj.special_ids.to(ids.device))
     acc = (ids_hat == ids)[scored].float().mean() if scored.any() else torch.zeros((), device=ids.device)
     text_hat = l2t_decode(obj, latent, mask, sc.l2t_steps or None)
-    z_hat = t2l_encode(obj, text_hat, mask, sc.t2l_steps)
+    z_hat = t2l_encode(obj, text_hat, mask, sc.roundtrip_t2l_steps)
     cos = F.cosine_similarity(z_hat.float(), latent.float(), dim=-1).mean()
     return {"t2l2t_acc": acc, "l2t2l_cos": cos}, {"t2l2t_ids": ids_hat, "l2t2l_latent": z_hat}
 
@@ -123,7 +123,9 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     zn = F.normalize(z, dim=-1)
     rows = [{"original": tok.decode(ids[i][mask[i]], skip_special_tokens=True),
              "t2l2t": tok.decode(out["t2l2t_ids"][i][mask[i]], skip_special_tokens=True)} for i in range(ids.shape[0])]
+    z_enc = t2l_encode(obj, ids, mask, obj.sample_cfg.roundtrip_t2l_steps)
     return {"records": ids.shape[0], "t2l2t_acc": metrics["t2l2t_acc"].item(),
+            "t2l_cos": F.cosine_similarity(z_enc, z, dim=-1).mean().item(),
             "t2l2t_acc_chance": (ids[scored] == top).float().mean().item(),
             "l2t2l_cos": metrics["l2t2l_cos"].item(),
             "l2t2l_cos_chance": (zn * zn.roll(1, 0)).sum(-1).mean().item(), "examples": rows[:show]}
@@ -132,6 +134,7 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
 def format_report(rep: dict) -> str:
     lines = [f"held-out round trips on {rep['records']} records",
              f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   (chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
+             f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
              f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
              ""]
     for i, r in enumerate(rep["examples"], 1):
@@ -153,7 +156,8 @@ def main(argv=None) -> None:
     ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
     ap.add_argument("--output", default=None, help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
     ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.* keys)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
     ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")

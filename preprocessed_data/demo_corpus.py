@@ -3,6 +3,7 @@
 package, written in the layout the shared loader reads.
 
     python -m preprocessed_data.demo_corpus --output-dir demo_output/data [--max-samples N]
+    python -m preprocessed_data.demo_corpus --text-out demo_output/corpus.txt   # the texts only, one per line
 """
 from __future__ import annotations
 
@@ -66,11 +67,18 @@ def write_dataset(out_dir: str | Path, texts: list[str], latents: np.ndarray,
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", required=True)
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output-dir", help="write the dataset (texts + MiniLM latents)")
+    out.add_argument("--text-out", help="write the paragraphs only, one per line (for the extraction CLI)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--layout", choices=["shard", "per-file"], default="shard")
     args = p.parse_args(argv)
     texts = pydoc_paragraphs()[: args.max_samples]
+    if args.text_out:
+        Path(args.text_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.text_out).write_text("\n".join(texts) + "\n", encoding="utf-8")
+        print(f"wrote {len(texts)} paragraphs to {args.text_out}")
+        return
     path = write_dataset(args.output_dir, texts, minilm_encode(texts), args.layout)
     print(f"wrote {len(texts)} records to {path}")
 

@@ -57,22 +57,27 @@ class Encoder:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
-    @torch.no_grad()
+    def __post_init__(self):
+        from latentDLM_mmdit.data_simple import Collator
+
+        # the loader's tokenisation: the Rust backend directly, the same ids as tokenizer(...)
+        self._tok = Collator(self.tokenizer, self.max_length)
+
     def encode(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer([self.prefix + t for t in texts], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return self.encode_with_stats(texts)[0]
+
+    @torch.inference_mode()
+    def encode_with_stats(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """(vectors, how many texts reached the token limit: truncated, or exactly at it)."""
+        ids, mask = self._tok.tokenize([self.prefix + t for t in texts])
+        ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            hidden = self.model(**enc).last_hidden_state
+            hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         pool = last_token_pool if self.pooling == "last" else mean_pool
-        z = pool(hidden.float(), enc["attention_mask"])[:, : self.dim]
+        z = pool(hidden.float(), mask)[:, : self.dim]
         if self.normalize:
             z = F.normalize(z, dim=-1)
-        return z.cpu().numpy().astype(np.float32)
-
-    def n_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts before truncation (for the ``truncated`` statistic)."""
-        return [len(x) for x in self.tokenizer([self.prefix + t for t in texts])["input_ids"]]
+        return z.cpu().numpy().astype(np.float32), int((mask.sum(1) >= self.max_length).sum())
 
 
 class _SonarOfficial:
@@ -88,8 +93,8 @@ class _SonarOfficial:
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.pipe.predict(texts, source_lang=self.lang).float().cpu().numpy()
 
-    def n_tokens(self, texts: list[str]) -> list[int]:
-        return [0] * len(texts)  # the pipeline truncates internally; not reported
+    def encode_with_stats(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        return self.encode(texts), 0  # the pipeline truncates internally; not reported
 
 
 def _minilm_dir() -> Path:

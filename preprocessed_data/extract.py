@@ -42,10 +42,8 @@ def encode_part(enc, texts: list[str], batch_size: int, bar) -> tuple[np.ndarray
     truncated = 0
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = [texts[i] for i in idx]
-        out[idx] = enc.encode(batch)
-        long = [t for t in batch if len(t) > enc.max_length]  # only these can exceed the token limit
-        truncated += sum(n > enc.max_length for n in enc.n_tokens(long)) if long else 0
+        out[idx], at_limit = enc.encode_with_stats([texts[i] for i in idx])
+        truncated += at_limit
         bar.update(len(idx))
     return out, truncated
 

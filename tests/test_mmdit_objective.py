@@ -168,7 +168,7 @@ def test_a_tokenizer_without_mask_token_is_a_config_error_naming_the_key(tokeniz
 def test_roundtrip_metrics_equal_a_recomputation_from_the_samplers(tokenizer, paragraphs):
     from latentDLM_mmdit.sample import l2t_decode, roundtrip, t2l_encode
 
-    obj = MMDiTObjective(make_cfg(**{"sample.t2l_steps": 4, "sample.l2t_steps": 5}), tokenizer).eval()
+    obj = MMDiTObjective(make_cfg(**{"sample.roundtrip_t2l_steps": 4, "sample.l2t_steps": 5}), tokenizer).eval()
     batch = make_batch(tokenizer, paragraphs)
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch)
     torch.manual_seed(3)

@@ -74,8 +74,15 @@ def load_backbone(path: str, dtype: str = "bfloat16", trust_remote_code: bool = 
                                    allow_patterns=["*.json", "*.safetensors"]))
     family, cfg, raw = stock_config(d)
     cls = Qwen3ForCausalLM if family == "qwen3" else Qwen2ForCausalLM
-    model, info = cls.from_pretrained(str(d), config=cfg, dtype=torch_dtype, local_files_only=True,
-                                      output_loading_info=True)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "model of type wedlm ..." is expected here: we checked the family
+    try:
+        model, info = cls.from_pretrained(str(d), config=cfg, dtype=torch_dtype, local_files_only=True,
+                                          output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
     missing = [k for k in info["missing_keys"] if "rotary" not in k]
     if missing or info["mismatched_keys"]:  # never train on silently re-initialised tensors
         raise RuntimeError(f"{d}: the weights do not fit {cls.__name__}: missing {missing[:5]}, "
