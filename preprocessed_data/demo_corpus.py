@@ -40,6 +40,27 @@ def minilm_encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
                         show_progress_bar=True).astype(np.float32)
 
 
+def train_demo_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 4096) -> Path:
+    """A WordPiece tokenizer (bert-style: lowercase, [CLS] ... [SEP], [MASK]) trained on ``texts``.
+    For CPU demos: a 4k vocabulary instead of bert's 30,522 shrinks the text head, which is most
+    of a tiny model's compute, and leaves fewer classes to learn."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
 def write_dataset(out_dir: str | Path, texts: list[str], latents: np.ndarray,
                   layout: str = "shard", json_name: str = "train_data.json",
                   shard_rows: int = 100_000) -> Path:
@@ -70,10 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--output-dir", help="write the dataset (texts + MiniLM latents)")
     out.add_argument("--text-out", help="write the paragraphs only, one per line (for the extraction CLI)")
+    p.add_argument("--tokenizer-out", default=None, help="also train a WordPiece tokenizer on the texts into this dir")
+    p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--layout", choices=["shard", "per-file"], default="shard")
     args = p.parse_args(argv)
     texts = pydoc_paragraphs()[: args.max_samples]
+    if args.tokenizer_out:
+        train_demo_tokenizer(texts, args.tokenizer_out, args.vocab_size)
+        print(f"wrote a {args.vocab_size}-token WordPiece tokenizer to {args.tokenizer_out}")
     if args.text_out:
         Path(args.text_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.text_out).write_text("\n".join(texts) + "\n", encoding="utf-8")

