@@ -16,7 +16,6 @@ dataset_stats.json. preprocessed_data/README.md has the layout and how to pick a
 from __future__ import annotations
 
 import argparse
-import os
 
 from preprocessed_data.encoders import DEFAULT_IDS
 
