@@ -49,13 +49,14 @@ def _fields(cls, prefix=""):
 def _schemas():
     from baseline.text_to_latent import T2LRunConfig
     from latentDLM_mmdit.mmdit_objective import MMDiTRunConfig
+    from wedlm_bridge.bridge import BridgeRunConfig
 
-    return [T2LRunConfig, MMDiTRunConfig]
+    return [T2LRunConfig, MMDiTRunConfig, BridgeRunConfig]
 
 
 @pytest.mark.parametrize("schema", _schemas(), ids=lambda c: c.__name__)
 def test_every_schema_key_is_read_by_the_code(schema):
-    code = "\n".join(p.read_text() for d in ("latentDLM_mmdit", "baseline") for p in (REPO / d).rglob("*.py")
+    code = "\n".join(p.read_text() for d in ("latentDLM_mmdit", "baseline", "wedlm_bridge") for p in (REPO / d).rglob("*.py")
                      if p.name != "config.py")
     unread = [key for key, _ in _fields(schema)
               if not re.search(rf"(?<!self)\.{re.escape(key.split('.')[-1])}\b", code)]
