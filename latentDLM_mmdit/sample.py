@@ -106,15 +106,15 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     token accuracy of always predicting the most frequent token of these texts at every scored
     position, and the cosine between each latent and another record's latent."""
-    from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent
     from latentDLM_mmdit.data_records import read_records
+    from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, take_bad_records
 
     obj, tok, cfg = load_objective(checkpoint)
     table = read_records(data_json, cfg.data.latent_data_root, cfg.model.latent_dim)
     ds = LatentTextDataset(table, cfg.model.latent_dim)
     items = ds.__getitems__(list(range(min(n, len(ds)))))
     batch = Collator(tok, min(cfg.data.max_seq_len, cfg.model.max_seq_len))(items)
-    batch.pop("bad_records", None)
+    take_bad_records(batch, skip=False)  # a bad latent file is an error naming it, never a silent drop
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
     torch.manual_seed(seed)
     metrics, out = roundtrip(obj, ids, mask, z)
@@ -164,7 +164,13 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     if a.direction == "roundtrip":
-        rep = roundtrip_report(a.checkpoint, a.input, a.n)
+        from latentDLM_mmdit.data_records import DataError
+
+        try:
+            rep = roundtrip_report(a.checkpoint, a.input, a.n)
+        except DataError as e:
+            raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
+                             f"check {e.json_path} --latent-dim D)") from None
         print(format_report(rep))
         if a.output:
             Path(a.output).write_text(json.dumps(rep, indent=2))

@@ -5,7 +5,7 @@ name       model (default id)                     pooling          normalised  m
 =========  =====================================  ===============  ==========  ===============
 minilm     all-MiniLM-L6-v2 (package, offline)    mean over mask   L2          256
 e5         intfloat/multilingual-e5-large         mean over mask   L2          512
-qwen       Qwen/Qwen3-Embedding-0.6B              last token       L2          8192 (capped)
+qwen       Qwen/Qwen3-Embedding-0.6B              last token       L2          512 (--max-length)
 sonar      cointegrated/SONAR_200_text_encoder    mean over mask   no          512
 =========  =====================================  ===============  ==========  ===============
 

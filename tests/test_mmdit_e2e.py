@@ -1,4 +1,5 @@
 """The DESIGN.md MMDiT commands, tiny size, on MiniLM latents of pydoc prose."""
+import json
 import math
 import signal
 import subprocess
@@ -56,6 +57,21 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     assert z.shape == (2, 384) and np.isfinite(z).all()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.strip() and "[MASK]" not in line for line in lines)
+
+    # the round-trip report, and a missing latent file named in a message rather than dropped
+    roundtrip = lambda data: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "latentDLM_mmdit.sample", "roundtrip", "--checkpoint", str(tmp_path / "cyc"),
+         "--input", str(data), "--n", "4", "--output", str(tmp_path / "rt.json")],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    ok(roundtrip(minilm_data))
+    rep = json.loads((tmp_path / "rt.json").read_text())
+    assert rep["records"] == 4 and 0 <= rep["t2l2t_acc"] <= 1 and len(rep["examples"]) == 4
+    recs = json.loads(minilm_data.read_text())
+    recs[1]["latent_path"] = "latents/missing.npy"
+    bad = minilm_data.parent / "bad_roundtrip.json"
+    bad.write_text(json.dumps(recs))
+    p = roundtrip(bad)
+    assert p.returncode != 0 and "bad data:" in p.stderr and "record 1" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_mmdit_command_resumes_exactly_after_sigterm(tmp_path, minilm_data, tokenizer_path):
