@@ -71,10 +71,16 @@ class MMDiTLossConfig:
     cycle_latent_t_min: float = 0.0
     cycle_latent_t_max: float = 1.0
     cycle_stop_grad_latent: bool = True
+    # fraction of rows in the base L2T pass conditioned on the null latent (pure noise at the last
+    # latent timestep, the unconditional mode's view) instead of the clean one: trains the
+    # unconditional text model that classifier-free guidance (sample.l2t_guidance) contrasts with
+    l2t_uncond_prob: float = 0.0
 
     def check(self) -> None:
         if not 0 <= self.cycle_latent_t_min <= self.cycle_latent_t_max <= 1:
             raise ConfigError("loss.cycle_latent_t_min / cycle_latent_t_max: need 0 <= min <= max <= 1")
+        if not 0 <= self.l2t_uncond_prob < 1:
+            raise ConfigError(f"loss.l2t_uncond_prob: need 0 <= p < 1, got {self.l2t_uncond_prob}")
 
 
 @dataclass
@@ -107,11 +113,16 @@ class MMDiTSampleConfig:
     roundtrip_t2l_steps: int = 1
     l2t_steps: int = 0  # unmasking steps of L2T decoding; 0 = one per text position
     eval_roundtrip_batches: int = 1  # eval batches that also get T2L2T / L2T2L round trips; 0 = off
+    # classifier-free guidance of L2T decoding: log p = (1 + w) log p(x | z) - w log p(x | null);
+    # 0 = off. Needs a model trained with loss.l2t_uncond_prob > 0
+    l2t_guidance: float = 0.0
 
     def check(self) -> None:
         if min(self.t2l_steps, self.roundtrip_t2l_steps) < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
             raise ConfigError("sample: need t2l_steps, roundtrip_t2l_steps >= 1, l2t_steps >= 0, "
                               "eval_roundtrip_batches >= 0")
+        if self.l2t_guidance < 0:
+            raise ConfigError(f"sample.l2t_guidance: need w >= 0, got {self.l2t_guidance}")
 
 
 @dataclass
@@ -180,13 +191,25 @@ class MMDiTObjective(nn.Module):
     def _t_latent(self, t_idx: torch.Tensor) -> torch.Tensor:
         return t_idx.float() / self.latent.timesteps
 
-    def l2t_pass(self, ids, mask, cond_latent):
-        """Masked text diffusion conditioned on a clean latent: (loss, acc, logits at the masked
-        positions [N, V], noisy, masked, latent output)."""
+    def null_latent(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The "no latent" condition: pure noise at the last latent timestep, (x [n, D], t [n])."""
+        T = self.latent.timesteps
+        return (torch.randn(n, self.model.latent_head.out_features, device=device),
+                torch.full((n,), (T - 1) / T, device=device))
+
+    def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0):
+        """Masked text diffusion conditioned on a clean latent (a ``uncond_prob`` fraction of the
+        rows on the null latent instead): (loss, acc, logits at the masked positions [N, V],
+        noisy, masked, latent output)."""
         t = self.text.sample_t(ids.shape[0], ids.device)
         noisy, masked = self.text.corrupt(ids, mask, t)
-        zero = torch.zeros_like(t)
-        logits, lat_out = self.model(noisy, mask, cond_latent, t, zero, text_logits=masked)
+        t_lat = torch.zeros_like(t)
+        if uncond_prob > 0:
+            drop = torch.rand(ids.shape[0], device=ids.device) < uncond_prob
+            null, t_null = self.null_latent(ids.shape[0], ids.device)
+            cond_latent = torch.where(drop.unsqueeze(1), null, cond_latent)
+            t_lat = torch.where(drop, t_null, t_lat)
+        logits, lat_out = self.model(noisy, mask, cond_latent, t, t_lat, text_logits=masked)
         loss, acc = self.text.loss(logits, ids, masked, mask, t)
         return loss, acc, logits, noisy, masked, lat_out
 
@@ -214,7 +237,7 @@ class MMDiTObjective(nn.Module):
         mode = self.mode_at(step)
         tw, lw = self.lc.text_loss_weight, self.lc.latent_loss_weight
         if mode == "l2t":
-            text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0)
+            text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0, self.lc.l2t_uncond_prob)
             loss, metrics = tw * text_loss + 0.0 * lat_out.sum(), {"text_loss": text_loss, "text_acc": acc}
         elif mode == "t2l":
             latent_loss, x0_pred = self.t2l_pass(ids, mask, x0)
@@ -243,7 +266,7 @@ class MMDiTObjective(nn.Module):
 
     def _cycle(self, ids, mask, x0, step, tw, lw):
         lc = self.lc
-        base_text, acc, logits, noisy, masked, _ = self.l2t_pass(ids, mask, x0)
+        base_text, acc, logits, noisy, masked, _ = self.l2t_pass(ids, mask, x0, lc.l2t_uncond_prob)
         base_latent, x0_pred = self.t2l_pass(ids, mask, x0)
         w_text = ramp(lc.cycle_text_weight, step, lc.cycle_text_warmup_steps, lc.cycle_text_ramp_steps)
         w_lat = ramp(lc.cycle_latent_weight, step, lc.cycle_latent_warmup_steps, lc.cycle_latent_ramp_steps)

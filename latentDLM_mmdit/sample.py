@@ -6,8 +6,10 @@ Both take and return latents in data units (``model.latent_scale`` is applied in
   reading the network output in the trained parameterisation (``predict_x0`` / ``predict_eps``).
 - :func:`l2t_decode`: latent -> text by iterative unmasking from fully masked text: at each step
   the most confident predictions among the still-masked positions are committed; the text
-  timestep passed to the model is the fraction still masked (the MDLM mask rate).
-- :func:`roundtrip`: T2L2T token accuracy and L2T2L cosine (the eval metrics).
+  timestep passed to the model is the fraction still masked (the MDLM mask rate). With
+  ``sample.l2t_guidance`` w > 0, classifier-free guidance: ``(1 + w) log p(x | z) - w log p(x | null)``
+  (the null latent: pure noise at the last timestep, trained by ``loss.l2t_uncond_prob``).
+- :func:`roundtrip`: T2L2T token accuracy and bag-of-tokens F1, L2T2L cosine (the eval metrics).
 
 CLI (a checkpoint file or a run directory, whose ``latest`` is used)::
 
@@ -48,21 +50,31 @@ def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: tor
 
 @torch.no_grad()
 def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.Tensor,
-               steps: int | None = None) -> torch.Tensor:
-    """Token ids ``[B, L]``; positions where ``attention_mask`` is False stay 0 (padding)."""
+               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+    """Token ids ``[B, L]``; positions where ``attention_mask`` is False stay 0 (padding).
+    ``guidance`` defaults to ``sample.l2t_guidance``."""
     mask_id, B, L = obj.text.mask_id, *attention_mask.shape
     ids = obj.text.fully_masked(attention_mask)
     latent = latent.float() * obj.latent_scale
     steps = steps or L
-    zeros = torch.zeros(B, device=latent.device)
+    w = obj.sample_cfg.l2t_guidance if guidance is None else guidance
+    t_lat = torch.zeros(B, device=latent.device)
+    if w > 0:  # the conditional and the null-latent rows in one batch
+        null, t_null = obj.null_latent(B, latent.device)
+        latent, t_lat, mask2 = torch.cat([latent, null]), torch.cat([t_lat, t_null]), attention_mask.repeat(2, 1)
     n_real = attention_mask.sum(1)
     for s in range(steps):
         still = (ids == mask_id) & attention_mask
         if not still.any():
             break
         t = still.sum(1).float() / n_real.clamp_min(1)
-        logits, _ = obj.model(ids, attention_mask, latent, t, zeros)
-        logits = logits.float()
+        if w > 0:
+            out, _ = obj.model(ids.repeat(2, 1), mask2, latent, t.repeat(2), t_lat)
+            cond, uncond = out.float().log_softmax(-1).chunk(2)
+            logits = (1 + w) * cond - w * uncond
+        else:
+            logits, _ = obj.model(ids, attention_mask, latent, t, t_lat)
+            logits = logits.float()
         logits[..., mask_id] = -math.inf  # never predict the mask token itself
         top, pred = logits.max(-1)
         conf = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
@@ -76,19 +88,36 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
     return ids
 
 
+def token_f1(pred: torch.Tensor, ref: torch.Tensor, pred_on: torch.Tensor, ref_on: torch.Tensor) -> torch.Tensor:
+    """Per-row bag-of-tokens F1 ``[B]`` between ``pred`` and ``ref`` (``[B, L]`` ids), counting the
+    positions where ``pred_on`` / ``ref_on`` is True, with multiplicity (SQuAD's token F1)."""
+    V = int(max(pred.max(), ref.max())) + 1
+
+    def bag(x, on):
+        return torch.zeros(x.shape[0], V, device=x.device).scatter_add_(1, x, on.float())
+
+    cp, cr = bag(pred, pred_on), bag(ref, ref_on)
+    common = torch.minimum(cp, cr).sum(1)
+    return 2 * common / (cp.sum(1) + cr.sum(1)).clamp_min(1)
+
+
 @torch.no_grad()
-def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor):
-    """``({"t2l2t_acc", "l2t2l_cos"}, {"t2l2t_ids", "l2t2l_latent"})``. The accuracy counts real,
-    non-special tokens only ([CLS]/[SEP] would flatter it); decoding uses the original lengths."""
+def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
+              guidance: float | None = None):
+    """``({"t2l2t_acc", "t2l2t_f1", "l2t2l_cos"}, {"t2l2t_ids", "l2t2l_latent"})``. Accuracy (same
+    token at the same position) and F1 (same tokens, any order) count real, non-special tokens
+    only ([CLS]/[SEP] would flatter them); decoding uses the original lengths."""
     sc = obj.sample_cfg
     z = t2l_encode(obj, ids, mask, sc.roundtrip_t2l_steps)
-    ids_hat = l2t_decode(obj, z, mask, sc.l2t_steps or None)
+    ids_hat = l2t_decode(obj, z, mask, sc.l2t_steps or None, guidance)
     scored = mask & ~torch.isin(ids, obj.special_ids.to(ids.device))
     acc = (ids_hat == ids)[scored].float().mean() if scored.any() else torch.zeros((), device=ids.device)
-    text_hat = l2t_decode(obj, latent, mask, sc.l2t_steps or None)
+    f1 = token_f1(ids_hat, ids, scored, scored).mean()
+    text_hat = l2t_decode(obj, latent, mask, sc.l2t_steps or None, guidance)
     z_hat = t2l_encode(obj, text_hat, mask, sc.roundtrip_t2l_steps)
     cos = F.cosine_similarity(z_hat.float(), latent.float(), dim=-1).mean()
-    return {"t2l2t_acc": acc, "l2t2l_cos": cos}, {"t2l2t_ids": ids_hat, "l2t2l_latent": z_hat}
+    return ({"t2l2t_acc": acc, "t2l2t_f1": f1, "l2t2l_cos": cos},
+            {"t2l2t_ids": ids_hat, "l2t_ids": text_hat, "l2t2l_latent": z_hat})
 
 
 # -- loading a trained model ----------------------------------------------------------------
@@ -102,10 +131,11 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"):
 
 @torch.no_grad()
 def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64, show: int = 6,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, guidance: float | None = None) -> dict:
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
-    token accuracy of always predicting the most frequent token of these texts at every scored
-    position, and the cosine between each latent and another record's latent."""
+    for accuracy, always predicting the most frequent token of these texts; for F1, each
+    reconstruction scored against another record's text (what a decoder that ignores the latent
+    gets); for cosines, each latent against another record's latent."""
     from latentDLM_mmdit.data_records import read_records
     from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, take_bad_records
 
@@ -117,25 +147,34 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     take_bad_records(batch, skip=False)  # a bad latent file is an error naming it, never a silent drop
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
     torch.manual_seed(seed)
-    metrics, out = roundtrip(obj, ids, mask, z)
+    metrics, out = roundtrip(obj, ids, mask, z, guidance)
     scored = mask & ~torch.isin(ids, obj.special_ids)
     top = torch.bincount(ids[scored]).argmax()
     zn = F.normalize(z, dim=-1)
     rows = [{"original": tok.decode(ids[i][mask[i]], skip_special_tokens=True),
              "t2l2t": tok.decode(out["t2l2t_ids"][i][mask[i]], skip_special_tokens=True)} for i in range(ids.shape[0])]
     z_enc = t2l_encode(obj, ids, mask, obj.sample_cfg.roundtrip_t2l_steps)
+    other = lambda x: x.roll(1, 0)  # noqa: E731  (record i is scored against record i - 1)
     return {"records": ids.shape[0], "t2l2t_acc": metrics["t2l2t_acc"].item(),
-            "t2l_cos": F.cosine_similarity(z_enc, z, dim=-1).mean().item(),
             "t2l2t_acc_chance": (ids[scored] == top).float().mean().item(),
+            "t2l2t_f1": metrics["t2l2t_f1"].item(),
+            "t2l2t_f1_chance": token_f1(out["t2l2t_ids"], other(ids), scored, other(scored)).mean().item(),
+            "l2t_f1": token_f1(out["l2t_ids"], ids, scored, scored).mean().item(),
+            "l2t_f1_chance": token_f1(out["l2t_ids"], other(ids), scored, other(scored)).mean().item(),
+            "t2l_cos": F.cosine_similarity(z_enc, z, dim=-1).mean().item(),
             "l2t2l_cos": metrics["l2t2l_cos"].item(),
-            "l2t2l_cos_chance": (zn * zn.roll(1, 0)).sum(-1).mean().item(), "examples": rows[:show]}
+            "l2t2l_cos_chance": (zn * other(zn)).sum(-1).mean().item(), "examples": rows[:show]}
 
 
 def format_report(rep: dict) -> str:
     lines = [f"held-out round trips on {rep['records']} records",
              f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   (chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
+             f"  T2L2T token F1       {rep['t2l2t_f1']:.3f}   (chance: scored against another record {rep['t2l2t_f1_chance']:.3f})",
+             f"  L2T token F1         {rep['l2t_f1']:.3f}   (chance: scored against another record {rep['l2t_f1_chance']:.3f})",
              f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
              f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
+             "  (accuracy: same token at the same position; F1: same tokens in any order; L2T: decoded from",
+             "   the record's true latent; T2L2T: from the latent the model encodes from the text)",
              ""]
     for i, r in enumerate(rep["examples"], 1):
         lines += [f"[{i}] original: {r['original']}", f"    T2L2T:    {r['t2l2t']}", ""]
@@ -158,6 +197,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
     ap.add_argument("--steps", type=int, default=None,
                     help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="l2t / roundtrip: classifier-free guidance w (default: the run's sample.l2t_guidance)")
     ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
@@ -167,7 +208,7 @@ def main(argv=None) -> None:
         from latentDLM_mmdit.data_records import DataError
 
         try:
-            rep = roundtrip_report(a.checkpoint, a.input, a.n)
+            rep = roundtrip_report(a.checkpoint, a.input, a.n, guidance=a.guidance)
         except DataError as e:
             raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
                              f"check {e.json_path} --latent-dim D)") from None
@@ -202,7 +243,7 @@ def main(argv=None) -> None:
         for sl in _batches(len(z), a.batch_size):
             lat = torch.from_numpy(z[sl]).float().to(dev)
             mask = torch.ones(lat.shape[0], a.length, dtype=torch.bool, device=dev)
-            ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None)
+            ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None, a.guidance)
             lines += [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in ids.cpu().tolist()]
         Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {a.output}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """The MMDiT objective through the real mmdit model (tiny size): modes, gradients, cycle_vae."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -125,6 +126,8 @@ def test_modes_depend_on_seed_and_step_only(tokenizer):
     ({"model.n_heads": 0}, "model.n_heads"),
     ({"model.latent_parameterization": "score"}, "model.latent_parameterization"),
     ({"data.latent_dim": 7}, "data.latent_dim"),
+    ({"loss.l2t_uncond_prob": 1.0}, "loss.l2t_uncond_prob"),
+    ({"sample.l2t_guidance": -1.0}, "sample.l2t_guidance"),
 ])
 def test_inconsistent_configs_are_errors(override, words):
     cfg = make_cfg(**override)
@@ -183,4 +186,63 @@ def test_roundtrip_metrics_equal_a_recomputation_from_the_samplers(tokenizer, pa
     assert metrics["t2l2t_acc"].item() == pytest.approx((ids_hat == ids)[scored].float().mean().item())
     cos = (z_hat * z).sum(-1) / (z_hat.norm(dim=-1) * z.norm(dim=-1))
     assert metrics["l2t2l_cos"].item() == pytest.approx(cos.mean().item(), abs=1e-6)
-    assert obj.eval_extra(batch, 0).keys() == {"t2l2t_acc", "l2t2l_cos"} and obj.eval_extra(batch, 1) == {}
+    f1 = []  # SQuAD-style token F1 by hand: multiset overlap of the scored tokens
+    for r in range(ids.shape[0]):
+        p, g = Counter(ids_hat[r][scored[r]].tolist()), Counter(ids[r][scored[r]].tolist())
+        common = sum((p & g).values())
+        f1.append(0.0 if common == 0 else 2 * common / (sum(p.values()) + sum(g.values())))
+    assert metrics["t2l2t_f1"].item() == pytest.approx(sum(f1) / len(f1), abs=1e-6)
+    assert obj.eval_extra(batch, 0).keys() == {"t2l2t_acc", "t2l2t_f1", "l2t2l_cos"} and obj.eval_extra(batch, 1) == {}
+
+
+def test_token_f1_is_order_free_counts_multiplicity_and_ignores_off_positions():
+    from latentDLM_mmdit.sample import token_f1
+
+    ref = torch.tensor([[5, 6, 7, 7, 0], [5, 6, 7, 8, 9]])
+    on = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    pred = torch.tensor([[7, 7, 6, 5, 3], [7, 7, 7, 7, 7]])  # row 0: a permutation (+ an off position)
+    f1 = token_f1(pred, ref, on, on)
+    assert f1[0].item() == pytest.approx(1.0)
+    assert f1[1].item() == pytest.approx(2 * 1 / (5 + 5))  # one 7 in common of five and five
+
+
+def test_l2t_uncond_prob_puts_that_fraction_of_rows_on_the_null_latent(tokenizer, paragraphs):
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t", "loss.l2t_uncond_prob": 0.5}), tokenizer)
+    seen = []
+    obj.model.register_forward_hook(lambda m, args, out: seen.append((args[2].clone(), args[4].clone())))
+    batch = make_batch(tokenizer, paragraphs * 16, b=64)
+    torch.manual_seed(0)
+    obj(batch, 0)
+    (latent, t_lat), x0 = seen[0], mean_latent(batch) * obj.latent_scale
+    null = t_lat > 0
+    T = obj.latent.timesteps
+    assert 16 < null.sum() < 48 and torch.all(t_lat[null] == (T - 1) / T)
+    assert torch.equal(latent[~null], x0[~null]) and ((latent[null] - x0[null]).abs().amax(-1) > 0.1).all()
+    off = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t"}), tokenizer)
+    seen.clear()
+    off.model.register_forward_hook(lambda m, args, out: seen.append(args[4].clone()))
+    off(batch, 0)
+    assert (seen[0] == 0).all()  # the default trains no unconditional rows
+
+
+def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, paragraphs):
+    from latentDLM_mmdit.sample import l2t_decode
+
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t"}), tokenizer).eval()
+    batch = make_batch(tokenizer, paragraphs)
+    z, mask, w = mean_latent(batch), batch["attention_mask"], 1.5
+    torch.manual_seed(1)
+    one_step = l2t_decode(obj, z, mask, steps=1, guidance=w)  # every position committed at once
+    torch.manual_seed(1)  # the same null noise, drawn by hand
+    null, t_null = obj.null_latent(z.shape[0], z.device)
+    ids, zeros, t = obj.text.fully_masked(mask), torch.zeros(z.shape[0]), torch.ones(z.shape[0])
+    with torch.no_grad():
+        cond = obj.model(ids, mask, z * obj.latent_scale, t, zeros)[0].log_softmax(-1)
+        uncond = obj.model(ids, mask, null, t, t_null)[0].log_softmax(-1)
+    guided = (1 + w) * cond - w * uncond
+    guided[..., tokenizer.mask_token_id] = -math.inf
+    assert torch.equal(one_step[mask], guided.argmax(-1)[mask])
+    plain = l2t_decode(obj, z, mask, steps=1, guidance=0.0)
+    assert torch.equal(plain[mask], cond.masked_fill(
+        torch.arange(cond.shape[-1]) == tokenizer.mask_token_id, -math.inf).argmax(-1)[mask])
+    assert not torch.equal(one_step, plain)  # guidance changes the decision somewhere
