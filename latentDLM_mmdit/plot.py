@@ -15,7 +15,7 @@ from pathlib import Path
 from latentDLM_mmdit.run_log import read_jsonl
 
 PREFERRED = ("loss", "text_loss", "latent_loss", "cycle_text_loss", "cycle_latent_loss", "text_acc", "latent_cos",
-             "t2l2t_acc", "l2t2l_cos", "x0_pred_norm")
+             "t2l2t_acc", "t2l2t_f1", "l2t2l_cos", "x0_pred_norm")
 
 
 def _series(rows: list[dict], key: str):

@@ -135,7 +135,8 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     for accuracy, always predicting the most frequent token of these texts; for F1, each
     reconstruction scored against another record's text (what a decoder that ignores the latent
-    gets); for cosines, each latent against another record's latent."""
+    gets); for cosines, each latent against another record's latent, and for T2L also against
+    the mean of the other records' latents (what an encoder that ignores its input gets)."""
     from latentDLM_mmdit.data_records import read_records
     from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, take_bad_records
 
@@ -162,6 +163,7 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
             "l2t_f1": token_f1(out["l2t_ids"], ids, scored, scored).mean().item(),
             "l2t_f1_chance": token_f1(out["l2t_ids"], other(ids), scored, other(scored)).mean().item(),
             "t2l_cos": F.cosine_similarity(z_enc, z, dim=-1).mean().item(),
+            "t2l_cos_mean_latent": F.cosine_similarity(z.sum(0, keepdim=True) - z, z, dim=-1).mean().item(),
             "l2t2l_cos": metrics["l2t2l_cos"].item(),
             "l2t2l_cos_chance": (zn * other(zn)).sum(-1).mean().item(), "examples": rows[:show]}
 
@@ -171,8 +173,10 @@ def format_report(rep: dict) -> str:
              f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   (chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
              f"  T2L2T token F1       {rep['t2l2t_f1']:.3f}   (chance: scored against another record {rep['t2l2t_f1_chance']:.3f})",
              f"  L2T token F1         {rep['l2t_f1']:.3f}   (chance: scored against another record {rep['l2t_f1_chance']:.3f})",
-             f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
-             f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f})",
+             f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f}; "
+             f"the mean latent {rep['t2l_cos_mean_latent']:.3f})",
+             f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f}; "
+             f"the mean latent {rep['t2l_cos_mean_latent']:.3f})",
              "  (accuracy: same token at the same position; F1: same tokens in any order; L2T: decoded from",
              "   the record's true latent; T2L2T: from the latent the model encodes from the text)",
              ""]
