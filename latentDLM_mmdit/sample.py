@@ -104,7 +104,7 @@ def token_f1(pred: torch.Tensor, ref: torch.Tensor, pred_on: torch.Tensor, ref_o
 @torch.no_grad()
 def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
               guidance: float | None = None):
-    """``({"t2l2t_acc", "t2l2t_f1", "l2t2l_cos"}, {"t2l2t_ids", "l2t2l_latent"})``. Accuracy (same
+    """``({"t2l2t_acc", "t2l2t_f1", "l2t2l_cos"}, {"t2l2t_ids", "l2t_ids", "l2t2l_latent"})``. Accuracy (same
     token at the same position) and F1 (same tokens, any order) count real, non-special tokens
     only ([CLS]/[SEP] would flatter them); decoding uses the original lengths."""
     sc = obj.sample_cfg
@@ -135,8 +135,8 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     for accuracy, always predicting the most frequent token of these texts; for F1, each
     reconstruction scored against another record's text (what a decoder that ignores the latent
-    gets); for cosines, each latent against another record's latent, and for T2L also against
-    the mean of the other records' latents (what an encoder that ignores its input gets)."""
+    gets); for cosines, each latent against another record's latent and against the mean of the
+    other records' latents (what a T2L or L2T2L that ignores its input gets)."""
     from latentDLM_mmdit.data_records import read_records
     from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, take_bad_records
 
@@ -155,7 +155,10 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     rows = [{"original": tok.decode(ids[i][mask[i]], skip_special_tokens=True),
              "t2l2t": tok.decode(out["t2l2t_ids"][i][mask[i]], skip_special_tokens=True)} for i in range(ids.shape[0])]
     z_enc = t2l_encode(obj, ids, mask, obj.sample_cfg.roundtrip_t2l_steps)
-    other = lambda x: x.roll(1, 0)  # noqa: E731  (record i is scored against record i - 1)
+
+    def other(x):  # record i is scored against record i - 1
+        return x.roll(1, 0)
+
     return {"records": ids.shape[0], "t2l2t_acc": metrics["t2l2t_acc"].item(),
             "t2l2t_acc_chance": (ids[scored] == top).float().mean().item(),
             "t2l2t_f1": metrics["t2l2t_f1"].item(),
