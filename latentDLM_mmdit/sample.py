@@ -211,6 +211,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
+    if a.guidance is not None and a.guidance < 0:
+        ap.error(f"--guidance: need w >= 0, got {a.guidance}")
     if a.direction == "roundtrip":
         from latentDLM_mmdit.data_records import DataError
 

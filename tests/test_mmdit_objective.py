@@ -246,3 +246,11 @@ def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, p
     assert torch.equal(plain[mask], cond.masked_fill(
         torch.arange(cond.shape[-1]) == tokenizer.mask_token_id, -math.inf).argmax(-1)[mask])
     assert not torch.equal(one_step, plain)  # guidance changes the decision somewhere
+
+
+def test_sample_cli_rejects_a_negative_guidance_before_loading_anything(capsys):
+    from latentDLM_mmdit.sample import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["l2t", "--checkpoint", "no/such/run", "--input", "z.npy", "--output", "t.txt", "--guidance", "-1"])
+    assert e.value.code == 2 and "--guidance: need w >= 0, got -1.0" in capsys.readouterr().err
