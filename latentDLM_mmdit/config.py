@@ -10,7 +10,9 @@ passes the subclass to :func:`hydra_entry`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import os
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -46,6 +48,13 @@ class OnBadRecord(Enum):
     skip = "skip"
 
 
+# Field metadata for paths. Saved configs (config.yaml, checkpoints) hold absolute paths, so a run
+# can be sampled or resumed from any working directory: PATH is always made absolute;
+# PATH_OR_NAME (a hub name or a local path) only when it exists on disk.
+PATH = {"path": "always"}
+PATH_OR_NAME = {"path": "if_exists"}
+
+
 def _require(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -63,7 +72,10 @@ class TrainingConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # final lr of cosine/linear decay, as a fraction of optimizer.lr
     gradient_accumulation_steps: int = 1
-    resume: Optional[str] = None  # null | auto | path to a checkpoint_step_N.pt
+    resume: Optional[str] = field(default=None, metadata=PATH)  # null | auto | path to a checkpoint_step_N.pt
+    # a training file whose record table changed since the checkpoint is an error on resume; true
+    # continues anyway (the data stream then differs from the uninterrupted run), with a warning
+    allow_data_change: bool = False
     device: str = "auto"  # auto | cpu | cuda
     ddp_find_unused_parameters: bool = False
     peak_tflops: Optional[float] = None  # per device, for MFU; null = known GPUs only
@@ -101,7 +113,7 @@ class OptimizerConfig:
 @dataclass
 class LoggingConfig:
     run_name: str = "run"
-    save_dir: str = "outputs"
+    save_dir: str = field(default="outputs", metadata=PATH)
     log_freq: int = 10
     eval_freq: int = 500  # 0 disables periodic eval
     save_freq: int = 1000  # 0 disables periodic checkpoints (final and preemption ones still happen)
@@ -111,7 +123,7 @@ class LoggingConfig:
     use_wandb: bool = False
     wandb_project: str = "mm-ldlm"
     wandb_entity: Optional[str] = None
-    wandb_dir: Optional[str] = None
+    wandb_dir: Optional[str] = field(default=None, metadata=PATH)
 
     def check(self) -> None:
         _require(self.log_freq >= 1, "logging.log_freq", "must be >= 1")
@@ -124,16 +136,18 @@ class LoggingConfig:
 
 @dataclass
 class DataFilesConfig:
-    train: Optional[str] = None
-    validation: Optional[str] = None
+    train: Optional[str] = field(default=None, metadata=PATH)
+    validation: Optional[str] = field(default=None, metadata=PATH)
 
 
 @dataclass
 class DataConfig:
     data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
-    latent_data_root: Optional[str] = None  # base of latent_path; default: the JSON file's dir
+    latent_data_root: Optional[str] = field(default=None, metadata=PATH)  # base of latent_path; default: the JSON's dir
+    # records whose latent_path is absolute or climbs out of the root with '..' are bad records
+    allow_paths_outside_root: bool = False
     latent_dim: int = 1024
-    tokenizer_name: str = "bert-base-uncased"  # hub name or local path
+    tokenizer_name: str = field(default="bert-base-uncased", metadata=PATH_OR_NAME)  # hub name or local path
     max_seq_len: int = 512
     padding: Padding = Padding.dynamic
     pad_to_multiple_of: int = 1
@@ -170,6 +184,79 @@ class RunConfig:
     model: Any = field(default_factory=dict)
     loss: Any = field(default_factory=dict)
 
+    def check(self) -> None:
+        model_len = getattr(self.model, "max_seq_len", None)
+        _require(model_len is None or self.data.max_seq_len <= model_len, "data.max_seq_len",
+                 f"{self.data.max_seq_len} exceeds model.max_seq_len ({model_len}): batches that long would "
+                 "index past the model's positions; lower data.max_seq_len or raise model.max_seq_len")
+
+
+def _schema_at(schema: type, dotted: str) -> type | None:
+    """The dataclass holding the last key of ``dotted`` (``training.foo`` -> TrainingConfig)."""
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        f = fields.get(part)
+        if f is None:
+            return None
+        node = f.default_factory if f.default_factory is not dataclasses.MISSING else f.type
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+    return node if dataclasses.is_dataclass(node) else None
+
+
+def unknown_override(schema: type, argv: list[str]) -> str | None:
+    """The first command-line override ``a.b=v`` whose key the schema does not have, as a
+    one-line message with a suggestion, or None. Runs before Hydra, whose own message for this
+    case suggests ``+a.b=v`` (which would only fail later)."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra") or "." not in key:
+            continue  # group choices (model=tiny) and top-level keys: Hydra's own checks
+        parent = _schema_at(schema, key)
+        if parent is None:
+            continue  # below a free-form field (a dict, Any): not ours to check
+        if key.split(".")[-1] not in {f.name for f in dataclasses.fields(parent)}:
+            return f"{key}: no such key in {parent.__name__}{did_you_mean(schema, key)}"
+    return None
+
+
+def did_you_mean(schema: type | None, full_key: str) -> str:
+    """" (did you mean training.num_train_steps?)" for a near-miss key, else ""."""
+    if schema is None or not full_key:
+        return ""
+    parent = _schema_at(schema, full_key)
+    if parent is None:
+        return ""
+    leaf = full_key.split(".")[-1]
+    close = difflib.get_close_matches(leaf, [f.name for f in dataclasses.fields(parent)], n=1, cutoff=0.6)
+    prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def absolutize_paths(cfg: DictConfig, schema: type) -> None:
+    """Make the path-valued keys of ``cfg`` absolute (see ``PATH`` / ``PATH_OR_NAME``)."""
+
+    def walk(node: DictConfig, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            if f.name not in node:
+                continue
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub) and isinstance(node[f.name], DictConfig):
+                # the object's own type: a subclass may add path fields
+                walk(node[f.name], OmegaConf.get_type(node[f.name]) or sub)
+                continue
+            how, value = f.metadata.get("path"), node[f.name]
+            if not how or not isinstance(value, str) or not value or value == "auto":
+                continue
+            p = Path(value).expanduser()
+            if how == "always" or p.exists():
+                node[f.name] = os.path.abspath(p)
+
+    walk(cfg, schema)
+
 
 def validate(cfg: DictConfig, schema: type | None = None) -> Any:
     """Build the typed object and run every section's ``check()``. Raises ConfigError.
@@ -182,7 +269,10 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # an unknown key, an interpolation that does not resolve
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key}: {str(e).splitlines()[0]}" if key else str(e).splitlines()[0]) from None
+        msg = str(e).splitlines()[0]
+        if key and "not in" in msg:
+            msg += did_you_mean(schema, key)
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
 
     def walk(node: Any) -> None:
         if dataclasses.is_dataclass(node):
@@ -207,6 +297,10 @@ def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=schema_name, node=schema)
+    unknown = unknown_override(schema, sys.argv[1:])
+    if unknown:
+        print(f"config error: {unknown}", file=sys.stderr)
+        sys.exit(2)
 
     def wrap(main: Callable[[DictConfig], Any]) -> Callable:
         @functools.wraps(main)
@@ -216,6 +310,7 @@ def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
             except ConfigError as e:
                 print(f"config error: {e}", file=sys.stderr)
                 sys.exit(2)
+            absolutize_paths(cfg, schema)
             return main(cfg)
 
         return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),

@@ -8,8 +8,10 @@ or ``[K, D]``; with it, the file is a 2-D shard ``[N, D]`` read memory-mapped. E
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,18 +45,52 @@ class RecordTable:
     rows: np.ndarray  # int64 [N], -1 = the file holds one sample
     record_ids: np.ndarray  # int64 [N] record number in the JSON file
     problems: list[DataError] = field(default_factory=list)  # bad records (skip mode / checker)
+    root: Path | None = None  # what latent_path is relative to
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    def fingerprint(self) -> dict:
+        """What resuming must find unchanged: the file's size and mtime (for the message) and a
+        hash of the record table (texts and latent references in order) that decides."""
+        h = hashlib.blake2b(digest_size=16)
+        for i, text in enumerate(self.texts):
+            h.update(text.encode("utf-8"))
+            h.update(b"\x00%d\x00%d\x01" % (self.file_ids[i], self.rows[i]))
+        for f in self.files:  # as the records name them: moving the dataset is not a change
+            h.update((os.path.relpath(f, self.root) if self.root else f).encode("utf-8") + b"\x02")
+        st = self.json_path.stat()
+        return {"path": str(self.json_path), "size": st.st_size, "mtime": st.st_mtime,
+                "records": len(self.texts), "table_hash": h.hexdigest()}
+
     def subset(self, keep: np.ndarray) -> "RecordTable":
         keep = np.asarray(keep, dtype=np.int64)
         return RecordTable(self.json_path, [self.texts[i] for i in keep], self.files,
-                           self.file_ids[keep], self.rows[keep], self.record_ids[keep], self.problems)
+                           self.file_ids[keep], self.rows[keep], self.record_ids[keep], self.problems, self.root)
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened as data (missing, or not a regular file: a FIFO would hang
+    the reader, a device would stream forever), or None. ``stat`` never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"is {kind}; only regular files are read"
+    return None
 
 
 def _iter_raw_records(json_path: Path):
     """Yield (record_no, line_no | None, obj | DataError) in file order."""
+    problem = regular_file_problem(json_path)
+    if problem == "not found":
+        raise DataError(json_path, None, "file not found")
+    if problem:
+        raise DataError(json_path, None, f"the dataset file {problem}")
     try:
         raw = json_path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -101,13 +137,22 @@ def _check_fields(obj) -> str | None:
     return None
 
 
+def outside_root(latent_path: str) -> bool:
+    """True when a record's ``latent_path`` is absolute or climbs out of its root with ``..``."""
+    norm = os.path.normpath(latent_path)
+    return os.path.isabs(latent_path) or norm == ".." or norm.startswith(".." + os.sep)
+
+
 def read_records(json_path: str | os.PathLike, latent_root: str | os.PathLike | None = None,
-                 latent_dim: int | None = None, skip_bad: bool = False) -> RecordTable:
+                 latent_dim: int | None = None, skip_bad: bool = False,
+                 allow_outside: bool = False) -> RecordTable:
     """Parse and check every record; shard headers and row ranges are checked here too (cheap).
 
-    Per-sample ``.npy`` files are only read when the sample is (see :func:`load_latent`); the
-    checker CLI reads them all. With ``skip_bad`` bad records go to ``problems``; else the first
-    one raises.
+    ``latent_path`` resolves under ``latent_root`` (default: the JSON file's directory); an
+    absolute path or one climbing out with ``..`` is a bad record unless ``allow_outside``
+    (``data.allow_paths_outside_root``). Per-sample ``.npy`` files are only read when the sample
+    is (see :func:`load_latent`); the checker CLI reads them all. With ``skip_bad`` bad records
+    go to ``problems``; else the first one raises.
     """
     json_path = Path(json_path)
     base = Path(latent_root) if latent_root else json_path.parent
@@ -128,6 +173,11 @@ def read_records(json_path: str | os.PathLike, latent_root: str | os.PathLike | 
         if reason:
             bad(DataError(json_path, record_no, reason, line=line_no))
             continue
+        if not allow_outside and outside_root(obj["latent_path"]):
+            bad(DataError(json_path, record_no, f"latent_path {obj['latent_path']!r} points outside {base} "
+                                                "(absolute, or climbing out with '..'); set "
+                                                "data.allow_paths_outside_root=true to allow it", line=line_no))
+            continue
         path = str(base / obj["latent_path"])
         texts.append(obj["text"])
         file_ids.append(files.setdefault(path, len(files)))
@@ -136,7 +186,7 @@ def read_records(json_path: str | os.PathLike, latent_root: str | os.PathLike | 
         lines[record_no] = line_no
     table = RecordTable(json_path, texts, list(files), np.asarray(file_ids, dtype=np.int64),
                         np.asarray(rows, dtype=np.int64), np.asarray(record_ids, dtype=np.int64),
-                        problems)
+                        problems, base)
     return _check_shards(table, latent_dim, bad, lines)
 
 
@@ -179,6 +229,10 @@ def _check_array_meta(path: str, arr: np.ndarray, latent_dim: int | None) -> Non
 
 
 def _np_load(path: str, mmap: bool) -> np.ndarray:
+    problem = regular_file_problem(path)
+    if problem:
+        raise LatentError(f"latent file {path} {problem}" if problem != "not found" else
+                          f"latent file not found: {path}")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:

@@ -2,8 +2,8 @@
 
 Batch: ``input_ids [B, L] long``, ``attention_mask [B, L] bool``, ``latent [B, D] float32`` (or
 ``[B, K, D]`` with ``latent_mask [B, K]`` when a record holds K > 1 vectors), ``index [B]``
-(record numbers in the JSON file) and ``n_skipped`` (bad records dropped from this batch under
-``data.on_bad_record=skip``). Records and latents are parsed and checked in ``data_records``;
+(record numbers in the JSON file); the stream yields it with a :class:`BatchInfo` (records
+skipped under ``data.on_bad_record=skip``, texts truncated), which never enters the batch. Records and latents are parsed and checked in ``data_records``;
 workers never raise: a bad record travels in the batch and the main process raises its
 :class:`DataError` (file, record, reason) or, in skip mode, counts it.
 
@@ -24,7 +24,8 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -79,62 +80,90 @@ class LatentTextDataset(Dataset):
         return out
 
 
+class Tokenized(NamedTuple):
+    input_ids: torch.Tensor  # [B, L] long
+    attention_mask: torch.Tensor  # [B, L] bool
+    truncated: torch.Tensor  # [B] bool: the text was longer than max_seq_len tokens
+
+
 class Collator:
     """Batch tokenisation and latent stacking.
 
     Fast tokenizers are driven through their Rust backend (a private copy with truncation and
     padding set): the same ids as ``tokenizer(texts, truncation=True, padding=...)``, at a
     third of the cost. Slow tokenizers go through the transformers call.
+
+    Text is text: with ``split_special_tokens`` (the default) a literal "[MASK]" or "<|endoftext|>"
+    in a record is tokenised as characters, never as the special id (a literal mask id in clean
+    input would corrupt the masked-diffusion targets). Special tokens are still added around the
+    text by the tokenizer's post-processor ([CLS] ... [SEP]).
     """
 
     def __init__(self, tokenizer, max_seq_len: int, fixed_length: bool = False,
-                 pad_to_multiple_of: int = 1):
+                 pad_to_multiple_of: int = 1, split_special_tokens: bool = True):
         self.tokenizer, self.max_seq_len = tokenizer, max_seq_len
         self.fixed_length, self.multiple = fixed_length, pad_to_multiple_of
+        self.split_special_tokens = split_special_tokens
         self.backend = None
         if getattr(tokenizer, "is_fast", False):
             from tokenizers import Tokenizer
 
             self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            self.backend.encode_special_tokens = split_special_tokens
             self.backend.enable_truncation(max_seq_len, direction=tokenizer.truncation_side)
             self.backend.enable_padding(
                 direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
                 pad_token=tokenizer.pad_token, length=max_seq_len if fixed_length else None,
                 pad_to_multiple_of=None if fixed_length or pad_to_multiple_of == 1 else pad_to_multiple_of)
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``input_ids [B, L] long`` and ``attention_mask [B, L] bool``."""
+    def tokenize(self, texts: list[str]) -> Tokenized:
         if not texts:
-            return torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool)
+            return Tokenized(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool),
+                             torch.zeros(0, dtype=torch.bool))
         if self.backend is not None:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # no offsets
             encs = encode(texts)
-            return (torch.from_numpy(np.array([e.ids for e in encs], dtype=np.int64)),
-                    torch.from_numpy(np.array([e.attention_mask for e in encs], dtype=bool)))
+            return Tokenized(torch.from_numpy(np.array([e.ids for e in encs], dtype=np.int64)),
+                             torch.from_numpy(np.array([e.attention_mask for e in encs], dtype=bool)),
+                             torch.tensor([len(e.overflowing) > 0 for e in encs], dtype=torch.bool))
+        split = {"split_special_tokens": self.split_special_tokens}
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len,
                              padding="max_length" if self.fixed_length else "longest",
                              pad_to_multiple_of=None if self.fixed_length or self.multiple == 1 else self.multiple,
-                             return_tensors="pt")
-        return enc["input_ids"].long(), enc["attention_mask"].bool()
+                             return_tensors="pt", **split)
+        full = self.tokenizer(texts, truncation=False, **split)["input_ids"]
+        return Tokenized(enc["input_ids"].long(), enc["attention_mask"].bool(),
+                         torch.tensor([len(f) > self.max_seq_len for f in full], dtype=torch.bool))
 
-    def __call__(self, items: list) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list) -> dict:
         good = [it for it in items if not isinstance(it, DataError)]
-        input_ids, attention_mask = self.tokenize([it["text"] for it in good])
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+        tok = self.tokenize([it["text"] for it in good])
+        batch = {"input_ids": tok.input_ids, "attention_mask": tok.attention_mask,
                  "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-                 "bad_records": [it for it in items if isinstance(it, DataError)]}
+                 "bad_records": [it for it in items if isinstance(it, DataError)],
+                 "n_truncated": int(tok.truncated.sum())}
         batch.update(stack_latents([it["latent"] for it in good]))
         return batch
 
 
-def take_bad_records(batch: dict, skip: bool) -> int:
-    """Raise the first bad record of a batch, or (skip mode) log and count them."""
+class BatchInfo(NamedTuple):
+    """Bookkeeping of one batch, kept out of the batch dict the objective sees."""
+
+    skipped: int  # bad records dropped (data.on_bad_record=skip)
+    truncated: int  # texts cut at data.max_seq_len
+    texts: int  # texts in the batch
+
+
+def split_batch(batch: dict, skip: bool) -> tuple[dict, BatchInfo]:
+    """Take the bookkeeping out of a collated batch: raise its first bad record, or (skip mode)
+    log and count them."""
     bad = batch.pop("bad_records")
+    truncated = batch.pop("n_truncated")
     if bad and not skip:
         raise bad[0]
     for err in bad:
         log.warning("skipping bad record: %s", err)
-    return len(bad)
+    return batch, BatchInfo(len(bad), truncated, int(batch["input_ids"].shape[0]))
 
 
 def stack_latents(latents: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -241,7 +270,7 @@ class TrainStream:
                                  prefetch_factor=4 if num_workers > 0 else None)
         self._it = None
 
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def __next__(self) -> tuple[dict[str, torch.Tensor], BatchInfo]:
         if self._it is None:
             self.sampler.set_position(self.epoch, self.consumed)
             self._it = iter(self.loader)
@@ -251,8 +280,7 @@ class TrainStream:
             self.epoch, self.consumed, self._it = self.epoch + 1, 0, None
             return next(self)
         self.consumed += 1
-        batch["n_skipped"] = take_bad_records(batch, self.skip_bad)
-        return batch
+        return split_batch(batch, self.skip_bad)
 
     def close(self) -> None:
         shutdown_workers(self._it)
@@ -271,28 +299,56 @@ class TrainStream:
         self.epoch, self.consumed, self._it = state["epoch"], state["micro_batches"], None
 
 
-def held_out(texts: list[str], ratio: float) -> np.ndarray:
-    """Boolean mask of validation records: a hash of the text, so the split is the same on every
-    rank and run, and duplicate texts never straddle train and validation."""
+# The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
+# so with one hash a ratio on an extracted train file would hold out nothing (every text there
+# already hashed above the extractor's cut).
+TRAIN_SPLIT_SALT = b"mmldlm.valsplit"
+
+
+def held_out(texts: list[str], ratio: float, salt: bytes = b"") -> np.ndarray:
+    """Boolean mask of validation records: a (salted) hash of the text, so the split is the same
+    on every rank and run, and duplicate texts never straddle train and validation."""
     if ratio <= 0:
         return np.zeros(len(texts), dtype=bool)
     cut = int(ratio * 2**64)
-    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(),
-                                       "little") < cut for t in texts), dtype=bool, count=len(texts))
+
+    def h(t: str) -> int:
+        return int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, salt=salt).digest(), "little")
+
+    return np.fromiter((h(t) < cut for t in texts), dtype=bool, count=len(texts))
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def looks_local(name: str) -> bool:
+    """A name that can only be a local path (hub ids are ``name`` or ``org/name``)."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, local_files_only: bool | None = None,
+                   key: str = "data.tokenizer_name"):
+    """A tokenizer from a local directory or a hub name (the hub cache when offline). Problems are
+    a :class:`ConfigError` naming ``key``: a local-looking path that does not exist is "not
+    found", never a network error."""
     from transformers import AutoTokenizer
 
+    from latentDLM_mmdit.config import ConfigError
     from latentDLM_mmdit.prefetch import check_if_prefetched
 
-    check_if_prefetched(name_or_path)  # a half-prefetched directory is not a tokenizer
+    local = Path(name_or_path).expanduser()
+    if not local.exists() and looks_local(name_or_path):
+        raise ConfigError(f"{key}: not found: {name_or_path} (relative paths are from {Path.cwd()})")
+    check_if_prefetched(local)  # a half-prefetched directory is not a tokenizer
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    kw = {} if local_files_only is None else {"local_files_only": local_files_only}
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path,
+                                            trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"could not load tokenizer {name_or_path!r} (data.tokenizer_name): "
-                           f"{str(e).splitlines()[0]}. Point it at a local directory or prefetch it "
-                           "first; offline runs cannot download.") from None
+        where = "" if local.exists() else (
+            " It is no local directory, and it is not in the hub cache" + (" (offline)" if offline or
+                                                                         local_files_only else "") + ".")
+        raise ConfigError(f"{key}: could not load tokenizer {name_or_path!r}: {str(e).splitlines()[0].rstrip('.')}.{where} "
+                          f"Point {key} at a local tokenizer directory, or prefetch it first "
+                          "(python -m latentDLM_mmdit.prefetch --repo-id NAME --local-dir DIR)") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -306,28 +362,53 @@ class DataBundle:
     val_records: int
     bad_records: int  # dropped while reading the JSON files (skip mode)
     skip_bad: bool
+    fingerprint: dict  # of the training file (checked on resume)
 
 
-def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
-               pin_memory: bool = False) -> DataBundle:
-    """Train stream and validation loader from the ``data`` / ``training`` config sections."""
-    skip = data_cfg.on_bad_record.name == "skip"
-    read = lambda p: read_records(p, data_cfg.latent_data_root, data_cfg.latent_dim, skip_bad=skip)  # noqa: E731
-    train = read(data_cfg.data_files.train)
-    bad = len(train.problems)
+def _validation(data_cfg, train: RecordTable, read, need_val: bool) -> tuple[RecordTable, RecordTable | None]:
+    """(train, validation or None) from a validation file or a held-out split. With ``need_val``
+    (periodic eval is on) an empty validation set is an error naming its cause."""
+    from latentDLM_mmdit.config import ConfigError
+
     if data_cfg.data_files.validation:
         val = read(data_cfg.data_files.validation)
-        bad += len(val.problems)
         overlap = len(set(train.texts).intersection(val.texts))
         if overlap:
             log.warning("%d validation texts also occur in the training file", overlap)
-    else:
-        mask = held_out(train.texts, data_cfg.val_split_ratio)
-        val = train.subset(np.flatnonzero(mask)) if mask.any() else None
-        train = train.subset(np.flatnonzero(~mask))
-    if bad:
-        log.warning("%d bad records skipped (data.on_bad_record=skip), e.g. %s", bad,
-                    (train.problems or val.problems)[0])
+        if need_val and not len(val):
+            raise ConfigError(f"data.data_files.validation: {val.json_path} holds no (good) records, and "
+                              "logging.eval_freq > 0 needs some; fix the file or set logging.eval_freq=0")
+        return train, val
+    if data_cfg.val_split_ratio > 0:
+        mask = held_out(train.texts, data_cfg.val_split_ratio, TRAIN_SPLIT_SALT)
+        if need_val and not mask.any():
+            raise ConfigError(f"data.val_split_ratio: {data_cfg.val_split_ratio} of {len(train)} records held out "
+                              "none, and logging.eval_freq > 0 needs a validation set; raise the ratio, pass "
+                              "data.data_files.validation, or set logging.eval_freq=0")
+        return train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
+    if need_val:
+        log.warning("no validation set (data.data_files.validation or data.val_split_ratio): periodic eval is off")
+    return train, None
+
+
+def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
+               pin_memory: bool = False, need_val: bool = False) -> DataBundle:
+    """Train stream and validation loader from the ``data`` / ``training`` config sections.
+    Every record table is read and checked here, before any model is built."""
+    from latentDLM_mmdit.config import ConfigError
+
+    skip = data_cfg.on_bad_record.name == "skip"
+
+    def read(path):
+        return read_records(path, data_cfg.latent_data_root, data_cfg.latent_dim, skip_bad=skip,
+                            allow_outside=data_cfg.allow_paths_outside_root)
+
+    train = read(data_cfg.data_files.train)
+    fingerprint = train.fingerprint()
+    train, val = _validation(data_cfg, train, read, need_val)
+    problems = train.problems + (val.problems if val is not None and val.problems is not train.problems else [])
+    if problems:
+        log.warning("%d bad records skipped (data.on_bad_record=skip), e.g. %s", len(problems), problems[0])
     if data_cfg.max_samples:
         train = train.subset(np.arange(min(len(train), data_cfg.max_samples)))
     if val is not None and data_cfg.max_val_samples:
@@ -336,9 +417,12 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety of fast tokenizers
     collate = Collator(tokenizer, data_cfg.max_seq_len, data_cfg.padding.name == "max_length",
                        data_cfg.pad_to_multiple_of)
-    sampler = StepChunkSampler(len(train), training_cfg.train_batch_size, rank, world,
-                               training_cfg.gradient_accumulation_steps, training_cfg.seed,
-                               data_cfg.shuffle)
+    try:
+        sampler = StepChunkSampler(len(train), training_cfg.train_batch_size, rank, world,
+                                   training_cfg.gradient_accumulation_steps, training_cfg.seed,
+                                   data_cfg.shuffle)
+    except ValueError as e:
+        raise ConfigError(f"training.train_batch_size: {e}") from None
     stream = TrainStream(LatentTextDataset(train, data_cfg.latent_dim), sampler, collate,
                          data_cfg.num_workers, pin_memory, skip)
     val_loader = None
@@ -348,23 +432,58 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
                                 sampler=list(range(rank, len(val), world)), collate_fn=collate,
                                 num_workers=min(data_cfg.num_workers, 1), pin_memory=pin_memory,
                                 generator=torch.Generator(), worker_init_fn=_worker_init)
-    return DataBundle(stream, val_loader, len(train), len(val) if val is not None else 0, bad, skip)
+    return DataBundle(stream, val_loader, len(train), len(val) if val is not None else 0, len(problems), skip,
+                      fingerprint)
+
+
+LITERAL_SPECIALS = ("[MASK]", "[PAD]", "[CLS]", "[SEP]", "[UNK]", "<|endoftext|>", "<s>", "</s>", "<pad>",
+                    "<mask>", "<unk>", "<|im_start|>", "<|im_end|>")
+
+
+def _text_report(table: RecordTable, tokenizer: str | None, max_seq_len: int) -> list[str]:
+    """Lines about the texts themselves: literal special-token strings (tokenised as plain text)
+    and, with a tokenizer, how many texts ``max_seq_len`` cuts."""
+    lines = []
+    specials = LITERAL_SPECIALS
+    col = None
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
+        specials = tuple(tok.all_special_tokens) or LITERAL_SPECIALS
+        col = Collator(tok, max_seq_len)
+    with_specials = [i for i, t in enumerate(table.texts) if any(sp in t for sp in specials)]
+    if with_specials:
+        first = int(table.record_ids[with_specials[0]])
+        lines.append(f"NOTE {len(with_specials)} texts contain literal special-token strings ({', '.join(specials[:5])}"
+                     f"...; first: record {first}); they are tokenised as plain text, never as special ids")
+    if col is not None:
+        cut = sum(int(col.tokenize(table.texts[i:i + 256]).truncated.sum()) for i in range(0, len(table), 256))
+        lines.append(f"NOTE {cut} of {len(table)} texts ({cut / max(1, len(table)):.1%}) are longer than "
+                     f"{max_seq_len} tokens and would be truncated (data.max_seq_len)")
+    return lines
 
 
 def check_main(argv: list[str] | None = None) -> int:
     """Read every record and every latent; print each bad one; exit 1 if any."""
     from tqdm import tqdm
 
-    p = argparse.ArgumentParser(prog="python -m latentDLM_mmdit.data_simple check",
-                                description="Validate a dataset: every record and every latent "
-                                            "file. Lists each bad record; exit status 1 if any.")
+    p = argparse.ArgumentParser(
+        prog="python -m latentDLM_mmdit.data_simple check",
+        description="Validate a dataset: every record and every latent file (existence, regular file, "
+                    ".npy without pickles, shape, dimension, dtype, NaN/Inf, shard rows, paths inside the "
+                    "root). Prints each bad record as 'BAD FILE: record N: reason'; exit status 1 if any.")
     p.add_argument("json_path", help="train/validation JSON list or JSONL file")
     p.add_argument("--latent-dim", type=int, required=True, help="expected latent dimension D")
     p.add_argument("--latent-data-root", default=None,
                    help="base directory of latent_path (default: the JSON file's directory)")
+    p.add_argument("--allow-paths-outside-root", action="store_true",
+                   help="accept absolute latent paths and paths with '..' (data.allow_paths_outside_root)")
+    p.add_argument("--tokenizer", default=None,
+                   help="also report how many texts exceed --max-seq-len tokens with this tokenizer")
+    p.add_argument("--max-seq-len", type=int, default=512, help="token limit for the truncation report")
     args = p.parse_args(argv)
     try:
-        table = read_records(args.json_path, args.latent_data_root, args.latent_dim, skip_bad=True)
+        table = read_records(args.json_path, args.latent_data_root, args.latent_dim, skip_bad=True,
+                             allow_outside=args.allow_paths_outside_root)
     except DataError as e:  # the file as a whole is unreadable
         print(f"BAD {e}")
         return 1
@@ -377,14 +496,23 @@ def check_main(argv: list[str] | None = None) -> int:
     problems.sort(key=lambda e: -1 if e.record is None else e.record)
     for e in problems:
         print(f"BAD {e}")
+    for line in _text_report(table, args.tokenizer, args.max_seq_len):
+        print(line)
     total = len(table) + len(table.problems)
     print(f"{args.json_path}: {total} records, {len(problems)} bad, {total - len(problems)} good")
     return 1 if problems else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m latentDLM_mmdit.data_simple",
+                                description="The shared loader's command line. Subcommands:\n"
+                                            "  check PATH.json --latent-dim D   list every bad record of a dataset",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["check"], help="check: validate a dataset (check --help for its options)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    return check_main(a.args)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "check":
-        print("usage: python -m latentDLM_mmdit.data_simple check PATH.json --latent-dim D",
-              file=sys.stderr)
-        sys.exit(2)
-    sys.exit(check_main(sys.argv[2:]))
+    sys.exit(main())

@@ -138,14 +138,15 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     gets); for cosines, each latent against another record's latent and against the mean of the
     other records' latents (what a T2L or L2T2L that ignores its input gets)."""
     from latentDLM_mmdit.data_records import read_records
-    from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, take_bad_records
+    from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, split_batch
 
     obj, tok, cfg = load_objective(checkpoint)
-    table = read_records(data_json, cfg.data.latent_data_root, cfg.model.latent_dim)
+    table = read_records(data_json, cfg.data.latent_data_root, cfg.model.latent_dim,
+                         allow_outside=cfg.data.allow_paths_outside_root)
     ds = LatentTextDataset(table, cfg.model.latent_dim)
     items = ds.__getitems__(list(range(min(n, len(ds)))))
     batch = Collator(tok, min(cfg.data.max_seq_len, cfg.model.max_seq_len))(items)
-    take_bad_records(batch, skip=False)  # a bad latent file is an error naming it, never a silent drop
+    batch, _ = split_batch(batch, skip=False)  # a bad latent file is an error naming it, never a silent drop
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
     torch.manual_seed(seed)
     metrics, out = roundtrip(obj, ids, mask, z, guidance)

@@ -6,6 +6,11 @@ objective hooks: ``flops_per_token()`` (for MFU; default 6 x trainable + 2 x fro
 ``checkpoint_metadata()`` (e.g. the frozen backbone's name and revision) and
 ``eval_extra(batch, index)`` (more eval metrics, e.g. sampled round trips).
 
+Start-up order (cheap checks first, so a mistake never costs the expensive part): the save
+directory is writable; the run directory does not hold another run; the tokenizer loads; every
+record table is read and checked; only then is the run directory created and locked (one run
+per directory) and the objective built (for the bridge: 8B weights loaded).
+
 Per optimizer step: ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the
 last), bf16 autocast over fp32 master weights, clipping, then one all-reduced flag tells every
 rank whether to skip the update (non-finite loss or grad norm on any rank) or to stop
@@ -30,15 +35,24 @@ from latentDLM_mmdit import checkpointing as C
 from latentDLM_mmdit import distributed as D
 from latentDLM_mmdit.config import ConfigError
 from latentDLM_mmdit.data_records import DataError
-from latentDLM_mmdit.data_simple import (build_data, load_tokenizer, shutdown_workers,
-                                         take_bad_records)
+from latentDLM_mmdit.data_simple import build_data, load_tokenizer, shutdown_workers, split_batch
 from latentDLM_mmdit.optim import build_optimizer, build_scheduler
 from latentDLM_mmdit.prefetch import PrefetchError
+from latentDLM_mmdit.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
 from latentDLM_mmdit.run_log import JsonlLog, MetricWindow, Wandb
 
 log = logging.getLogger("mm_ldlm")
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+LOGS = ("training_log.jsonl", "eval_log.jsonl")
+
+
+class DataChangedError(RuntimeError):
+    """The training file's records changed since the checkpoint being resumed."""
+
+
+# errors that end a run with one line (no traceback): the message says what to do
+ONE_LINE_ERRORS = (PrefetchError, ConfigError, RunDirError, C.CheckpointWriteError, DataChangedError)
 
 
 def _peak_tflops(cfg_value, device: torch.device) -> float | None:
@@ -65,15 +79,29 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _prepare_run_dir(run_dir: Path, resume, is_main: bool) -> None:
-    # every rank checks (the same shared directory), so all stop together instead of waiting
-    if resume is None and (C.list_checkpoints(run_dir) or (run_dir / "training_log.jsonl").exists()):
-        raise SystemExit(f"run directory {run_dir} already holds a run; set training.resume=auto "
-                         "to continue it, or choose another logging.run_name")
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        C.remove_stale_temps(run_dir)
-    D.barrier()
+def _agree(fn, dist: D.DistInfo):
+    """Run ``fn`` on rank 0 only; every rank gets its result, or raises its one-line error."""
+    outcome = None
+    if dist.is_main:
+        try:
+            outcome = ("ok", fn())
+        except ONE_LINE_ERRORS as e:
+            outcome = ("error", e)
+    kind, value = D.broadcast_object(outcome)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    return bool(C.list_checkpoints(run_dir)) or any((run_dir / n).exists() for n in LOGS)
+
+
+def _check_run_dir(run_dir: Path, resume) -> None:
+    probe_writable(run_dir.parent)
+    if resume is None and _holds_a_run(run_dir):
+        raise RunDirError(f"run directory {run_dir} already holds a run; set training.resume=auto to continue "
+                          "it, or choose another logging.run_name")
 
 
 def train(cfg: DictConfig, build_objective: Callable) -> dict:
@@ -83,17 +111,19 @@ def train(cfg: DictConfig, build_objective: Callable) -> dict:
     try:
         loop = _Loop(cfg, build_objective, dist)
         return loop.run()
-    except (PrefetchError, ConfigError) as e:  # e.g. an objective finding its tokenizer unfit
-        log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
+    except ONE_LINE_ERRORS as e:
+        prefix = "config error: " if isinstance(e, ConfigError) else ""
+        log.error("%s%s", prefix, e)
         raise SystemExit(1) from None
     except DataError as e:
-        log.error("bad data: %s\nList every bad record with: python -m latentDLM_mmdit.data_simple "
-                  "check %s --latent-dim %d (or set data.on_bad_record=skip to skip and count them)",
-                  e, e.json_path, cfg.data.latent_dim)
+        hint = "" if e.record is None else (
+            f"\nList every bad record with: python -m latentDLM_mmdit.data_simple check {e.json_path} "
+            f"--latent-dim {cfg.data.latent_dim} (or set data.on_bad_record=skip to skip and count them)")
+        log.error("bad data: %s%s", e, hint)
         raise SystemExit(1) from None
     finally:
         if loop is not None:
-            loop.data.train.close()
+            loop.close()
         D.teardown()
 
 
@@ -101,16 +131,20 @@ class _Loop:
     def __init__(self, cfg, build_objective, dist: D.DistInfo):
         self.cfg, self.dist, t = cfg, dist, cfg.training
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
-        _prepare_run_dir(self.run_dir, t.resume, dist.is_main)
-        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.lock, self.data, self.started = None, None, False
+        _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer_name)
+        self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
+                               pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0)
+        if dist.is_main:
+            self.lock = RunDirLock(self.run_dir)
+        _agree(lambda: self.lock.acquire(), dist)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.objective = build_objective(cfg, self.tokenizer).to(dist.device)
         self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]
         for n, p in self.params:  # fp32 master weights for everything that trains
             if p.dtype != torch.float32:
                 p.data = p.data.float()
-        self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
-                               pin_memory=dist.device.type == "cuda")
         self.optimizer = build_optimizer(self.params, cfg.optimizer, dist.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.window = MetricWindow(dist.device)
@@ -138,9 +172,39 @@ class _Loop:
         self.flops_per_token = float(hook()) if hook else 6.0 * n_train + 2.0 * n_frozen
         if dist.is_main:
             self._open_logs(resumed, n_train, n_frozen)
+        D.barrier()
+        self.started = True
+
+    def close(self) -> None:
+        if self.data is not None:
+            self.data.train.close()
+        if self.lock is not None:
+            if self.started:
+                self.lock.release()
+            else:  # failed before the run started: leave no empty run directory behind
+                self.lock.abandon()
 
     # -- set-up helpers ---------------------------------------------------------------------
+    def _check_data(self, state: dict) -> None:
+        saved, now = state.get("data_fingerprint"), self.data.fingerprint
+        if saved is None:
+            log.warning("checkpoint has no data fingerprint (written by an older version): not checked")
+            return
+        if saved["table_hash"] == now["table_hash"]:
+            return
+        what = (f"data.data_files.train {now['path']} changed since the checkpoint ({saved['records']} -> "
+                f"{now['records']} records, {saved['size']} -> {now['size']} bytes, record table hash "
+                f"{saved['table_hash'][:12]} -> {now['table_hash'][:12]})")
+        if not self.cfg.training.allow_data_change:
+            raise DataChangedError(f"{what}: resuming would continue on a different data stream than the "
+                                   "uninterrupted run. Restore the file, or set training.allow_data_change=true "
+                                   "to continue on the new data")
+        log.warning("%s; continuing on the new data (training.allow_data_change=true)", what)
+
     def _load(self, path: Path, state: dict) -> None:
+        self._check_data(state)
+        if self.cfg.training.resume not in (None, "auto") and self.dist.is_main:
+            C.abandon_newer(self.run_dir, state["step"])  # a rollback: the later timeline moves aside
         C.load_trainable_state_dict(self.objective, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -162,11 +226,21 @@ class _Loop:
 
     def _open_logs(self, resumed, n_train: int, n_frozen: int) -> None:
         cfg, t = self.cfg, self.cfg.training
+        logs = [self.run_dir / n for n in LOGS]
+        if resumed:
+            # the logs are cut back to the resumed step; their full history is kept aside
+            if any(p.exists() and _has_steps_after(p, self.step) for p in logs):
+                set_aside(self.run_dir, logs, f"logs_after_step_{self.step}", copy=True)
+            OmegaConf.save(cfg, self.run_dir / f"config_resume_step_{self.step}.yaml", resolve=True)
+        else:
+            # nothing resumed (e.g. resume=auto after a kill before the first checkpoint): start fresh
+            moved = set_aside(self.run_dir, logs + [self.run_dir / "config.yaml"], "no_checkpoint")
+            if moved:
+                log.warning("nothing to resume in %s: the earlier run's logs moved to %s", self.run_dir, moved)
+            OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
         resume_step = self.step if resumed else None
-        name = "config.yaml" if not (self.run_dir / "config.yaml").exists() else f"config_resume_step_{self.step}.yaml"
-        OmegaConf.save(cfg, self.run_dir / name, resolve=True)
-        self.train_log = JsonlLog(self.run_dir / "training_log.jsonl", resume_step)
-        self.eval_log = JsonlLog(self.run_dir / "eval_log.jsonl", resume_step)
+        self.train_log = JsonlLog(logs[0], resume_step)
+        self.eval_log = JsonlLog(logs[1], resume_step)
         self.wandb = (Wandb(cfg.logging, self.run_dir, OmegaConf.to_container(cfg, resolve=True),
                             self.wandb_id) if cfg.logging.use_wandb else None)
         if self.wandb:
@@ -179,64 +253,20 @@ class _Loop:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
-        cfg, t, lg = self.cfg, self.cfg.training, self.cfg.logging
-        accum, dev = t.gradient_accumulation_steps, self.dist.device
+        t, lg = self.cfg.training, self.cfg.logging
         stop = _StopFlag()
         bar = tqdm(total=t.num_train_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and lg.progress_bar), mininterval=1.0)
-        clip = cfg.optimizer.grad_clip_norm
-        samples = torch.zeros((), dtype=torch.float64, device=dev)
-        tokens = torch.zeros((), dtype=torch.float64, device=dev)
-        t_window, last_saved, stopped = time.perf_counter(), None, False
+        dev = self.dist.device
+        self.samples = torch.zeros((), dtype=torch.float64, device=dev)
+        self.tokens = torch.zeros((), dtype=torch.float64, device=dev)
+        self.t_window, self.last_saved, stopped = time.perf_counter(), None, False
         while self.step < t.num_train_steps:
-            step_metrics = MetricWindow(dev)
-            loss_sum = torch.zeros((), device=dev)
-            for micro in range(accum):
-                batch = next(self.data.train)
-                self.batch_bad_records += int(batch.pop("n_skipped"))
-                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                sync = self.ddp is None or micro == accum - 1
-                with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
-                    with self.autocast:
-                        loss, metrics = self.model(batch, self.step)
-                    (loss / accum).backward()
-                loss_sum += loss.detach().float()
-                step_metrics.add({"loss": loss.detach().float(), **metrics})
-                samples += batch["input_ids"].shape[0]
-                tokens += batch["attention_mask"].sum()
-            params = [p for _, p in self.params]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-            flags = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(gnorm)).float(),
-                                 torch.tensor(float(stop.signum != 0), device=dev)])
-            bad_loss, bad_grad, stop_now = D.all_reduce(flags, op=torch.distributed.ReduceOp.MAX).tolist()
-            if bad_loss or bad_grad:
-                self.skipped_steps += 1
-                if self.dist.is_main:
-                    log.warning("step %d: non-finite %s on some rank; update skipped (%d so far)",
-                                self.step + 1, "loss" if bad_loss else "grad norm", self.skipped_steps)
-            else:
-                self.optimizer.step()
-                step_metrics.add({"grad_norm": gnorm.detach()})
-                self.window.merge(step_metrics)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
+            stop_now = self._train_step(stop)
             bar.update(1)
-            if self.step % lg.log_freq == 0 or self.step == t.num_train_steps:
-                elapsed = time.perf_counter() - t_window
-                rec = self._log_train(elapsed, samples, tokens)
-                samples.zero_(), tokens.zero_()
-                t_window = time.perf_counter()
-                if rec.get("loss") is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
-            t_side = time.perf_counter()  # eval and checkpoint time is not training throughput
-            if lg.eval_freq and self.step % lg.eval_freq == 0 or self.step == t.num_train_steps:
-                self._evaluate()
-            if lg.save_freq and self.step % lg.save_freq == 0 or self.step == t.num_train_steps or stop_now:
-                if last_saved != self.step:
-                    self._save()
-                    last_saved = self.step
-            t_window += time.perf_counter() - t_side
+            rec = self._after_step(stop_now)
+            if rec and rec.get("loss") is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
             if stop_now:
                 stopped = True
                 if self.dist.is_main:
@@ -250,9 +280,65 @@ class _Loop:
                 self.wandb.finish()
         return {"step": self.step, "stopped_by_signal": stopped, "run_dir": str(self.run_dir)}
 
-    def _log_train(self, elapsed: float, samples, tokens) -> dict:
-        bad = torch.tensor(float(self.batch_bad_records), dtype=torch.float64, device=samples.device)
-        counts = D.all_reduce(torch.stack([samples, tokens, bad])).tolist()
+    def _train_step(self, stop: _StopFlag) -> bool:
+        """One optimizer step (micro-steps, clipping, the agreed skip/stop flags); returns stop."""
+        t, dev = self.cfg.training, self.dist.device
+        accum, clip = t.gradient_accumulation_steps, self.cfg.optimizer.grad_clip_norm
+        step_metrics = MetricWindow(dev)
+        loss_sum = torch.zeros((), device=dev)
+        for micro in range(accum):
+            batch, info = next(self.data.train)
+            self.batch_bad_records += info.skipped
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            sync = self.ddp is None or micro == accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with self.autocast:
+                    loss, metrics = self.model(batch, self.step)
+                (loss / accum).backward()
+            loss_sum += loss.detach().float()
+            step_metrics.add({"loss": loss.detach().float(), **metrics})
+            if info.texts:
+                step_metrics.add({"truncated_frac": info.truncated / info.texts}, weight=info.texts)
+            self.samples += batch["input_ids"].shape[0]
+            self.tokens += batch["attention_mask"].sum()
+        gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], clip if clip > 0 else math.inf)
+        flags = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(gnorm)).float(),
+                             torch.tensor(float(stop.signum != 0), device=dev)])
+        bad_loss, bad_grad, stop_now = D.all_reduce(flags, op=torch.distributed.ReduceOp.MAX).tolist()
+        if bad_loss or bad_grad:
+            self.skipped_steps += 1
+            if self.dist.is_main:
+                log.warning("step %d: non-finite %s on some rank; update skipped (%d so far)",
+                            self.step + 1, "loss" if bad_loss else "grad norm", self.skipped_steps)
+        else:
+            self.optimizer.step()
+            step_metrics.add({"grad_norm": gnorm.detach()})
+            self.window.merge(step_metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return bool(stop_now)
+
+    def _after_step(self, stop_now: bool) -> dict | None:
+        """Log, evaluate and checkpoint as the step number asks; returns the logged record."""
+        t, lg, rec = self.cfg.training, self.cfg.logging, None
+        last = self.step == t.num_train_steps
+        if self.step % lg.log_freq == 0 or last:
+            rec = self._log_train(time.perf_counter() - self.t_window)
+            self.samples.zero_(), self.tokens.zero_()
+            self.t_window = time.perf_counter()
+        t_side = time.perf_counter()  # eval and checkpoint time is not training throughput
+        if lg.eval_freq and self.step % lg.eval_freq == 0 or last:
+            self._evaluate()
+        if (lg.save_freq and self.step % lg.save_freq == 0 or last or stop_now) and self.last_saved != self.step:
+            self._save()
+            self.last_saved = self.step
+        self.t_window += time.perf_counter() - t_side
+        return rec
+
+    def _log_train(self, elapsed: float) -> dict:
+        bad = torch.tensor(float(self.batch_bad_records), dtype=torch.float64, device=self.samples.device)
+        counts = D.all_reduce(torch.stack([self.samples, self.tokens, bad])).tolist()
         rec = {"step": self.step, **self.window.reduce(), "lr": self.scheduler.get_last_lr()[0],
                "samples_per_s": counts[0] / elapsed, "tokens_per_s": counts[1] / elapsed,
                "skipped_steps": self.skipped_steps, "bad_records": self.data.bad_records + int(counts[2]),
@@ -260,6 +346,11 @@ class _Loop:
         if self.peak:
             rec["mfu"] = rec["tokens_per_s"] / self.dist.world * self.flops_per_token / (self.peak * 1e12)
         if self.dist.is_main:
+            if rec.get("truncated_frac", 0) > 0 and not getattr(self, "_warned_truncation", False):
+                log.warning("%.1f%% of the texts are longer than data.max_seq_len=%d tokens and are truncated "
+                            "(truncated_frac in training_log.jsonl)", 100 * rec["truncated_frac"],
+                            self.cfg.data.max_seq_len)
+                self._warned_truncation = True
             self.train_log.write(rec)
             if self.wandb:
                 self.wandb.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, self.step)
@@ -293,7 +384,7 @@ class _Loop:
         for i, batch in enumerate(it):
             if nb and i >= nb:
                 break
-            take_bad_records(batch, self.data.skip_bad)
+            batch, _ = split_batch(batch, self.data.skip_bad)
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with self.autocast:
                 loss, metrics = self.objective(batch, self.step)
@@ -306,13 +397,22 @@ class _Loop:
         rngs = D.all_gather_object(C.rng_state(self.dist.device))
         bad = D.all_gather_object(self.batch_bad_records)
         windows = D.all_gather_object(self.window.state_dict())
-        if self.dist.is_main:
+
+        def write() -> None:
             meta = getattr(self.objective, "checkpoint_metadata", None)
             state = {"model": C.trainable_state_dict(self.objective), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "step": self.step,
-                     "data": self.data.train.state_dict(), "rng": rngs, "metric_window": windows,
+                     "data": self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
+                     "rng": rngs, "metric_window": windows,
                      "skipped_steps": self.skipped_steps, "batch_bad_records": bad,
                      "wandb_id": self.wandb_id, "objective": meta() if meta else {},
                      "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
             C.save_checkpoint(self.run_dir, self.step, state, self.cfg.logging.keep_last)
-        D.barrier()
+
+        _agree(write, self.dist)  # a failed write ends every rank together, with its message
+
+
+def _has_steps_after(path: Path, step: int) -> bool:
+    from latentDLM_mmdit.run_log import read_jsonl
+
+    return any(r.get("step", 0) > step for r in read_jsonl(path))

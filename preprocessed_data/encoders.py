@@ -68,16 +68,16 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_with_stats(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """(vectors, how many texts reached the token limit: truncated, or exactly at it)."""
-        ids, mask = self._tok.tokenize([self.prefix + t for t in texts])
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        """(vectors, how many texts were longer than the token limit and truncated)."""
+        tok = self._tok.tokenize([self.prefix + t for t in texts])
+        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         pool = last_token_pool if self.pooling == "last" else mean_pool
         z = pool(hidden.float(), mask)[:, : self.dim]
         if self.normalize:
             z = F.normalize(z, dim=-1)
-        return z.cpu().numpy().astype(np.float32), int((mask.sum(1) >= self.max_length).sum())
+        return z.cpu().numpy().astype(np.float32), int(tok.truncated.sum())
 
 
 class _SonarOfficial:

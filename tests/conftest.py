@@ -59,7 +59,7 @@ def tiny_data(tmp_path, paragraphs) -> Path:
 
 
 def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | None = None,
-              timeout: float = 300, background: bool = False):
+              timeout: float = 300, background: bool = False, cwd: Path = REPO):
     """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more.
     ``background=True`` returns the Popen (output discarded) instead of waiting."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -69,20 +69,23 @@ def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | No
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", str(script), *overrides]
     if background:
-        return subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.DEVNULL,
+        return subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout,
                           start_new_session=True)  # its own process group (signal tests)
 
 
 @pytest.fixture
 def run_tiny(tmp_path, tiny_data, tokenizer_path):
-    """run_tiny(*overrides, nproc=1, run_name="tiny", expect_ok=True) on the tiny entrypoint."""
+    """run_tiny(*overrides, nproc=1, run_name="tiny", expect_ok=True, background=False) on the tiny
+    entrypoint (``background=True`` returns the Popen)."""
 
-    def run(*overrides, nproc=1, run_name="tiny", expect_ok=True, env=None):
+    def run(*overrides, nproc=1, run_name="tiny", expect_ok=True, env=None, background=False):
         base = [f"data.data_files.train={tiny_data}", f"data.tokenizer_name={tokenizer_path}",
                 f"logging.save_dir={tmp_path / 'runs'}", f"logging.run_name={run_name}"]
-        p = run_entry(TINY, base + list(overrides), nproc=nproc, env=env)
+        p = run_entry(TINY, base + list(overrides), nproc=nproc, env=env, background=background)
+        if background:
+            return p
         if expect_ok and p.returncode != 0:
             raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
         return p

@@ -24,6 +24,9 @@ BASELINE = REPO / "baseline" / "train.py"
     ("data.data_files.train=null", ["data.data_files.train", "required"]),
     ("training.resume=/nonexistent/ckpt.pt", ["training.resume", "does not exist"]),
     ("model.n_heads=3", ["model.hidden_size", "model.n_heads"]),
+    ("training.num_train_step=3", ["training.num_train_step", "did you mean training.num_train_steps?"]),
+    ("optimizer.weight_decy=0.1", ["did you mean optimizer.weight_decay?"]),
+    ("data.max_seq_len=999", ["data.max_seq_len", "999 exceeds model.max_seq_len (128)"]),
 ])
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, tokenizer_path, override, words):
     p = run_entry(BASELINE, ["--config-name", "t2l_regression", "data.data_files.train=/x.json",
@@ -81,6 +84,18 @@ def test_shipped_yaml_keys_exist_in_the_schema():
     primary = yaml.safe_load((REPO / "baseline" / "configs" / "t2l_regression.yaml").read_text())
     primary.pop("defaults"), primary.pop("hydra")
     assert set(leaves(primary)) <= known
+
+
+def test_help_names_the_script_that_runs_and_the_loader_cli_explains_itself():
+    import subprocess
+    import sys
+
+    stable = subprocess.run([sys.executable, str(REPO / "latentDLM_mmdit" / "train_mmdit_stable.py"), "--help"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert stable.returncode == 0 and stable.stdout.startswith("latentDLM_mmdit/train_mmdit_stable.py:")
+    loader = subprocess.run([sys.executable, "-m", "latentDLM_mmdit.data_simple", "--help"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert loader.returncode == 0 and "check PATH.json --latent-dim D" in loader.stdout
 
 
 def test_config_error_type_is_a_value_error():

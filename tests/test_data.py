@@ -1,5 +1,6 @@
 """The shared loader: formats, batches, splits, sampling order, bad input, the checker CLI."""
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def write_json(path, records, jsonl=False):
 
 
 def batches_of(bundle, n):
-    return [next(bundle.train) for _ in range(n)]
+    return [next(bundle.train)[0] for _ in range(n)]
 
 
 # -- formats and batches ----------------------------------------------------------------------
@@ -78,7 +79,7 @@ def test_shard_rows_batch_contract_and_dynamic_padding(tmp_path, tokenizer, para
     pad = b["input_ids"][~b["attention_mask"]]
     assert (pad == tokenizer.pad_token_id).all()
     data.padding = "max_length"
-    assert next(build_data(data, training, tokenizer).train)["input_ids"].shape == (4, 24)
+    assert next(build_data(data, training, tokenizer).train)[0]["input_ids"].shape == (4, 24)
 
 
 def test_held_out_split_is_disjoint_deterministic_and_keeps_duplicates_together(paragraphs):
@@ -144,6 +145,8 @@ def _bad_cases(d):
     np.save(d / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (d / "trunc.npy").write_bytes((d / "ok.npy").read_bytes()[:-10])
     (d / "junk.npy").write_bytes(pickle.dumps([1, 2, 3]))
+    os.mkfifo(d / "fifo.npy")  # opening it would hang the reader
+    (d / "adir.npy").mkdir()
     ok = {"text": "fine", "latent_path": "ok.npy"}
     return [
         ("no_text", {"latent_path": "ok.npy"}, "no 'text' field"),
@@ -162,6 +165,11 @@ def _bad_cases(d):
         ("row_out_of_range", {"text": "x", "latent_path": "shard.npy", "latent_row": 5}, "out of range"),
         ("row_not_int", {"text": "x", "latent_path": "shard.npy", "latent_row": "2"}, "latent_row must be"),
         ("shard_not_2d", {"text": "x", "latent_path": "ok.npy", "latent_row": 0}, "must be 2-D"),
+        ("absolute_path", {"text": "x", "latent_path": str(d / "ok.npy")}, "points outside"),
+        ("climbs_out", {"text": "x", "latent_path": "sub/../../ok.npy"}, "points outside"),
+        ("fifo", {"text": "x", "latent_path": "fifo.npy"}, "is a FIFO"),
+        ("fifo_shard", {"text": "x", "latent_path": "fifo.npy", "latent_row": 0}, "is a FIFO"),
+        ("directory", {"text": "x", "latent_path": "adir.npy"}, "is a directory"),
     ], ok
 
 
@@ -198,12 +206,13 @@ def test_skip_mode_counts_instead_of_raising(tmp_path, tokenizer):
     cases, ok = _bad_cases(tmp_path)
     path = write_json(tmp_path / "mixed.json", [ok] * 8 + [bad for _, bad, _ in cases])
     data, training = cfgs(path, on_bad_record="skip", shuffle=False)
-    training.train_batch_size = 17  # 24 records, 7 dropped while reading
+    training.train_batch_size = 19  # 29 records, 10 dropped while reading
     bundle = build_data(data, training, tokenizer)
     # field and shard problems are found while reading; per-file latents when loaded
-    assert bundle.bad_records == 7
-    batch = next(bundle.train)
-    assert int(batch["n_skipped"]) == 9 and batch["input_ids"].shape[0] == 8
+    assert bundle.bad_records == 10
+    batch, info = next(bundle.train)
+    assert info.skipped == 11 and batch["input_ids"].shape[0] == 8 and info.texts == 8
+    assert set(batch) == {"input_ids", "attention_mask", "index", "latent"}  # no bookkeeping inside
     assert (batch["latent"] == 0).all()  # what remains is the good data, nothing filled in
 
 
@@ -240,7 +249,7 @@ def test_checker_cli_lists_every_bad_record(tmp_path):
     bad_path = write_json(tmp_path / "all.json", [ok] + [bad for _, bad, _ in cases])
     good_path = write_json(tmp_path / "good.json", [ok, ok])
     run = lambda p: subprocess.run([sys.executable, "-m", "latentDLM_mmdit.data_simple", "check", str(p),  # noqa: E731
-                                    "--latent-dim", str(D)], capture_output=True, text=True)
+                                    "--latent-dim", str(D)], capture_output=True, text=True, timeout=120)
     out = run(bad_path)
     assert out.returncode == 1
     bad_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BAD")]
@@ -257,11 +266,12 @@ def test_fast_collator_matches_the_transformers_tokenizer_call(tokenizer, paragr
     texts = paragraphs[:13] + ["short", "x " * 400]  # one truncated
     col = Collator(tokenizer, 48, fixed_length=fixed, pad_to_multiple_of=multiple)
     assert col.backend is not None
-    ids, mask = col.tokenize(texts)
+    ids, mask, truncated = col.tokenize(texts)
     ref = tokenizer(texts, truncation=True, max_length=48, return_tensors="pt",
-                    padding="max_length" if fixed else "longest",
+                    padding="max_length" if fixed else "longest", split_special_tokens=True,
                     pad_to_multiple_of=None if fixed or multiple == 1 else multiple)
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"].bool())
+    assert truncated.tolist() == [len(tokenizer(t)["input_ids"]) > 48 for t in texts] and truncated[-1]
 
 
 def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
@@ -291,9 +301,82 @@ def test_demo_tokenizer_is_bert_shaped_and_the_fast_path_gives_its_ids(tmp_path,
     tok = load_tokenizer(str(train_demo_tokenizer(paragraphs[:300], tmp_path / "tok", vocab_size=1000)))
     assert len(tok) == 1000 and tok.mask_token == "[MASK]" and tok.pad_token_id is not None
     texts = paragraphs[300:340]
-    ids, mask = Collator(tok, 48).tokenize(texts)
+    ids, mask, _ = Collator(tok, 48).tokenize(texts)
     ref = tok(texts, truncation=True, max_length=48, padding="longest", return_tensors="pt")
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"].bool())
     row = ids[0][mask[0]].tolist()
     assert row[0] == tok.cls_token_id and row[-1] == tok.sep_token_id
     assert tok.decode(row, skip_special_tokens=True) == " ".join(tok.decode(row[1:-1]).split())
+
+
+# -- hardening: paths, splits, special tokens, truncation --------------------------------------
+def test_paths_outside_the_root_are_allowed_only_when_the_config_says_so(tmp_path):
+    inside, outside = tmp_path / "data", tmp_path / "elsewhere"
+    inside.mkdir(), outside.mkdir()
+    np.save(outside / "z.npy", np.ones(D, np.float32))
+    path = write_json(inside / "train.json", [{"text": "a", "latent_path": "../elsewhere/z.npy"},
+                                              {"text": "b", "latent_path": str(outside / "z.npy")}])
+    table = read_records(path, latent_dim=D, skip_bad=True)
+    assert len(table) == 0 and [e.record for e in table.problems] == [0, 1]
+    assert all("data.allow_paths_outside_root=true" in str(e) for e in table.problems)
+    allowed = LatentTextDataset(read_records(path, latent_dim=D, allow_outside=True), D)
+    assert [float(allowed[i]["latent"].sum()) for i in range(2)] == [D, D]
+
+
+def test_a_fifo_dataset_file_is_refused_without_opening_it(tmp_path):
+    os.mkfifo(tmp_path / "train.json")
+    with pytest.raises(DataError, match="is a FIFO; only regular files are read"):
+        read_records(tmp_path / "train.json")
+
+
+def test_the_trainers_split_holds_out_records_of_an_extracted_train_file(tmp_path, tokenizer, paragraphs):
+    from latentDLM_mmdit.config import ConfigError
+    from latentDLM_mmdit.data_simple import TRAIN_SPLIT_SALT
+
+    texts = paragraphs[:600]
+    extractor_val = held_out(texts, 0.05)  # what --create-validation held out
+    train_texts = [t for t, v in zip(texts, extractor_val) if not v]
+    assert held_out(train_texts, 0.05).sum() == 0  # one unsalted hash: nothing left to hold out
+    assert held_out(train_texts, 0.05, TRAIN_SPLIT_SALT).sum() > 10
+    path = make_dataset(tmp_path / "a", train_texts, dim=D)
+    data, training = cfgs(path, val_split_ratio=0.05)
+    assert build_data(data, training, tokenizer, need_val=True).val_records > 10
+    # an empty validation set is an error when eval is on, naming its cause
+    tiny = make_dataset(tmp_path / "b", train_texts[:8], dim=D)
+    with pytest.raises(ConfigError, match="data.val_split_ratio: 0.05 of 8 records held out none"):
+        build_data(cfgs(tiny, val_split_ratio=0.05)[0], training, tokenizer, need_val=True)
+    empty = write_json(tmp_path / "empty.json", [])
+    data, _ = cfgs(path, **{"data_files.validation": str(empty)})
+    with pytest.raises(ConfigError, match="data.data_files.validation: .*empty.json holds no"):
+        build_data(data, training, tokenizer, need_val=True)
+    assert build_data(data, training, tokenizer, need_val=False).val is None
+
+
+def test_literal_special_tokens_in_text_never_become_special_ids(tmp_path, tokenizer, paragraphs):
+    texts = ["[MASK] [PAD] [CLS] literally, and [SEP] too", "x [MASK]"] + paragraphs[:6]
+    path = make_dataset(tmp_path, texts, dim=D)
+    data, training = cfgs(path, shuffle=False)
+    training.train_batch_size = 8
+    batch, _ = next(build_data(data, training, tokenizer).train)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    inner = mask.clone()
+    inner[:, 0] = False  # [CLS]
+    inner[torch.arange(len(ids)), mask.sum(1) - 1] = False  # [SEP]
+    for special in (tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id):
+        assert not (ids[inner] == special).any()
+    assert tokenizer.decode(ids[0][inner[0]]) == "[ mask ] [ pad ] [ cls ] literally, and [ sep ] too"
+    out = subprocess.run([sys.executable, "-m", "latentDLM_mmdit.data_simple", "check", str(path), "--latent-dim",
+                          str(D), "--tokenizer", tokenizer.name_or_path, "--max-seq-len", "16"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "NOTE 2 texts contain literal special-token strings" in out.stdout and "first: record 0" in out.stdout
+    n_long = sum(len(tokenizer(t, split_special_tokens=True)["input_ids"]) > 16 for t in texts)
+    assert f"NOTE {n_long} of 8 texts" in out.stdout and n_long > 0
+
+
+def test_the_stream_counts_truncated_texts(tmp_path, tokenizer, paragraphs):
+    path = make_dataset(tmp_path, paragraphs[:16], dim=D)
+    data, training = cfgs(path, shuffle=False, max_seq_len=20)
+    batch, info = next(build_data(data, training, tokenizer).train)
+    want = sum(len(tokenizer(paragraphs[i])["input_ids"]) > 20 for i in batch["index"].tolist())
+    assert info.truncated == want and info.texts == 4

@@ -43,8 +43,7 @@ def bare_loop(cfg, steps: int) -> float:
     for step in range(2 * steps):
         if step == steps:
             t0 = time.perf_counter()
-        batch = next(stream)
-        batch.pop("n_skipped")
+        batch, _ = next(stream)
         loss, _ = model(batch, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.optimizer.grad_clip_norm)

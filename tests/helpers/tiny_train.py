@@ -2,11 +2,13 @@
 
 Hooks (test code only): ``loss.nan_at_step`` / ``loss.nan_rank`` make the loss NaN on one rank;
 ``loss.kill_at_step`` SIGKILLs the process (a crash); ``loss.sigterm_at_step`` sends SIGTERM to
-itself (preemption). ``dump_params=DIR`` makes every rank save its final parameters there.
+itself (preemption); ``loss.hold_at_step`` + ``loss.hold_file`` park the run (writing
+``hold_file.ready``) until ``hold_file`` exists. ``dump_params=DIR`` makes every rank save its final parameters there.
 """
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class TinyLoss:
     sigterm_group: bool = False  # signal the whole process group (DataLoader workers too), as SLURM does
     signal_name: str = "SIGTERM"  # or SIGUSR1
     noise: float = 0.0  # > 0: a random target perturbation (tests RNG restore on resume)
+    hold_at_step: int = -1  # at this step, write {hold_file}.ready and wait until hold_file exists
+    hold_file: str = ""
 
 
 @dataclass
@@ -52,6 +56,10 @@ class Tiny(nn.Module):
         self.rank = int(os.environ.get("RANK", 0))
 
     def forward(self, batch, step):
+        if step == self.h.hold_at_step:  # a run that holds its run directory until the test says go
+            Path(self.h.hold_file + ".ready").write_text(str(os.getpid()))
+            while not Path(self.h.hold_file).exists():
+                time.sleep(0.05)
         if step == self.h.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if step == self.h.sigterm_at_step and self.rank == 0:
