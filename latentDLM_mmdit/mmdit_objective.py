@@ -188,14 +188,10 @@ class MMDiTObjective(nn.Module):
         return self.loss_type
 
     # -- the passes ------------------------------------------------------------------------
-    def _t_latent(self, t_idx: torch.Tensor) -> torch.Tensor:
-        return t_idx.float() / self.latent.timesteps
-
     def null_latent(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The "no latent" condition: pure noise at the last latent timestep, (x [n, D], t [n])."""
-        T = self.latent.timesteps
-        return (torch.randn(n, self.model.latent_head.out_features, device=device),
-                torch.full((n,), (T - 1) / T, device=device))
+        last = torch.full((n,), self.latent.timesteps - 1, device=device)
+        return torch.randn(n, self.model.latent_head.out_features, device=device), self.latent.time_code(last)
 
     def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0):
         """Masked text diffusion conditioned on a clean latent (a ``uncond_prob`` fraction of the
@@ -220,7 +216,7 @@ class MMDiTObjective(nn.Module):
             t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.latent.q_sample(x0, t_idx, noise)
-        _, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self._t_latent(t_idx),
+        _, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self.latent.time_code(t_idx),
                             text_logits=False)
         loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
         return loss, self.latent.predict_x0(out.float(), x_t, t_idx)
@@ -234,7 +230,35 @@ class MMDiTObjective(nn.Module):
     def forward(self, batch: dict, step: int):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         x0 = mean_latent(batch).float() * self.latent_scale  # diffusion space (see model.latent_scale)
+        if not self.training and self.loss_type in ("sequential", "random"):
+            return self._every_mode(ids, mask, x0, step)
         mode = self.mode_at(step)
+        loss, metrics = self._mode_loss(mode, ids, mask, x0, step)
+        if self.loss_type in ("sequential", "random"):  # rank-averaged: 0.5 would expose a desync
+            metrics.update({f"mode_{m}": float(m == mode) for m in BASE_MODES})
+        return loss * self.lc.loss_scale, metrics
+
+    def trained_modes(self) -> list[str]:
+        if self.loss_type == "sequential":
+            return sorted({m for m, _ in self.schedule})
+        if self.loss_type == "random":
+            return sorted(self.weights)
+        return [self.loss_type]
+
+    def _every_mode(self, ids, mask, x0, step):
+        """Eval of a run that alternates modes: every mode it trains, on every eval batch, under
+        ``{mode}/...`` keys (one mode per eval would make the eval loss jump between objectives).
+        The loss is their mean."""
+        losses, metrics = [], {}
+        for mode in self.trained_modes():
+            loss, mode_metrics = self._mode_loss(mode, ids, mask, x0, step)
+            losses.append(loss * self.lc.loss_scale)
+            metrics[f"{mode}/loss"] = losses[-1].detach()
+            metrics.update({f"{mode}/{k}": v for k, v in mode_metrics.items()})
+        return torch.stack(losses).mean(), metrics
+
+    def _mode_loss(self, mode: str, ids, mask, x0, step):
+        """(loss before loss_scale, detached metrics) of one mode."""
         tw, lw = self.lc.text_loss_weight, self.lc.latent_loss_weight
         if mode == "l2t":
             text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0, self.lc.l2t_uncond_prob)
@@ -247,10 +271,7 @@ class MMDiTObjective(nn.Module):
             loss, metrics = self._joint(ids, mask, x0, tw, lw)
         else:
             loss, metrics = self._cycle(ids, mask, x0, step, tw, lw)
-        metrics = {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
-        if self.loss_type in ("sequential", "random"):  # rank-averaged: 0.5 would expose a desync
-            metrics.update({f"mode_{m}": float(m == mode) for m in BASE_MODES})
-        return loss * self.lc.loss_scale, metrics
+        return loss, {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
 
     def _joint(self, ids, mask, x0, tw, lw):
         t = self.text.sample_t(ids.shape[0], ids.device)
@@ -258,7 +279,7 @@ class MMDiTObjective(nn.Module):
         t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.latent.q_sample(x0, t_idx, noise)
-        logits, out = self.model(noisy, mask, x_t, t, self._t_latent(t_idx), text_logits=masked)
+        logits, out = self.model(noisy, mask, x_t, t, self.latent.time_code(t_idx), text_logits=masked)
         text_loss, acc = self.text.loss(logits, ids, masked, mask, t)
         latent_loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
         return tw * text_loss + lw * latent_loss, {"text_loss": text_loss, "text_acc": acc,
@@ -291,10 +312,11 @@ class MMDiTObjective(nn.Module):
             loss = loss + w_text * cycle_text
         if w_lat > 0:  # L2T2L: latent -> pseudo-text (no gradient) -> latent
             with torch.no_grad():
+                p_x0 = self.text.subs(logits)  # [MASK] is never a pseudo-token
                 if lc.cycle_latent_sampling.name == "argmax":
-                    pred = logits.argmax(-1)
+                    pred = p_x0.argmax(-1)
                 else:
-                    pred = torch.distributions.Categorical(logits=logits.float()).sample()
+                    pred = torch.distributions.Categorical(logits=p_x0).sample()
                 pseudo = noisy.masked_scatter(masked, pred)  # logits are per masked position
             cycle_latent, _ = self.t2l_pass(pseudo, mask, x0)
             loss = loss + w_lat * cycle_latent

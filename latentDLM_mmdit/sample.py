@@ -42,7 +42,7 @@ def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: tor
     zeros = torch.zeros(B, device=input_ids.device)
     for i, t in enumerate(ts):
         tt = torch.full((B,), t, device=input_ids.device)
-        _, out = obj.model(input_ids, attention_mask, x, zeros, tt.float() / g.timesteps, text_logits=False)
+        _, out = obj.model(input_ids, attention_mask, x, zeros, g.time_code(tt), text_logits=False)
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         x = g.ddim_step(out.float(), x, tt, torch.full((B,), prev, device=input_ids.device))
     return x / obj.latent_scale
@@ -70,12 +70,11 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
         t = still.sum(1).float() / n_real.clamp_min(1)
         if w > 0:
             out, _ = obj.model(ids.repeat(2, 1), mask2, latent, t.repeat(2), t_lat)
-            cond, uncond = out.float().log_softmax(-1).chunk(2)
+            cond, uncond = obj.text.subs(out).log_softmax(-1).chunk(2)  # p(x0 | x_t) excludes [MASK]
             logits = (1 + w) * cond - w * uncond
+            logits[..., mask_id] = -math.inf  # (-inf) - (-inf) is nan: set it again
         else:
-            logits, _ = obj.model(ids, attention_mask, latent, t, t_lat)
-            logits = logits.float()
-        logits[..., mask_id] = -math.inf  # never predict the mask token itself
+            logits = obj.text.subs(obj.model(ids, attention_mask, latent, t, t_lat)[0])
         top, pred = logits.max(-1)
         conf = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
         conf = torch.where(still, conf, -1.0)
@@ -131,18 +130,19 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"):
 
 @torch.no_grad()
 def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64, show: int = 6,
-                     seed: int = 0, guidance: float | None = None) -> dict:
+                     seed: int = 0, guidance: float | None = None, latent_root: str | None = None,
+                     allow_outside: bool = False) -> dict:
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     for accuracy, always predicting the most frequent token of these texts; for F1, each
     reconstruction scored against another record's text (what a decoder that ignores the latent
     gets); for cosines, each latent against another record's latent and against the mean of the
-    other records' latents (what a T2L or L2T2L that ignores its input gets)."""
+    other records' latents (what a T2L or L2T2L that ignores its input gets). Latent paths resolve
+    under ``latent_root`` (default: the JSON file's directory), never a root read from the checkpoint."""
     from latentDLM_mmdit.data_records import read_records
     from latentDLM_mmdit.data_simple import Collator, LatentTextDataset, mean_latent, split_batch
 
     obj, tok, cfg = load_objective(checkpoint)
-    table = read_records(data_json, cfg.data.latent_data_root, cfg.model.latent_dim,
-                         allow_outside=cfg.data.allow_paths_outside_root)
+    table = read_records(data_json, latent_root, cfg.model.latent_dim, allow_outside=allow_outside)
     ds = LatentTextDataset(table, cfg.model.latent_dim)
     items = ds.__getitems__(list(range(min(n, len(ds)))))
     batch = Collator(tok, min(cfg.data.max_seq_len, cfg.model.max_seq_len))(items)
@@ -211,34 +211,49 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--latent-data-root", default=None,
+                    help="roundtrip: base of the records' latent_path (default: the JSON file's directory)")
+    ap.add_argument("--allow-paths-outside-root", action="store_true",
+                    help="roundtrip: accept absolute latent paths and paths with '..'")
     a = ap.parse_args(argv)
     if a.guidance is not None and a.guidance < 0:
         ap.error(f"--guidance: need w >= 0, got {a.guidance}")
-    if a.direction == "roundtrip":
-        from latentDLM_mmdit.data_records import DataError
+    if a.direction != "roundtrip" and a.output is None:
+        ap.error("--output is required for t2l / l2t")
+    from latentDLM_mmdit.checkpointing import CheckpointPolicyError
+    from latentDLM_mmdit.config import ConfigError
+    from latentDLM_mmdit.data_records import DataError
 
-        try:
-            rep = roundtrip_report(a.checkpoint, a.input, a.n, guidance=a.guidance)
-        except DataError as e:
-            raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
-                             f"check {e.json_path} --latent-dim D)") from None
+    try:
+        _run(a)
+    except DataError as e:
+        raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
+                         f"check {e.json_path} --latent-dim D)") from None
+    except (ConfigError, CheckpointPolicyError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _run(a) -> None:
+    if a.direction == "roundtrip":
+        rep = roundtrip_report(a.checkpoint, a.input, a.n, guidance=a.guidance, latent_root=a.latent_data_root,
+                               allow_outside=a.allow_paths_outside_root)
         print(format_report(rep))
         if a.output:
             Path(a.output).write_text(json.dumps(rep, indent=2))
         return
-    if a.output is None:
-        ap.error("--output is required for t2l / l2t")
     obj, tok, cfg = load_objective(a.checkpoint, a.device)
     dev = torch.device(a.device)
     if a.direction == "t2l":
         texts = Path(a.input).read_text(encoding="utf-8").splitlines()
         if not texts:
             raise SystemExit(f"{a.input}: no lines to encode")
-        max_len = min(cfg.data.max_seq_len, cfg.model.max_seq_len)
+        from latentDLM_mmdit.data_simple import Collator
+
+        collate = Collator(tok, min(cfg.data.max_seq_len, cfg.model.max_seq_len))  # tokenised as in training
         gen, out = torch.Generator().manual_seed(a.seed), []
         for sl in _batches(len(texts), a.batch_size):
-            enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-            out.append(t2l_encode(obj, enc["input_ids"].to(dev), enc["attention_mask"].bool().to(dev),
+            enc = collate.tokenize(texts[sl])
+            out.append(t2l_encode(obj, enc.input_ids.to(dev), enc.attention_mask.to(dev),
                                   a.steps or cfg.sample.t2l_steps, generator=gen).cpu())
         np.save(a.output, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
     else:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from latentDLM_mmdit.data_simple import Collator
+from latentDLM_mmdit.data_simple import Collator, split_batch
 from wedlm_bridge.backbone import load_backbone
-from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig, shifted_text_ce
+from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig, pool, right_pad, shifted_text_ce
 from wedlm_bridge.tiny import make_tiny_wedlm
 
 D = 16
@@ -38,8 +38,7 @@ def make_obj(tiny_dir, tokenizer, **overrides):
 def make_batch(tokenizer, paragraphs, b=4):
     batch = Collator(tokenizer, 40)([{"text": t, "latent": np.random.default_rng(i).standard_normal((1, D)).astype(
         np.float32), "index": i} for i, t in enumerate(paragraphs[:b])])
-    batch.pop("bad_records")
-    return batch
+    return split_batch(batch, skip=False)[0]
 
 
 def test_wedlm_form_loads_into_stock_classes_with_the_same_logits(tmp_path, tiny_dir):
@@ -108,6 +107,48 @@ def test_pooling_is_correct_under_left_and_right_padding(tiny_dir, tokenizer, pa
             got = obj.encode_text(e["input_ids"], e["attention_mask"].bool())
             torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)  # RoPE: only relative positions
     tokenizer.padding_side = "right"
+
+
+def test_left_padded_batches_give_each_row_the_loss_it_has_alone(tiny_dir, tokenizer, paragraphs):
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": "l2t"}).eval()
+    obj.eos_id = tokenizer.sep_token_id  # bert has no EOS; a stand-in, so that one is appended
+    texts, z = [paragraphs[0][:40], paragraphs[1][:150]], torch.randn(2, D)
+
+    def loss_of(rows, side, latent):
+        tokenizer.padding_side = side
+        e = tokenizer(rows, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return obj({"input_ids": e["input_ids"], "attention_mask": e["attention_mask"].bool(), "latent": latent}, 0)[0]
+
+    try:
+        alone = [loss_of([t], "right", z[i : i + 1]).item() for i, t in enumerate(texts)]
+        n = [len(tokenizer(t)["input_ids"]) + 1 for t in texts]  # each token and the EOS are targets
+        want = (n[0] * alone[0] + n[1] * alone[1]) / sum(n)  # the batch CE is a token mean
+        for side in ("right", "left"):
+            assert loss_of(texts, side, z).item() == pytest.approx(want, rel=1e-5), side
+    finally:
+        tokenizer.padding_side = "right"
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = ids > 0
+    r_ids, r_mask = right_pad(ids, mask)
+    assert r_ids.tolist() == [[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]] and r_mask.sum(1).tolist() == [3, 5]
+    e_ids, e_mask = obj.with_eos(r_ids, r_mask)
+    assert e_ids[0, :4].tolist() == [5, 6, 7, obj.eos_id] and e_ids[1].tolist() == [8, 9, 10, 11, 12, obj.eos_id]
+
+
+def test_latents_are_scaled_where_the_heads_meet_them(tiny_dir, tokenizer, paragraphs):
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": "joint", "model.latent_scale": 4.0}).eval()
+    b = make_batch(tokenizer, paragraphs)
+    with torch.no_grad():
+        _, metrics = obj(b, 0)
+        hidden = obj.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
+                              output_hidden_states=True).hidden_states[-1]
+        pred = obj.t2l_head(pool(hidden, b["attention_mask"], "last").float())
+        assert metrics["latent_loss"].item() == pytest.approx(((pred - 4.0 * b["latent"]) ** 2).mean().item(), rel=1e-5)
+        torch.testing.assert_close(obj.encode_text(b["input_ids"], b["attention_mask"]), pred / 4.0)
+        raw = obj.latent_prefix(b["latent"] * 4.0).view(4, 3, -1)
+        torch.testing.assert_close(obj.prefix_embeds(b["latent"]), raw * torch.rsqrt(raw.pow(2).mean(-1, keepdim=True)
+                                                                                    + 1e-6) * obj.emb_rms)
 
 
 @pytest.mark.parametrize("task,lora,trains", [

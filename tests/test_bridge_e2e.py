@@ -60,8 +60,9 @@ def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, 
     assert ck["objective"]["backbone"] == "tencent/WeDLM-8B-Base" and ck["objective"]["backbone_revision"]
     # stage 2 started from stage 1's t2l head (frozen in l2t): identical tensors
     s1 = torch.load(runs / "s1" / "checkpoint_step_6.pt", weights_only=True)["model"]
+    from latentDLM_mmdit.checkpointing import LoadPolicy
     from wedlm_bridge.bridge import load_bridge
-    s2, _, _ = load_bridge(str(runs / "s2"))
+    s2, _, _ = load_bridge(str(runs / "s2"), policy=LoadPolicy(backbone_dir=str(local)))
     assert all(torch.equal(s2.state_dict()[k], v) for k, v in s1.items() if k.startswith("t2l_head"))
 
 
@@ -81,9 +82,11 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
 
     texts = tmp_path / "t.txt"
     texts.write_text("A for loop iterates over items.\nThe with statement wraps a block.\n")
-    cli = lambda mod, *a: subprocess.run([sys.executable, "-m", f"wedlm_bridge.{mod}", "--checkpoint",  # noqa: E731
-                                         str(tmp_path / "ref"), *map(str, a)], capture_output=True, text=True,
-                                        cwd=REPO, timeout=300)
+    def cli(mod, *a):
+        return subprocess.run([sys.executable, "-m", f"wedlm_bridge.{mod}", "--checkpoint", str(tmp_path / "ref"),
+                               "--backbone-dir", str(tiny_dir), *map(str, a)], capture_output=True, text=True,
+                              cwd=REPO, timeout=300)
+
     ok(cli("encode", "--input", texts, "--output", tmp_path / "z.npy", "--device", "cpu"))
     z = np.load(tmp_path / "z.npy")
     assert z.shape == (2, 384) and np.isfinite(z).all()
@@ -93,6 +96,7 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     ok(cli("export", "--output", tmp_path / "export"))
     from safetensors.torch import load_file
 
+    from latentDLM_mmdit.checkpointing import LoadPolicy
     from wedlm_bridge.backbone import load_backbone
     from wedlm_bridge.bridge import load_bridge
     heads = load_file(tmp_path / "export" / "bridge_heads.safetensors")
@@ -100,10 +104,60 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     merged_dir = tmp_path / "export" / "merged_model"
     raw = json.loads((merged_dir / "config.json").read_text())
     assert raw["model_type"] == "wedlm" and raw["auto_map"] and "mask_token_id" in raw
-    obj, _, _ = load_bridge(str(tmp_path / "ref"))
+    obj, _, _ = load_bridge(str(tmp_path / "ref"), policy=LoadPolicy(backbone_dir=str(tiny_dir)))
     ids = torch.randint(1000, 2000, (2, 10))
     with torch.no_grad():
         want = obj.backbone(input_ids=ids).logits  # base + adapters
         got = load_backbone(str(merged_dir), "float32")(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(want, load_backbone(str(tiny_dir), "float32")(input_ids=ids).logits, atol=1e-6)
+
+
+def test_a_checkpoint_never_turns_on_remote_code_or_chooses_the_backbone(tmp_path, tiny_dir, minilm_data):
+    """A bridge checkpoint whose config asks for remote code from a directory holding a
+    configuration_*.py: rebuilding refuses (naming the flag) and the code never runs."""
+    ok(run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={tiny_dir}",
+                         f"data.data_files.train={minilm_data}", f"logging.save_dir={tmp_path}",
+                         "training.num_train_steps=1", "logging.run_name=r", "logging.eval_freq=0"]))
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_dir, evil)
+    ran = tmp_path / "code_ran"
+    (evil / "configuration_wedlm.py").write_text(f"open({str(ran)!r}, 'w').write('x')\n")
+    ckpt = tmp_path / "r" / "checkpoint_step_1.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["model"].update(trust_remote_code=True, pretrained_local_dir=str(evil),
+                                    local_files_only=False)
+    torch.save(state, ckpt)
+    z = tmp_path / "z.npy"
+    np.save(z, np.random.default_rng(0).standard_normal((2, 384)).astype(np.float32))
+
+    def decode(*flags, backbone=evil):
+        args = [sys.executable, "-m", "wedlm_bridge.decode", "--checkpoint", str(ckpt), "--latents", str(z),
+                "--output", str(tmp_path / "out.txt"), "--max-new-tokens", "2", *flags]
+        if backbone:
+            args += ["--backbone-dir", str(backbone)]
+        return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    for p in (decode(), decode(backbone=None)):
+        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "--trust-remote-code" in decode().stderr and "trust_remote_code=true" in decode().stderr
+    assert not ran.exists()  # the checkpoint's request ran nothing
+    # without remote code asked for, the backbone still comes only from the command line
+    state["config"]["model"].update(trust_remote_code=False)
+    torch.save(state, ckpt)
+    missing = decode(backbone=None)
+    assert missing.returncode != 0 and "--backbone-dir DIR" in missing.stderr and str(evil) in missing.stderr
+    ok(decode(backbone=tiny_dir))
+    assert not ran.exists()
+
+
+def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_data, tokenizer_path):
+    records = json.loads(minilm_data.read_text())
+    records[3]["text"] = ""
+    bad = minilm_data.parent / "bad_bridge.json"
+    bad.write_text(json.dumps(records))
+    p = run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, "model.pretrained_local_dir=/no/such/backbone",
+                          f"data.tokenizer_name={tokenizer_path}", f"data.data_files.train={bad}", f"logging.save_dir={tmp_path}", "logging.run_name=b"])
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "record 3: text is empty" in out and "/no/such/backbone" not in out, out[-3000:]
+    assert not (tmp_path / "b").exists()

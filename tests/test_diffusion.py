@@ -19,6 +19,7 @@ def test_mdlm_loss_equals_the_formula_computed_by_hand():
     t = torch.tensor([0.2, 0.5, 0.9])
     noisy, masked = d.corrupt(ids, attn, t)
     logits = torch.randn(B, L, V)
+    logits[..., mask_id] += 5.0  # a large [MASK] logit must not count: SUBS sets it to -inf
     loss, acc = d.loss(logits, ids, masked, attn, t)
     total, n_real, hits = 0.0, 0, 0
     for b in range(B):
@@ -27,9 +28,11 @@ def test_mdlm_loss_equals_the_formula_computed_by_hand():
         for i in range(L):
             n_real += int(attn[b, i])
             if masked[b, i]:
-                logp = logits[b, i].log_softmax(-1)[ids[b, i]].item()
-                total += -logp * weight
-                hits += int(logits[b, i].argmax() == ids[b, i])
+                # SUBS: the distribution over clean tokens, [MASK] removed before normalising
+                clean = torch.cat([logits[b, i, :mask_id], logits[b, i, mask_id + 1:]])
+                tgt = ids[b, i].item() - (ids[b, i].item() > mask_id)
+                total += -clean.log_softmax(-1)[tgt].item() * weight
+                hits += int(clean.argmax().item() == tgt)
     assert loss.item() == pytest.approx(total / n_real, rel=1e-5)
     assert acc.item() == pytest.approx(hits / masked.sum().item())
     assert d.loss_weight(t) == pytest.approx(1 / t, rel=1e-4)  # the log-linear ELBO weight is 1/t
@@ -105,3 +108,33 @@ def test_ramp_weights_at_chosen_steps():
     assert [ramp(0.1, s, 100, 200) for s in (0, 99, 100, 200, 300, 10_000)] == pytest.approx(
         [0, 0, 0, 0.05, 0.1, 0.1])
     assert [ramp(0.1, s, 100, 0) for s in (99, 100)] == [0, 0.1]
+
+
+def test_ddim_finishes_rows_whose_previous_index_is_minus_one_and_steps_the_others():
+    g = GaussianLatentDiffusion(1000, "cosine", "x0")
+    torch.manual_seed(4)
+    x_t, out = torch.randn(3, 8), torch.randn(3, 8)  # x0 parameterisation: out is the x0 prediction
+    t, t_prev = torch.tensor([10, 10, 500]), torch.tensor([-1, 5, -1])
+    got = g.ddim_step(out, x_t, t, t_prev)
+    torch.testing.assert_close(got[0], out[0])  # finished rows return x0, never re-noised
+    torch.testing.assert_close(got[2], out[2])
+    eps = g.eps_from_x0(x_t[1:2], out[1:2], t[1:2])
+    a = g.alpha_bar[5]
+    torch.testing.assert_close(got[1], (a.sqrt() * out[1] + (1 - a).sqrt() * eps[0]))
+
+
+def test_latent_time_code_keeps_zero_for_the_clean_latent():
+    g = GaussianLatentDiffusion(1000, "cosine", "v_param")
+    codes = g.time_code(torch.tensor([0, 499, 999]))
+    assert codes.tolist() == pytest.approx([0.001, 0.5, 1.0]) and codes.min() > 0
+
+
+@pytest.mark.parametrize("T", [20, 100, 250, 1000, 4000])
+def test_linear_betas_are_rescaled_so_every_length_ends_in_pure_noise(T):
+    g = GaussianLatentDiffusion(T, "linear", "v_param")
+    assert g.alpha_bar[-1].item() < 1e-3
+    if T == 1000:  # the DDPM schedule itself: betas 1e-4 .. 0.02
+        betas = 1 - g.alpha_bar.double()[1:] / g.alpha_bar.double()[:-1]
+        assert betas[0].item() == pytest.approx(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)[1].item(),
+                                                rel=1e-3)
+        assert 1 - g.alpha_bar[0].item() == pytest.approx(1e-4, rel=1e-3)

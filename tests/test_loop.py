@@ -24,8 +24,8 @@ def assert_params_close(a, b, atol=1e-6):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
-def losses(run_dir, name="training_log.jsonl"):
-    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / name)}
+def losses(run_dir, name="training_log.jsonl", key="loss"):
+    return {r["step"]: r[key] for r in read_jsonl(run_dir / name)}
 
 
 def test_two_ranks_equal_one_rank_on_the_same_global_batch(run_tiny):
@@ -36,6 +36,8 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(run_tiny):
     l1, l2 = losses(one), losses(two)
     assert l1.keys() == l2.keys() == set(range(1, 13))
     assert all(abs(l1[s] - l2[s]) < 1e-5 for s in l1)
+    t1, t2 = (losses(d, key="truncated_frac") for d in (one, two))  # texts cut at max_seq_len: rank-summed
+    assert t1 == t2 and all(0 < v < 1 for v in t1.values())
     # eval is distributed too: same validation metrics
     e1, e2 = losses(one, "eval_log.jsonl"), losses(two, "eval_log.jsonl")
     assert e1.keys() == e2.keys() == {4, 8, 12}

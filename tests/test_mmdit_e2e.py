@@ -102,6 +102,8 @@ def test_two_ranks_agree_on_the_random_mode_of_every_step(tmp_path, minilm_data,
         assert sorted(flags) == [0.0, 0.0, 1.0], r  # a 0.5 would mean the ranks disagreed
         seen.add(flags.index(1.0))
     assert len(seen) > 1
+    (ev,) = read_jsonl(tmp_path / "rnd" / "eval_log.jsonl")  # eval scores every mode, each under its own keys
+    assert {"l2t/loss", "l2t/text_loss", "t2l/loss", "t2l/latent_loss", "unconditional/loss"} <= ev.keys()
 
 
 def test_unknown_loss_type_is_a_config_error(tmp_path, minilm_data, tokenizer_path):

@@ -120,6 +120,26 @@ def test_modes_depend_on_seed_and_step_only(tokenizer):
     assert set(BASE_MODES) == {"l2t", "t2l", "unconditional"}
 
 
+def test_eval_of_an_alternating_run_scores_every_mode_it_trains_under_its_own_keys(tokenizer, paragraphs):
+    cfg = make_cfg(**{"loss.loss_type": "random"})
+    cfg.training.mode_weights = {"l2t": 1.0, "t2l": 1.0}
+    obj = MMDiTObjective(cfg, tokenizer).eval()
+    batch = make_batch(tokenizer, paragraphs)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        loss, metrics = obj(batch, step=7)
+    assert {"l2t/loss", "l2t/text_loss", "l2t/text_acc", "t2l/loss", "t2l/latent_loss"} <= metrics.keys()
+    assert not any(k.startswith("unconditional/") or k.startswith("mode_") for k in metrics)
+    assert loss.item() == pytest.approx((metrics["l2t/loss"] + metrics["t2l/loss"]).item() / 2)
+    single = MMDiTObjective(make_cfg(**{"loss.loss_type": "t2l"}), tokenizer).eval()
+    single.load_state_dict(obj.state_dict())
+    torch.manual_seed(0)
+    with torch.no_grad():  # the l2t pass draws its noise first, then the t2l pass: replay that
+        obj._mode_loss("l2t", batch["input_ids"], batch["attention_mask"], mean_latent(batch) * obj.latent_scale, 7)
+        want = single(batch, 7)[1]["latent_loss"]
+    assert metrics["t2l/latent_loss"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("override,words", [
     ({"loss.loss_type": "sequential"}, "training.sequential_schedule"),
     ({"loss.loss_type": "random"}, "training.mode_weights"),
@@ -215,8 +235,7 @@ def test_l2t_uncond_prob_puts_that_fraction_of_rows_on_the_null_latent(tokenizer
     obj(batch, 0)
     (latent, t_lat), x0 = seen[0], mean_latent(batch) * obj.latent_scale
     null = t_lat > 0
-    T = obj.latent.timesteps
-    assert 16 < null.sum() < 48 and torch.all(t_lat[null] == (T - 1) / T)
+    assert 16 < null.sum() < 48 and torch.all(t_lat[null] == 1.0)  # index T - 1, coded (T - 1 + 1) / T
     assert torch.equal(latent[~null], x0[~null]) and ((latent[null] - x0[null]).abs().amax(-1) > 0.1).all()
     off = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t"}), tokenizer)
     seen.clear()
@@ -236,15 +255,17 @@ def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, p
     torch.manual_seed(1)  # the same null noise, drawn by hand
     null, t_null = obj.null_latent(z.shape[0], z.device)
     ids, zeros, t = obj.text.fully_masked(mask), torch.zeros(z.shape[0]), torch.ones(z.shape[0])
+    def log_p_x0(logits):  # SUBS: [MASK] is no clean token, its probability mass is 0
+        return logits.masked_fill(torch.arange(logits.shape[-1]) == tokenizer.mask_token_id, -math.inf).log_softmax(-1)
+
     with torch.no_grad():
-        cond = obj.model(ids, mask, z * obj.latent_scale, t, zeros)[0].log_softmax(-1)
-        uncond = obj.model(ids, mask, null, t, t_null)[0].log_softmax(-1)
+        cond = log_p_x0(obj.model(ids, mask, z * obj.latent_scale, t, zeros)[0])
+        uncond = log_p_x0(obj.model(ids, mask, null, t, t_null)[0])
     guided = (1 + w) * cond - w * uncond
     guided[..., tokenizer.mask_token_id] = -math.inf
     assert torch.equal(one_step[mask], guided.argmax(-1)[mask])
     plain = l2t_decode(obj, z, mask, steps=1, guidance=0.0)
-    assert torch.equal(plain[mask], cond.masked_fill(
-        torch.arange(cond.shape[-1]) == tokenizer.mask_token_id, -math.inf).argmax(-1)[mask])
+    assert torch.equal(plain[mask], cond.argmax(-1)[mask])
     assert not torch.equal(one_step, plain)  # guidance changes the decision somewhere
 
 

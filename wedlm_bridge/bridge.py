@@ -5,9 +5,15 @@
   backbone's token embeddings, so the prefix enters at the scale the backbone expects.
 - l2t: ``[prefix; text]`` through the causal LM; ``text_loss`` is the next-token CE over text
   positions only (the last prefix position predicts the first token; pads are -100); an EOS is
-  appended so the model learns where to stop.
-- ``t2l_head``: the last hidden layer pooled over real tokens (``last`` | ``mean``, correct
-  under left or right padding) -> MLP -> latent; ``latent_loss`` is MSE, ``latent_cos`` logged.
+  appended after the last real token so the model learns where to stop.
+- ``t2l_head``: the last hidden layer pooled over real tokens (``last`` | ``mean``) -> MLP ->
+  latent; ``latent_loss`` is MSE, ``latent_cos`` logged.
+- Latents are multiplied by ``model.latent_scale`` where the heads meet them (the prefix MLP's
+  input, the t2l head's target), and divided back out of what ``encode_text`` returns. Unit-norm
+  latents (E5, Qwen, MiniLM) have per-dimension std 1/sqrt(D): unscaled, the latent MSE of
+  ``task=joint`` was ~3e-4 of the text CE and trained nothing; sqrt(D) makes it ~1.
+- Batches of a left-padding tokenizer are moved to right padding first (:func:`right_pad`): the
+  backbone numbers positions from the first column, and the EOS goes after the last real token.
 - What trains is decided once, at build: the heads of the task (t2l: t2l_head; l2t:
   latent_prefix; joint: both), LoRA adapters when ``model.lora_r > 0``, the backbone only when
   ``freeze_backbone=false`` (the LM head then follows ``freeze_lm_head``).
@@ -52,7 +58,8 @@ class BridgeModelConfig:
     latent_prefix_len: int = 8
     prefix_match_embedding_scale: bool = True
     latent_pooling: Pooling = Pooling.last
-    max_seq_len: int = 1024
+    max_seq_len: int = 1024  # text tokens per record (data.max_seq_len may not exceed it)
+    latent_scale: float = 32.0  # sqrt(latent_dim) for unit-norm latents; 1.0 for SONAR
     freeze_backbone: bool = True
     freeze_lm_head: bool = True
     lora_r: int = 0  # > 0: LoRA adapters on the backbone (peft)
@@ -69,6 +76,8 @@ class BridgeModelConfig:
         for key in ("latent_dim", "latent_prefix_len", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
+        if not self.latent_scale > 0:
+            raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if self.lora_r < 0:
             raise ConfigError("model.lora_r: must be >= 0 (0 = no adapters)")
         if self.lora_r and not self.freeze_backbone:
@@ -102,6 +111,17 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def right_pad(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real tokens moved to the front, in order, padding to the end (a no-op for
+    right-padded batches). Left padding would shift the backbone's positions (they count from
+    the first column) and put an appended EOS on a real token."""
+    mask = mask.bool()
+    if (mask[:, 1:] <= mask[:, :-1]).all():
+        return ids, mask
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    return ids.gather(1, order), mask.gather(1, order)
+
+
 def shifted_text_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token CE and accuracy: position i predicts labels[i + 1]; -100 never counts."""
     pred, tgt = logits[:, :-1].float(), labels[:, 1:]
@@ -121,6 +141,7 @@ class BridgeObjective(nn.Module):
         m, t = cfg.model, cfg.training
         self.task, self.pooling = t.task.name, m.latent_pooling.name
         self.tw, self.lw, self.P = t.text_loss_weight, t.latent_loss_weight, m.latent_prefix_len
+        self.latent_scale = float(m.latent_scale)
         self.eos_id = tokenizer.eos_token_id
         self.backbone_name = m.pretrained_model_name_or_path
         self.backbone_dir = m.pretrained_local_dir
@@ -148,7 +169,8 @@ class BridgeObjective(nn.Module):
 
     # -- pieces shared by training and the CLIs --------------------------------------------
     def prefix_embeds(self, latent: torch.Tensor) -> torch.Tensor:
-        p = self.latent_prefix(latent.float()).view(latent.shape[0], self.P, -1)
+        """``latent [B, D]`` in data units -> ``[B, P, hidden]`` input embeddings."""
+        p = self.latent_prefix(latent.float() * self.latent_scale).view(latent.shape[0], self.P, -1)
         if self.match_scale:
             p = p * torch.rsqrt(p.pow(2).mean(-1, keepdim=True) + 1e-6) * self.emb_rms
         return p
@@ -165,12 +187,18 @@ class BridgeObjective(nn.Module):
         out = self.backbone(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
         return out.logits, labels
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _encode_scaled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ids, mask = right_pad(ids, mask)
         out = self.backbone(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
         return self.t2l_head(pool(out.hidden_states[-1], mask, self.pooling).float())
 
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text -> latent ``[B, D]`` in data units."""
+        return self._encode_scaled(ids, mask) / self.latent_scale
+
     def with_eos(self, ids: torch.Tensor, mask: torch.Tensor):
-        """Append EOS after each text (the decoder must learn to stop); no-op without an EOS token."""
+        """Append EOS after each text's last real token (the decoder must learn to stop); no-op
+        without an EOS token. Expects right padding (:func:`right_pad`)."""
         if self.eos_id is None:
             return ids, mask
         B = ids.shape[0]
@@ -185,7 +213,8 @@ class BridgeObjective(nn.Module):
     def forward(self, batch: dict, step: int):
         from latentDLM_mmdit.data_simple import mean_latent
 
-        ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
+        ids, mask = right_pad(batch["input_ids"], batch["attention_mask"])
+        z = mean_latent(batch).float()
         loss, metrics = torch.zeros((), device=ids.device), {}
         if self.task in ("l2t", "joint"):
             i2, m2 = self.with_eos(ids, mask)
@@ -194,8 +223,8 @@ class BridgeObjective(nn.Module):
             loss = loss + self.tw * text_loss
             metrics.update(text_loss=text_loss.detach(), text_acc=acc)
         if self.task in ("t2l", "joint"):
-            pred = self.encode_text(ids, mask)
-            latent_loss = F.mse_loss(pred, z)
+            pred = self._encode_scaled(ids, mask)
+            latent_loss = F.mse_loss(pred, z * self.latent_scale)  # in scaled units: ~1 for a blind guess
             loss = loss + self.lw * latent_loss
             metrics.update(latent_loss=latent_loss.detach(),
                            latent_cos=F.cosine_similarity(pred.detach(), z, dim=-1).mean())
@@ -253,11 +282,53 @@ def load_stage(obj: BridgeObjective, path: str) -> None:
              ", ".join(sorted({k.split(".")[0] for k in take})))
 
 
-def load_bridge(checkpoint: str, device: str = "cpu"):
-    """(objective in eval mode, tokenizer, config) from a bridge run directory or checkpoint."""
+def locate_backbone(cfg, policy, source: str) -> None:
+    """The backbone is not in a bridge checkpoint; the user names a local copy (``--backbone-dir``),
+    never the file. The tokenizer follows it when the run used the backbone's own."""
+    from latentDLM_mmdit.checkpointing import CheckpointPolicyError
+
+    m = cfg.model
+    if not policy.backbone_dir:
+        raise CheckpointPolicyError(
+            f"{source} holds the bridge's heads, not its backbone ({m.pretrained_model_name_or_path}, trained from "
+            f"{m.pretrained_local_dir}); name a local copy on the command line: --backbone-dir DIR")
+    if cfg.data.tokenizer_name == m.pretrained_local_dir:
+        cfg.data.tokenizer_name = policy.backbone_dir
+    m.pretrained_local_dir = policy.backbone_dir
+    m.download_pretrained_local_dir = False
+
+
+def load_bridge(checkpoint: str, device: str = "cpu", policy=None):
+    """(objective in eval mode, tokenizer, config) from a bridge run directory or checkpoint,
+    under the user's :class:`~latentDLM_mmdit.checkpointing.LoadPolicy` (backbone location,
+    remote code, downloads: from the command line, never from the file)."""
     from latentDLM_mmdit.checkpointing import rebuild_from_checkpoint
 
-    return rebuild_from_checkpoint(checkpoint, BridgeRunConfig, build, device)
+    return rebuild_from_checkpoint(checkpoint, BridgeRunConfig, build, device, policy, locate_backbone)
+
+
+def add_load_policy_args(ap) -> None:
+    """The flags of every CLI that rebuilds a bridge from a checkpoint."""
+    ap.add_argument("--backbone-dir", default=None,
+                    help="local directory of the frozen backbone the bridge was trained on (required: checkpoints "
+                         "hold only the heads and adapters, and the checkpoint's own record of it is never followed)")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let the backbone directory's own Python code run (only if you trust it)")
+    ap.add_argument("--allow-download", action="store_true",
+                    help="let the tokenizer come from the hub (default: local files only)")
+
+
+def load_bridge_for_cli(args, device: str):
+    """``load_bridge`` with the flags of :func:`add_load_policy_args`; refusals end in one line."""
+    from latentDLM_mmdit.checkpointing import CheckpointPolicyError, LoadPolicy
+    from latentDLM_mmdit.prefetch import PrefetchError
+
+    policy = LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
+                        backbone_dir=args.backbone_dir)
+    try:
+        return load_bridge(args.checkpoint, device, policy)
+    except (CheckpointPolicyError, ConfigError, PrefetchError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def default_device() -> str:

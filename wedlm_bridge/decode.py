@@ -1,6 +1,6 @@
 """Latents -> text with a trained bridge (the l2t direction).
 
-    python -m wedlm_bridge.decode --checkpoint RUN_DIR --latents z.npy --output texts.txt \
+    python -m wedlm_bridge.decode --checkpoint RUN_DIR --backbone-dir BACKBONE_DIR --latents z.npy --output texts.txt \
         [--max-new-tokens 64] [--temperature 0 (greedy) | 0.8 --top-p 0.95] [--seed 0]
 
 One line per latent row. The prefix the bridge computes from each latent is the prompt; the
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wedlm_bridge.bridge import default_device, load_bridge
+from wedlm_bridge.bridge import add_load_policy_args, default_device, load_bridge_for_cli
 
 
 @torch.no_grad()
@@ -43,8 +43,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=default_device())
+    add_load_policy_args(ap)
     a = ap.parse_args(argv)
-    obj, tok, cfg = load_bridge(a.checkpoint, a.device)
+    obj, tok, cfg = load_bridge_for_cli(a, a.device)
     z = np.load(a.latents, allow_pickle=False)
     z = z[None] if z.ndim == 1 else z
     if z.ndim != 2 or z.shape[1] != cfg.model.latent_dim:

@@ -1,6 +1,6 @@
 """Text -> latents with a trained bridge (the t2l direction).
 
-    python -m wedlm_bridge.encode --checkpoint RUN_DIR --input texts.txt --output z.npy
+    python -m wedlm_bridge.encode --checkpoint RUN_DIR --backbone-dir BACKBONE_DIR --input texts.txt --output z.npy
 
 One text per input line; writes float32 [N, latent_dim].
 """
@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wedlm_bridge.bridge import default_device, load_bridge
+from latentDLM_mmdit.data_simple import Collator
+from wedlm_bridge.bridge import add_load_policy_args, default_device, load_bridge_for_cli
 
 
 @torch.no_grad()
-def encode(obj, tok, texts: list[str], max_len: int, device) -> np.ndarray:
-    enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-    return obj.encode_text(enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)).float().cpu().numpy()
+def encode(obj, collate: Collator, texts: list[str], device) -> np.ndarray:
+    enc = collate.tokenize(texts)  # tokenised as in training
+    return obj.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device)).float().cpu().numpy()
 
 
 def main(argv=None) -> None:
@@ -29,12 +30,14 @@ def main(argv=None) -> None:
     ap.add_argument("--output", required=True, help=".npy to write")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=default_device())
+    add_load_policy_args(ap)
     a = ap.parse_args(argv)
-    obj, tok, cfg = load_bridge(a.checkpoint, a.device)
+    obj, tok, cfg = load_bridge_for_cli(a, a.device)
     texts = Path(a.input).read_text(encoding="utf-8").splitlines()
     if not texts:
         raise SystemExit(f"{a.input}: no lines to encode")
-    z = np.concatenate([encode(obj, tok, texts[i : i + a.batch_size], cfg.data.max_seq_len, a.device)
+    collate = Collator(tok, cfg.data.max_seq_len)
+    z = np.concatenate([encode(obj, collate, texts[i : i + a.batch_size], a.device)
                         for i in range(0, len(texts), a.batch_size)])
     np.save(a.output, z.astype(np.float32), allow_pickle=False)
     print(f"wrote {z.shape[0]} x {z.shape[1]} latents to {a.output}")

@@ -1,6 +1,6 @@
 """Export a trained bridge for use outside this repository.
 
-    python -m wedlm_bridge.export --checkpoint RUN_DIR --output DIR
+    python -m wedlm_bridge.export --checkpoint RUN_DIR --backbone-dir BACKBONE_DIR --output DIR
 
 Writes ``DIR/bridge_heads.safetensors`` (latent_prefix.*, t2l_head.*) and ``DIR/bridge_config.json``
 (model settings, task, the backbone's id and revision). With LoRA adapters, also
@@ -18,11 +18,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from wedlm_bridge.bridge import load_bridge
+from wedlm_bridge.bridge import add_load_policy_args, load_bridge_for_cli
 
 
-def export(checkpoint: str, out: str | Path) -> Path:
-    obj, tok, cfg = load_bridge(checkpoint, "cpu")
+def export(obj, tok, cfg, out: str | Path) -> Path:
+    """Write the heads, their config and (with LoRA) the merged backbone of a loaded bridge."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     heads = {k: v.contiguous() for k, v in obj.state_dict().items() if k.startswith(("latent_prefix.", "t2l_head."))}
@@ -49,8 +49,10 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
     ap.add_argument("--output", required=True)
+    add_load_policy_args(ap)
     a = ap.parse_args(argv)
-    print(f"exported to {export(a.checkpoint, a.output)}")
+    obj, tok, cfg = load_bridge_for_cli(a, "cpu")
+    print(f"exported to {export(obj, tok, cfg, a.output)}")
 
 
 if __name__ == "__main__":

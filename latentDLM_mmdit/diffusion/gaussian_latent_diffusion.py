@@ -1,7 +1,9 @@
 """Gaussian diffusion of the sentence latent (DDPM, discrete timesteps ``0 .. T-1``).
 
 Schedules: ``cosine`` (Nichol & Dhariwal, s = 0.008, betas clipped at 0.999) and ``linear``
-(betas 1e-4 .. 0.02). Parameterisations of the network output: ``epsilon``, ``x0``, ``v_param``
+(betas 1e-4 .. 0.02 at T = 1000, scaled by 1000 / T otherwise, as Improved DDPM does: unscaled,
+T = 100 would end with 36% of the signal left while the samplers start from pure noise). A
+schedule whose last alpha_bar exceeds 1e-3 is refused. Parameterisations of the network output: ``epsilon``, ``x0``, ``v_param``
 (v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho). With epsilon at the last timestep,
 x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) divides by a tiny sqrt(a) (cosine) and amplifies the
 network's error 1e4-6e4-fold (sqrt(a) ~ 5e-5 here); x0 and v give x0 without that division.
@@ -16,6 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 PARAMETERIZATIONS = ("epsilon", "x0", "v_param")
+MAX_FINAL_ALPHA_BAR = 1e-3
 
 
 def make_alpha_bar(schedule: str, timesteps: int) -> torch.Tensor:
@@ -25,10 +28,15 @@ def make_alpha_bar(schedule: str, timesteps: int) -> torch.Tensor:
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
     elif schedule == "linear":
-        betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
+        scale = 1000 / timesteps
+        betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64).clamp(max=0.999)
     else:
         raise ValueError(f"unknown latent beta schedule {schedule!r} (cosine | linear)")
-    return torch.cumprod(1 - betas, 0).float()
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    if alpha_bar[-1] > MAX_FINAL_ALPHA_BAR:
+        raise ValueError(f"{schedule} schedule with {timesteps} steps ends at alpha_bar {alpha_bar[-1]:.3g} > "
+                         f"{MAX_FINAL_ALPHA_BAR}: the last step is not pure noise, which the samplers assume")
+    return alpha_bar.float()
 
 
 class GaussianLatentDiffusion(torch.nn.Module):
@@ -102,9 +110,14 @@ class GaussianLatentDiffusion(torch.nn.Module):
         return self.eps_from_x0(x_t, out, t)
 
     def ddim_step(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor):
-        """Deterministic DDIM (eta = 0) from t to t_prev (t_prev < 0 means the clean latent)."""
+        """Deterministic DDIM (eta = 0) from t to t_prev, per row; a row with t_prev < 0 gets its
+        clean latent x0."""
         x0, eps = self.predict_x0(out, x_t, t), self.predict_eps(out, x_t, t)
-        if (t_prev < 0).all():
-            return x0
         sa, s1a = self._a(t_prev.clamp_min(0), x_t)
-        return sa * x0 + s1a * eps
+        done = (t_prev < 0).view(-1, *([1] * (x_t.dim() - 1)))
+        return torch.where(done, x0, sa * x0 + s1a * eps)
+
+    def time_code(self, t: torch.Tensor) -> torch.Tensor:
+        """The model's time input for latent index t in [0, T-1]: (t + 1) / T in (0, 1]. 0 is kept
+        for the clean latent (a condition), so index 0, still noisy, never looks clean."""
+        return (t.float() + 1) / self.timesteps

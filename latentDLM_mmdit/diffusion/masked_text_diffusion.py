@@ -5,6 +5,9 @@ probability ``1 - exp(-sigma(t)) = (1 - eps) t``. The continuous-time ELBO weigh
 cross-entropy of masked tokens by ``sigma'(t) / expm1(sigma(t)) = 1 / t``; padding is never
 masked and never a target. The loss is summed over masked tokens and divided by the number of
 real tokens in the batch (MDLM's normalisation).
+
+SUBS parameterisation (MDLM section 3.2): the model never predicts ``[MASK]`` as a clean token, so
+its logit is -inf in the training loss, the accuracy and every sampler (:meth:`subs`).
 """
 from __future__ import annotations
 
@@ -40,6 +43,12 @@ class MaskedTextDiffusion:
     def fully_masked(self, attention_mask: torch.Tensor) -> torch.Tensor:
         return torch.where(attention_mask, self.mask_id, 0).long()
 
+    def subs(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (float32, a copy) with the ``[MASK]`` logit at -inf: what p(x0 | x_t) means."""
+        out = logits.float().clone()
+        out[..., self.mask_id] = -torch.inf
+        return out
+
     def loss(self, logits: torch.Tensor, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO loss, accuracy on masked tokens). ``logits [B, L, V]``, or ``[N, V]`` for just the
@@ -47,7 +56,8 @@ class MaskedTextDiffusion:
         if logits.dim() == 3:
             logits = logits[masked]
         tgt = input_ids[masked]
-        ce = F.cross_entropy(logits.float(), tgt, reduction="none")  # masked positions only
+        logits = self.subs(logits)
+        ce = F.cross_entropy(logits, tgt, reduction="none")  # masked positions only
         w = self.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
         loss = (ce * w).sum() / attention_mask.sum().clamp_min(1)
         acc = (logits.argmax(-1) == tgt).sum() / masked.sum().clamp_min(1)

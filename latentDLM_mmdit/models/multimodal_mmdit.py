@@ -63,6 +63,12 @@ class MMDiTModelConfig:
         for key in ("n_blocks", "num_residual_streams", "num_latent_tokens", "latent_timesteps", "cond_dim"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
+        from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import make_alpha_bar
+
+        try:
+            make_alpha_bar(self.latent_beta_schedule, self.latent_timesteps)
+        except ValueError as e:
+            raise ConfigError(f"model.latent_beta_schedule: {e}") from None
         if not self.latent_scale > 0:
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
