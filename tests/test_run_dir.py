@@ -118,15 +118,17 @@ def test_free_space_is_checked_before_writing(tmp_path):
     C.check_free_space(tmp_path, 1024)
 
 
-@pytest.mark.parametrize("case", ["unwritable_save_dir", "bad_record", "one_record", "tokenizer_missing",
+@pytest.mark.parametrize("case", ["unwritable_save_dir", "read_only_save_dir", "bad_record", "one_record", "tokenizer_missing",
                                   "tokenizer_not_local"])
 def test_errors_end_the_run_in_one_line_before_any_work(run_tiny, tmp_path, tiny_data, case):
     records = json.loads(tiny_data.read_text())
     over = {"unwritable_save_dir": [f"logging.save_dir={tiny_data}/runs"],  # under a regular file
+            "read_only_save_dir": ["logging.save_dir=/sys/mmldlm_runs"],  # sysfs: no one may write, root neither
             "one_record": ["training.train_batch_size=8"],
             "tokenizer_missing": ["data.tokenizer_name=no-such-tokenizer-xyz"],
             "tokenizer_not_local": ["data.tokenizer_name=./no/such/dir"]}.get(case, [])
     words = {"unwritable_save_dir": ["logging.save_dir", "not writable"],
+             "read_only_save_dir": ["logging.save_dir /sys/mmldlm_runs is not writable"],
              "bad_record": ["record 2", "text is empty"],
              "one_record": ["training.train_batch_size", "1 records"],
              "tokenizer_missing": ["data.tokenizer_name", "no-such-tokenizer-xyz", "hub cache"],
