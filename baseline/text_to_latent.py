@@ -7,14 +7,16 @@ latent (averaged over vectors when a record holds K > 1). Metrics: ``latent_loss
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentDLM_mmdit.config import ConfigError, RunConfig
-from latentDLM_mmdit.data_simple import mean_latent
+from mmldlm.config import ConfigError, RunConfig
+from mmldlm.data.collate import mean_latent
+from mmldlm.nn import masked_mean
+from mmldlm.objective import Objective, register
 
 
 @dataclass
@@ -32,23 +34,19 @@ class T2LModelConfig:
                               f"model.n_heads ({self.n_heads})")
 
 
-class T2LLossType(Enum):
-    t2l_regression = "t2l_regression"
-
-
 @dataclass
 class T2LLossConfig:
-    loss_type: T2LLossType = T2LLossType.t2l_regression
     cosine_weight: float = 0.0  # adds cosine_weight * (1 - cos) to the MSE
 
 
 @dataclass
 class T2LRunConfig(RunConfig):
+    objective: str = "t2l_regression"
     model: T2LModelConfig = field(default_factory=T2LModelConfig)
     loss: T2LLossConfig = field(default_factory=T2LLossConfig)
 
 
-class TextToLatentRegression(nn.Module):
+class TextToLatentRegression(Objective):
     def __init__(self, model_cfg, loss_cfg, vocab_size: int, pad_id: int):
         super().__init__()
         m = model_cfg
@@ -64,9 +62,7 @@ class TextToLatentRegression(nn.Module):
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=~attention_mask)
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        pooled = (self.norm(h) * m).sum(1) / m.sum(1).clamp_min(1)
-        return self.head(pooled)
+        return self.head(masked_mean(self.norm(h), attention_mask))
 
     def forward(self, batch: dict, step: int):
         target = mean_latent(batch).float()
@@ -77,5 +73,8 @@ class TextToLatentRegression(nn.Module):
         return loss, {"latent_loss": mse.detach(), "latent_cos": cos.detach()}
 
 
-def build(cfg, tokenizer) -> nn.Module:
+def build(cfg, tokenizer) -> TextToLatentRegression:
     return TextToLatentRegression(cfg.model, cfg.loss, len(tokenizer), tokenizer.pad_token_id)
+
+
+register("t2l_regression", T2LRunConfig, build, Path(__file__).resolve().parent / "configs")

@@ -8,11 +8,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from latentDLM_mmdit.config import validate
-from latentDLM_mmdit.mmdit_objective import MMDiTRunConfig
-from latentDLM_mmdit.train_mmdit import CONFIGS
+from mmldlm.config import compose
 
 HARNESS_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -25,16 +22,8 @@ def offline_tokenizer_path() -> str:
 
 def compose_cycle_config(config_name: str = "mmdit_cycle_vae", overrides: list[str] | None = None):
     """The composed, validated config (the same files the entrypoints read)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="mmdit_schema", node=MMDiTRunConfig)
-    # the primary config is looked up in config_dir only; the other directory joins the search path
-    here, other = (HARNESS_CONFIGS, CONFIGS) if (HARNESS_CONFIGS / f"{config_name}.yaml").exists() else (
-        CONFIGS, HARNESS_CONFIGS)
-    with initialize_config_dir(config_dir=str(here), version_base="1.3"):
-        cfg = compose(config_name, overrides=[f"hydra.searchpath=[file://{other}]", *(overrides or [])])
-    validate(cfg, MMDiTRunConfig)
-    return cfg
+    here = HARNESS_CONFIGS if (HARNESS_CONFIGS / f"{config_name}.yaml").exists() else None
+    return compose(config_name, overrides or [], config_dir=here)
 
 
 def synthetic_dataset(out_dir: str | Path, n: int, dim: int, seed: int = 0) -> Path:

@@ -1,1 +1,2 @@
-"""MM-LDLM framework core: the shared loader, loop, checkpointing and configs."""
+"""The text<->latent MMDiT family: model, objective, samplers, metrics, entrypoints and configs
+(plus shims for the framework paths users type: data_simple, prefetch, plot)."""

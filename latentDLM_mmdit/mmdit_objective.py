@@ -18,132 +18,39 @@ step. The objective exists once; ``cycle_vae_impl/`` calls it.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentDLM_mmdit.config import ConfigError, RunConfig, TrainingConfig
-from latentDLM_mmdit.data_simple import mean_latent
-from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import GaussianLatentDiffusion
-from latentDLM_mmdit.diffusion.masked_text_diffusion import MaskedTextDiffusion
-from latentDLM_mmdit.models.multimodal_mmdit import MMDiTModelConfig, get_model
+from latentDLM_mmdit.metrics import roundtrip
+from latentDLM_mmdit.models.multimodal_mmdit import get_model
+from latentDLM_mmdit.schema import BASE_MODES, MMDiTRunConfig
+from mmldlm.config import ConfigError
+from mmldlm.data.collate import mean_latent
+from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
+from mmldlm.diffusion.masked_text import MaskedTextDiffusion
+from mmldlm.objective import Objective, register
 
-BASE_MODES = ("l2t", "t2l", "unconditional")
-
-
-class LossType(Enum):
-    unconditional = "unconditional"
-    l2t = "l2t"
-    t2l = "t2l"
-    sequential = "sequential"
-    random = "random"
-    cycle_vae = "cycle_vae"
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-class CycleSampling(Enum):
-    argmax = "argmax"
-    categorical = "categorical"
+class L2TOut(NamedTuple):
+    """What an L2T pass returns."""
+
+    loss: torch.Tensor
+    acc: torch.Tensor
+    logits: torch.Tensor  # at the masked positions [N, V]
+    noisy: torch.Tensor  # the corrupted ids [B, L]
+    masked: torch.Tensor  # [B, L] bool
+    latent_out: torch.Tensor  # the latent head's output (unused by L2T; anchors it for DDP)
 
 
-class LatentTMode(Enum):
-    full = "full"  # the cycle's T2L starts from pure noise (t = T - 1)
-    random = "random"  # t drawn in [cycle_latent_t_min, cycle_latent_t_max] x T
-
-
-@dataclass
-class MMDiTLossConfig:
-    loss_type: LossType = LossType.unconditional
-    latent_loss_weight: float = 1.0
-    text_loss_weight: float = 1.0
-    loss_scale: float = 1.0
-    cycle_text_weight: float = 0.1
-    cycle_text_warmup_steps: int = 0
-    cycle_text_ramp_steps: int = 0
-    cycle_latent_weight: float = 0.1
-    cycle_latent_warmup_steps: int = 0
-    cycle_latent_ramp_steps: int = 0
-    cycle_latent_sampling: CycleSampling = CycleSampling.argmax
-    latent_t_mode: LatentTMode = LatentTMode.full
-    cycle_latent_t_min: float = 0.0
-    cycle_latent_t_max: float = 1.0
-    cycle_stop_grad_latent: bool = True
-    # fraction of rows in the base L2T pass conditioned on the null latent (pure noise at the last
-    # latent timestep, the unconditional mode's view) instead of the clean one: trains the
-    # unconditional text model that classifier-free guidance (sample.l2t_guidance) contrasts with
-    l2t_uncond_prob: float = 0.0
-
-    def check(self) -> None:
-        if not 0 <= self.cycle_latent_t_min <= self.cycle_latent_t_max <= 1:
-            raise ConfigError("loss.cycle_latent_t_min / cycle_latent_t_max: need 0 <= min <= max <= 1")
-        if not 0 <= self.l2t_uncond_prob < 1:
-            raise ConfigError(f"loss.l2t_uncond_prob: need 0 <= p < 1, got {self.l2t_uncond_prob}")
-
-
-@dataclass
-class ScheduleBlock:
-    type: str = "l2t"
-    steps: int = 1000
-
-
-@dataclass
-class MMDiTTrainingConfig(TrainingConfig):
-    sequential_schedule: list[ScheduleBlock] = field(default_factory=list)
-    mode_weights: dict[str, float] = field(default_factory=dict)
-
-    def check(self) -> None:
-        super().check()
-        for i, b in enumerate(self.sequential_schedule):
-            if b.type not in BASE_MODES or b.steps < 1:
-                raise ConfigError(f"training.sequential_schedule[{i}]: type must be one of {BASE_MODES} "
-                                  f"and steps >= 1, got {b.type!r} x {b.steps}")
-        for k, w in self.mode_weights.items():
-            if k not in BASE_MODES or w < 0:
-                raise ConfigError(f"training.mode_weights.{k}: modes are {BASE_MODES}, weights >= 0")
-
-
-@dataclass
-class MMDiTSampleConfig:
-    t2l_steps: int = 50  # DDIM steps of T2L sampling (the CLI's default)
-    # DDIM steps of the round trips' T2L: 1 = the posterior mean E[x0 | text] read at t = T - 1,
-    # the encoder the cycle objective trains; more steps sample a latent instead (less faithful)
-    roundtrip_t2l_steps: int = 1
-    l2t_steps: int = 0  # unmasking steps of L2T decoding; 0 = one per text position
-    eval_roundtrip_batches: int = 1  # eval batches that also get T2L2T / L2T2L round trips; 0 = off
-    # classifier-free guidance of L2T decoding: log p = (1 + w) log p(x | z) - w log p(x | null);
-    # 0 = off. Needs a model trained with loss.l2t_uncond_prob > 0
-    l2t_guidance: float = 0.0
-
-    def check(self) -> None:
-        if min(self.t2l_steps, self.roundtrip_t2l_steps) < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
-            raise ConfigError("sample: need t2l_steps, roundtrip_t2l_steps >= 1, l2t_steps >= 0, "
-                              "eval_roundtrip_batches >= 0")
-        if self.l2t_guidance < 0:
-            raise ConfigError(f"sample.l2t_guidance: need w >= 0, got {self.l2t_guidance}")
-
-
-@dataclass
-class MMDiTRunConfig(RunConfig):
-    training: MMDiTTrainingConfig = field(default_factory=MMDiTTrainingConfig)
-    model: MMDiTModelConfig = field(default_factory=MMDiTModelConfig)
-    loss: MMDiTLossConfig = field(default_factory=MMDiTLossConfig)
-    sample: MMDiTSampleConfig = field(default_factory=MMDiTSampleConfig)
-
-    def check(self) -> None:
-        lt = self.loss.loss_type.name
-        if lt == "sequential" and not self.training.sequential_schedule:
-            raise ConfigError("training.sequential_schedule: loss_type=sequential needs a non-empty list "
-                              "of {type, steps}")
-        if lt == "random" and not any(self.training.mode_weights.values()):
-            raise ConfigError("training.mode_weights: loss_type=random needs a positive weight for at "
-                              f"least one of {BASE_MODES}")
-        if self.data.latent_dim != self.model.latent_dim:
-            raise ConfigError(f"data.latent_dim ({self.data.latent_dim}) != model.latent_dim "
-                              f"({self.model.latent_dim})")
-
+class T2LOut(NamedTuple):
+    loss: torch.Tensor
+    x0_pred: torch.Tensor  # the clean latent predicted, in diffusion units
 
 def ramp(base: float, step: int, warmup: int, ramp_steps: int) -> float:
     """0 before ``warmup``, then ``base * min(1, (step - warmup) / ramp_steps)``; base if ramp <= 0."""
@@ -154,7 +61,7 @@ def ramp(base: float, step: int, warmup: int, ramp_steps: int) -> float:
     return base * min(1.0, (step - warmup) / ramp_steps)
 
 
-class MMDiTObjective(nn.Module):
+class MMDiTObjective(Objective):
     def __init__(self, cfg: Any, tokenizer):
         super().__init__()
         m, self.lc, t = cfg.model, cfg.loss, cfg.training
@@ -193,10 +100,9 @@ class MMDiTObjective(nn.Module):
         last = torch.full((n,), self.latent.timesteps - 1, device=device)
         return torch.randn(n, self.model.latent_head.out_features, device=device), self.latent.time_code(last)
 
-    def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0):
+    def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0) -> L2TOut:
         """Masked text diffusion conditioned on a clean latent (a ``uncond_prob`` fraction of the
-        rows on the null latent instead): (loss, acc, logits at the masked positions [N, V],
-        noisy, masked, latent output)."""
+        rows on the null latent instead)."""
         t = self.text.sample_t(ids.shape[0], ids.device)
         noisy, masked = self.text.corrupt(ids, mask, t)
         t_lat = torch.zeros_like(t)
@@ -207,11 +113,11 @@ class MMDiTObjective(nn.Module):
             t_lat = torch.where(drop, t_null, t_lat)
         logits, lat_out = self.model(noisy, mask, cond_latent, t, t_lat, text_logits=masked)
         loss, acc = self.text.loss(logits, ids, masked, mask, t)
-        return loss, acc, logits, noisy, masked, lat_out
+        return L2TOut(loss, acc, logits, noisy, masked, lat_out)
 
-    def t2l_pass(self, ids, mask, x0, t_idx=None):
-        """Latent diffusion conditioned on clean text: (loss, x0_pred). The text head is not
-        evaluated (clean text has no targets): the pass costs no vocabulary projection."""
+    def t2l_pass(self, ids, mask, x0, t_idx=None) -> T2LOut:
+        """Latent diffusion conditioned on clean text. The text head is not evaluated (clean text
+        has no targets): the pass costs no vocabulary projection."""
         if t_idx is None:
             t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
@@ -219,13 +125,17 @@ class MMDiTObjective(nn.Module):
         _, out = self.model(ids, mask, x_t, torch.zeros(ids.shape[0], device=ids.device), self.latent.time_code(t_idx),
                             text_logits=False)
         loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
-        return loss, self.latent.predict_x0(out.float(), x_t, t_idx)
+        return T2LOut(loss, self.latent.predict_x0(out.float(), x_t, t_idx))
 
     def _graph_anchor(self) -> torch.Tensor:
         """0 x every trainable parameter: a T2L-only step (no text head, so the last block's text
         stream is unused too) still hands DDP a gradient (zero) for every parameter, so all
-        ranks reduce the same set. A sum over the parameters: cheap next to the step."""
-        return sum(0.0 * p.sum() for p in self.model.parameters() if p.requires_grad)
+        ranks reduce the same set. A sum over the parameters: cheap next to the step. FSDP needs no
+        anchor (and its sharded parameters cannot join a plain loss)."""
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in self.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        return sum(0.0 * p.sum() for p in params) if params else 0.0
 
     def forward(self, batch: dict, step: int):
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -261,12 +171,13 @@ class MMDiTObjective(nn.Module):
         """(loss before loss_scale, detached metrics) of one mode."""
         tw, lw = self.lc.text_loss_weight, self.lc.latent_loss_weight
         if mode == "l2t":
-            text_loss, acc, _, _, _, lat_out = self.l2t_pass(ids, mask, x0, self.lc.l2t_uncond_prob)
-            loss, metrics = tw * text_loss + 0.0 * lat_out.sum(), {"text_loss": text_loss, "text_acc": acc}
+            out = self.l2t_pass(ids, mask, x0, self.lc.l2t_uncond_prob)
+            loss = tw * out.loss + 0.0 * out.latent_out.sum()  # the latent head in the graph (DDP)
+            metrics = {"text_loss": out.loss, "text_acc": out.acc}
         elif mode == "t2l":
-            latent_loss, x0_pred = self.t2l_pass(ids, mask, x0)
-            loss = lw * latent_loss + self._graph_anchor()
-            metrics = {"latent_loss": latent_loss, "x0_pred_norm": x0_pred.norm(dim=-1).mean()}
+            out = self.t2l_pass(ids, mask, x0)
+            loss = lw * out.loss + self._graph_anchor()
+            metrics = {"latent_loss": out.loss, "x0_pred_norm": out.x0_pred.norm(dim=-1).mean()}
         elif mode == "unconditional":
             loss, metrics = self._joint(ids, mask, x0, tw, lw)
         else:
@@ -287,15 +198,16 @@ class MMDiTObjective(nn.Module):
 
     def _cycle(self, ids, mask, x0, step, tw, lw):
         lc = self.lc
-        base_text, acc, logits, noisy, masked, _ = self.l2t_pass(ids, mask, x0, lc.l2t_uncond_prob)
-        base_latent, x0_pred = self.t2l_pass(ids, mask, x0)
+        l2t = self.l2t_pass(ids, mask, x0, lc.l2t_uncond_prob)
+        t2l = self.t2l_pass(ids, mask, x0)
+        base_text, base_latent = l2t.loss, t2l.loss
         w_text = ramp(lc.cycle_text_weight, step, lc.cycle_text_warmup_steps, lc.cycle_text_ramp_steps)
         w_lat = ramp(lc.cycle_latent_weight, step, lc.cycle_latent_warmup_steps, lc.cycle_latent_ramp_steps)
         loss = tw * base_text + lw * base_latent
-        metrics = {"text_loss": base_text, "text_acc": acc, "latent_loss": base_latent,
+        metrics = {"text_loss": base_text, "text_acc": l2t.acc, "latent_loss": base_latent,
                    "base_l2t_text_loss": base_text, "base_t2l_latent_loss": base_latent,
                    "cycle_text_weight": w_text, "cycle_latent_weight": w_lat,
-                   "x0_pred_norm": x0_pred.norm(dim=-1).mean()}
+                   "x0_pred_norm": t2l.x0_pred.norm(dim=-1).mean()}
         zero = torch.zeros((), device=ids.device)
         cycle_text = cycle_latent = zero
         if w_text > 0:  # T2L2T: text -> latent x0 -> text
@@ -305,24 +217,23 @@ class MMDiTObjective(nn.Module):
             else:
                 lo, hi = int(lc.cycle_latent_t_min * (T - 1)), int(lc.cycle_latent_t_max * (T - 1))
                 t_idx = self.latent.sample_t(x0.shape[0], x0.device, lo, hi + 1)
-            _, x0_hat = self.t2l_pass(ids, mask, x0, t_idx)
+            x0_hat = self.t2l_pass(ids, mask, x0, t_idx).x0_pred
             if lc.cycle_stop_grad_latent:
                 x0_hat = x0_hat.detach()
-            cycle_text, _, _, _, _, _ = self.l2t_pass(ids, mask, x0_hat)
+            cycle_text = self.l2t_pass(ids, mask, x0_hat).loss
             loss = loss + w_text * cycle_text
         if w_lat > 0:  # L2T2L: latent -> pseudo-text (no gradient) -> latent
             with torch.no_grad():
-                p_x0 = self.text.subs(logits)  # [MASK] is never a pseudo-token
+                p_x0 = self.text.subs(l2t.logits)  # [MASK] is never a pseudo-token
                 if lc.cycle_latent_sampling.name == "argmax":
                     pred = p_x0.argmax(-1)
                 else:
                     pred = torch.distributions.Categorical(logits=p_x0).sample()
-                pseudo = noisy.masked_scatter(masked, pred)  # logits are per masked position
-            cycle_latent, _ = self.t2l_pass(pseudo, mask, x0)
+                pseudo = l2t.noisy.masked_scatter(l2t.masked, pred)  # logits are per masked position
+            cycle_latent = self.t2l_pass(pseudo, mask, x0).loss
             loss = loss + w_lat * cycle_latent
         metrics.update(cycle_text_loss=cycle_text, cycle_latent_loss=cycle_latent)
         return loss, metrics
-
 
     @torch.no_grad()
     def eval_extra(self, batch: dict, index: int) -> dict:
@@ -331,10 +242,16 @@ class MMDiTObjective(nn.Module):
         ``l2t2l_cos`` (latent -> L2T text -> T2L latent, cosine with the original)."""
         if index >= self.sample_cfg.eval_roundtrip_batches:
             return {}
-        from latentDLM_mmdit.sample import roundtrip
+        return roundtrip(self, batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()).metrics
 
-        return roundtrip(self, batch["input_ids"], batch["attention_mask"], mean_latent(batch).float())[0]
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units: each transformer block, then the model around them (embeddings, heads):
+        the samplers call ``self.model`` directly, which then gathers its own weights."""
+        return [*self.model.backbone.blocks, self.model]
 
 
-def build(cfg, tokenizer) -> nn.Module:
+def build(cfg, tokenizer) -> MMDiTObjective:
     return MMDiTObjective(cfg, tokenizer)
+
+
+register("mmdit", MMDiTRunConfig, build, CONFIGS)

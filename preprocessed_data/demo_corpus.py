@@ -8,7 +8,6 @@ package, written in the layout the shared loader reads.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -64,25 +63,16 @@ def train_demo_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
 def write_dataset(out_dir: str | Path, texts: list[str], latents: np.ndarray,
                   layout: str = "shard", json_name: str = "train_data.json",
                   shard_rows: int = 100_000) -> Path:
-    """Write records + latents: ``shard`` = 2-D ``latents/shard_*.npy`` addressed by
-    ``latent_row``; ``per-file`` = one ``latents/<i>.npy`` per record."""
+    """Records + latents in the loader's format (``mmldlm.data.write``): ``shard`` = 2-D
+    ``latents/shard_*.npy`` addressed by ``latent_row``; ``per-file`` = one ``latents/<i>.npy``."""
+    from mmldlm.data.write import latent_ref, write_latents, write_records
+
     out_dir = Path(out_dir)
-    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
-    records = []
-    if layout == "shard":
-        for s in range(0, len(texts), shard_rows):
-            name = f"latents/shard_{s // shard_rows:05d}.npy"
-            np.save(out_dir / name, np.ascontiguousarray(latents[s : s + shard_rows], dtype=np.float32))
-            records += [{"text": texts[i], "latent_path": name, "latent_row": i - s}
-                        for i in range(s, min(s + shard_rows, len(texts)))]
-    elif layout == "per-file":
-        for i, t in enumerate(texts):
-            np.save(out_dir / f"latents/{i:08d}.npy", latents[i].astype(np.float32))
-            records.append({"text": t, "latent_path": f"latents/{i:08d}.npy"})
-    else:
-        raise ValueError(f"unknown layout {layout!r} (shard | per-file)")
+    step = shard_rows if layout == "shard" else len(texts)
+    for s in range(0, len(texts), max(1, step)):
+        write_latents(out_dir, s, latents[s : s + step], layout, shard_rows)
     path = out_dir / json_name
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    write_records(path, ({"text": t, **latent_ref(i, layout, shard_rows)} for i, t in enumerate(texts)))
     return path
 
 

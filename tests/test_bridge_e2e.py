@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from latentDLM_mmdit.prefetch import read_marker
-from latentDLM_mmdit.run_log import read_jsonl
-from tests.conftest import REPO, run_entry
+from mmldlm.prefetch import read_marker
+from mmldlm.train.run_log import read_jsonl
+from tests.helpers.common import REPO, ok, run_entry
 from tests.helpers.fake_hub import FakeHub
-from tests.test_launch import bash, env_for
-from wedlm_bridge.tiny import make_tiny_wedlm
+from tests.helpers.launch import bash, env_for
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "wedlm_bridge" / "run_wedlm8b_ar_bridge.sh"
@@ -24,15 +23,9 @@ COMMON = ["model=tiny", "training.dtype=fp32", "training.warmup_steps=0", "optim
           "data.val_split_ratio=0.1", "data.max_seq_len=48"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wedlm") / "tiny"
-    make_tiny_wedlm(d)
-    return d
-
-
-def ok(p):
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+@pytest.fixture
+def tiny_dir(tiny_wedlm_dir):
+    return tiny_wedlm_dir
 
 
 def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, tiny_dir, minilm_data):
@@ -60,7 +53,7 @@ def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, 
     assert ck["objective"]["backbone"] == "tencent/WeDLM-8B-Base" and ck["objective"]["backbone_revision"]
     # stage 2 started from stage 1's t2l head (frozen in l2t): identical tensors
     s1 = torch.load(runs / "s1" / "checkpoint_step_6.pt", weights_only=True)["model"]
-    from latentDLM_mmdit.checkpointing import LoadPolicy
+    from mmldlm.train.rebuild import LoadPolicy
     from wedlm_bridge.bridge import load_bridge
     s2, _, _ = load_bridge(str(runs / "s2"), policy=LoadPolicy(backbone_dir=str(local)))
     assert all(torch.equal(s2.state_dict()[k], v) for k, v in s1.items() if k.startswith("t2l_head"))
@@ -96,7 +89,7 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     ok(cli("export", "--output", tmp_path / "export"))
     from safetensors.torch import load_file
 
-    from latentDLM_mmdit.checkpointing import LoadPolicy
+    from mmldlm.train.rebuild import LoadPolicy
     from wedlm_bridge.backbone import load_backbone
     from wedlm_bridge.bridge import load_bridge
     heads = load_file(tmp_path / "export" / "bridge_heads.safetensors")

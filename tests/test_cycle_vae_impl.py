@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.common import REPO
 
 ENTRY = REPO / "cycle_vae_impl" / "entrypoints"
 

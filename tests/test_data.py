@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from latentDLM_mmdit.config import DataConfig, TrainingConfig
-from latentDLM_mmdit.data_records import DataError, read_records
-from latentDLM_mmdit.data_simple import (Collator, LatentTextDataset, StepChunkSampler, build_data,
-                                         held_out, mean_latent)
-from tests.conftest import make_dataset
+from mmldlm.config import DataConfig, TrainingConfig
+from mmldlm.data.collate import Collator, mean_latent
+from mmldlm.data.loader import StepChunkSampler, build_data, held_out, read_dataset
+from mmldlm.data.records import DataError
+from tests.helpers.common import make_dataset
 
 D = 16
 
@@ -50,9 +50,8 @@ def test_per_file_shapes_jsonl_and_relative_paths(tmp_path, tokenizer, paragraph
         np.save(lat / f"{i}.npy", v.astype(np.float32))
         records.append({"text": paragraphs[i], "latent_path": f"lat/{i}.npy"})
     path = write_json(tmp_path / "data" / "train.jsonl", records, jsonl=True)
-    table = read_records(path, latent_dim=D)
-    ds = LatentTextDataset(table, D)
-    batch = Collator(tokenizer, 64)([ds[i] for i in range(3)])
+    ds = read_dataset(path, D)
+    batch = Collator(tokenizer, 64)([ds[i] for i in range(3)]).batch
     assert batch["latent"].shape == (3, 3, D) and batch["latent_mask"].tolist() == [
         [True, False, False], [True, False, False], [True, True, True]]
     np.testing.assert_allclose(batch["latent"][2].numpy(), vecs[2], rtol=1e-6)
@@ -61,7 +60,7 @@ def test_per_file_shapes_jsonl_and_relative_paths(tmp_path, tokenizer, paragraph
     assert batch["index"].tolist() == [0, 1, 2]
     # the same files found through data.latent_data_root from a JSON elsewhere
     elsewhere = write_json(tmp_path / "train.json", records)
-    assert len(read_records(elsewhere, latent_root=tmp_path / "data", latent_dim=D)) == 3
+    assert len(read_dataset(elsewhere, D, latent_root=str(tmp_path / "data"))) == 3
 
 
 def test_shard_rows_batch_contract_and_dynamic_padding(tmp_path, tokenizer, paragraphs):
@@ -102,7 +101,7 @@ def test_validation_file_max_samples_and_split(tmp_path, tokenizer, paragraphs):
     data, _ = cfgs(train, val_split_ratio=0.2)
     split = build_data(data, training, tokenizer)
     assert split.train_records + split.val_records == 100 and split.val_records > 5
-    val_idx = {i for b in split.val for i in b["index"].tolist()}
+    val_idx = {i for c in split.val for i in c.batch["index"].tolist()}
     train_idx = {i for b in batches_of(split, 2 * split.train.sampler.steps_per_epoch) for i in b["index"].tolist()}
     assert val_idx and not val_idx & train_idx
 
@@ -174,8 +173,7 @@ def _bad_cases(d):
 
 
 def _first_error(path):
-    table = read_records(path, latent_dim=D)
-    ds = LatentTextDataset(table, D)
+    ds = read_dataset(path, D)
     for i in range(len(ds)):
         if isinstance(ds[i], DataError):
             raise ds[i]
@@ -195,11 +193,11 @@ def test_unparseable_json_line_and_json_list(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"text": "a", "latent_path": "x.npy"}\n\n{"text": "b", oops}\n')
     with pytest.raises(DataError, match=r"t\.jsonl: record 1 \(line 3\): unparseable JSON line"):
-        read_records(path)
+        read_dataset(path, None)
     path = tmp_path / "t.json"
     path.write_text('[{"text": "a", "latent_path": "x.npy"},]')
-    with pytest.raises(DataError, match=r"t\.json: not valid JSON at line 1"):
-        read_records(path)
+    with pytest.raises(DataError, match=r"t\.json: not valid JSON near line 1"):
+        read_dataset(path, None)
 
 
 def test_skip_mode_counts_instead_of_raising(tmp_path, tokenizer):
@@ -223,7 +221,7 @@ def test_skipped_records_are_counted_in_the_training_log(run_tiny, tiny_data):
     records[7]["text"] = ""
     tiny_data.write_text(json.dumps(records))
     run_tiny("data.on_bad_record=skip", "training.num_train_steps=3")
-    from latentDLM_mmdit.run_log import read_jsonl
+    from mmldlm.train.run_log import read_jsonl
     log = read_jsonl(run_tiny.run_dir() / "training_log.jsonl")
     assert [r["bad_records"] for r in log] == [3, 3, 3]
     # a latent that turns out bad inside a DataLoader worker reaches the user intact
@@ -283,7 +281,7 @@ def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
     np.save(tmp_path / "single.npy", lat[0])
     records[4] = {"text": "per-file record", "latent_path": "single.npy"}
     write_json(path, records)
-    ds = LatentTextDataset(read_records(path, latent_dim=D), D)
+    ds = read_dataset(path, D)
     idx = [29, 7, 4, 0, 13, 12, 11, 25]
     batched, single = ds.__getitems__(idx), [ds[i] for i in idx]
     for b, s in zip(batched, single):
@@ -295,7 +293,7 @@ def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
 
 
 def test_demo_tokenizer_is_bert_shaped_and_the_fast_path_gives_its_ids(tmp_path, paragraphs):
-    from latentDLM_mmdit.data_simple import Collator, load_tokenizer
+    from mmldlm.data.tokenizer import load_tokenizer
     from preprocessed_data.demo_corpus import train_demo_tokenizer
 
     tok = load_tokenizer(str(train_demo_tokenizer(paragraphs[:300], tmp_path / "tok", vocab_size=1000)))
@@ -316,22 +314,22 @@ def test_paths_outside_the_root_are_allowed_only_when_the_config_says_so(tmp_pat
     np.save(outside / "z.npy", np.ones(D, np.float32))
     path = write_json(inside / "train.json", [{"text": "a", "latent_path": "../elsewhere/z.npy"},
                                               {"text": "b", "latent_path": str(outside / "z.npy")}])
-    table = read_records(path, latent_dim=D, skip_bad=True)
-    assert len(table) == 0 and [e.record for e in table.problems] == [0, 1]
-    assert all("data.allow_paths_outside_root=true" in str(e) for e in table.problems)
-    allowed = LatentTextDataset(read_records(path, latent_dim=D, allow_outside=True), D)
+    ds = read_dataset(path, D, skip=True)
+    assert len(ds) == 0 and [e.record for e in ds.index.problems] == [0, 1]
+    assert all("data.allow_paths_outside_root=true" in str(e) for e in ds.index.problems)
+    allowed = read_dataset(path, D, allow_outside=True)
     assert [float(allowed[i]["latent"].sum()) for i in range(2)] == [D, D]
 
 
 def test_a_fifo_dataset_file_is_refused_without_opening_it(tmp_path):
     os.mkfifo(tmp_path / "train.json")
     with pytest.raises(DataError, match="is a FIFO; only regular files are read"):
-        read_records(tmp_path / "train.json")
+        read_dataset(tmp_path / "train.json", D)
 
 
 def test_the_trainers_split_holds_out_records_of_an_extracted_train_file(tmp_path, tokenizer, paragraphs):
-    from latentDLM_mmdit.config import ConfigError
-    from latentDLM_mmdit.data_simple import TRAIN_SPLIT_SALT
+    from mmldlm.config import ConfigError
+    from mmldlm.data.index import TRAIN_SPLIT_SALT
 
     texts = paragraphs[:600]
     extractor_val = held_out(texts, 0.05)  # what --create-validation held out

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import GaussianLatentDiffusion
-from latentDLM_mmdit.diffusion.masked_text_diffusion import MaskedTextDiffusion
 from latentDLM_mmdit.mmdit_objective import ramp
+from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
+from mmldlm.diffusion.masked_text import MaskedTextDiffusion
 
 
 def test_mdlm_loss_equals_the_formula_computed_by_hand():

@@ -12,7 +12,7 @@ import torch
 
 from preprocessed_data.corpus import CorpusError, chunk_text, read_corpus
 from preprocessed_data.encoders import build_encoder
-from tests.conftest import REPO
+from tests.helpers.common import REPO
 
 CLI = REPO / "preprocessed_data" / "prepare_data_multi_gpu.py"
 CPU = torch.device("cpu")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from latentDLM_mmdit.prefetch import MARKER, OWNER, read_marker
-from tests.conftest import REPO
+from latentDLM_mmdit.prefetch import MARKER, OWNER, read_marker  # the path users type keeps working
+from tests.helpers.common import REPO, wait_for
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.launch import REPO_ID, bash, env_for
 
 pytestmark = pytest.mark.slow
-REPO_ID = "org/tiny-bert"
 BRIDGE = REPO / "wedlm_bridge" / "run_wedlm8b_ar_bridge.sh"
 BASELINE = REPO / "scripts" / "run_baseline.sh"
 
@@ -31,35 +31,10 @@ def hub():
         yield h
 
 
-def env_for(tmp_path, hub=None, **extra):
-    """A clean launcher environment: online, no GPUs, no SLURM, this venv's python first."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "CUDA_VISIBLE", "NPROC", "NNODES", "NODE_RANK", "MASTER_"))}
-    env.update({"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "HF_HUB_OFFLINE": "0",
-                "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
-                "HF_HUB_DISABLE_TELEMETRY": "1", "PREFETCH_BACKOFF": "0.05",
-                "HF_ENDPOINT": hub.url if hub else "http://127.0.0.1:9", "MODEL_ID": REPO_ID,
-                "LOCAL_MODEL_DIR": str(tmp_path / "models" / "tiny-bert"), "MODEL_ALLOW_PATTERNS": "*"})
-    env.update(extra)
-    return env
-
-
-def bash(script, env, *args, timeout=300):
-    return subprocess.run(["bash", str(script), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def prefetch_proc(env, local_dir):
     return subprocess.Popen([sys.executable, "-m", "latentDLM_mmdit.prefetch", "--repo-id", REPO_ID,
                              "--local-dir", str(local_dir)], cwd=REPO, env=env, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-
-
-def wait_for(cond, what, timeout=60):
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_download_only_fetches_every_file_once_and_writes_the_marker(tmp_path, hub):
@@ -125,8 +100,8 @@ def test_offline_a_complete_directory_trains_and_an_incomplete_one_says_what_to_
         p = bash(BRIDGE, {**train_env, "HF_HUB_OFFLINE": offline, "PREFETCH_RETRIES": "0"})
         assert p.returncode != 0 and "DOWNLOAD_ONLY=1" in p.stderr, p.stderr
     # the trainer itself refuses it too (started without the launcher)
-    from latentDLM_mmdit.data_simple import load_tokenizer
     from latentDLM_mmdit.prefetch import PrefetchError
+    from mmldlm.data.tokenizer import load_tokenizer
     with pytest.raises(PrefetchError, match="not a complete model directory"):
         load_tokenizer(env["LOCAL_MODEL_DIR"])
 

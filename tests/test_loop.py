@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from latentDLM_mmdit import checkpointing as C
-from latentDLM_mmdit.run_log import read_jsonl
+from mmldlm.train import checkpointing as C
+from mmldlm.train.run_log import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -113,10 +113,10 @@ def test_wandb_offline_needs_no_network(run_tiny):
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys, torch
     from pathlib import Path
-    from latentDLM_mmdit import checkpointing as C
+    from mmldlm.train import checkpointing as C
     run_dir, stage = Path(sys.argv[1]), sys.argv[2]
     C.save_checkpoint(run_dir, 1, {"w": torch.ones(1000)}, keep_last=3)   # a complete one first
-    real_save, real_replace = torch.save, C.os.replace
+    real_save, real_replace = torch.save, os.replace
     def die(): os.kill(os.getpid(), signal.SIGKILL)
     def partial_save(obj, f):          # half the bytes reach the disk, then the process dies
         import io; buf = io.BytesIO(); real_save(obj, buf); f.write(buf.getvalue()[:len(buf.getvalue()) // 2]); f.flush(); die()
@@ -126,7 +126,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
         real_replace(src, dst)
     if stage == "mid_write":
         torch.save = partial_save
-    C.os.replace = replace
+    os.replace = replace  # the one os module: every atomic write goes through it
     C.save_checkpoint(run_dir, 2, {"w": torch.full((1000,), 2.0)}, keep_last=3)
 """)
 

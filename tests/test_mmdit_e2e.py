@@ -7,11 +7,10 @@ import sys
 import time
 
 import numpy as np
-
 import pytest
 
-from latentDLM_mmdit.run_log import read_jsonl
-from tests.conftest import REPO, run_entry
+from mmldlm.train.run_log import read_jsonl
+from tests.helpers.common import REPO, ok, run_entry
 
 pytestmark = pytest.mark.slow
 TRAIN = REPO / "latentDLM_mmdit" / "train_mmdit.py"
@@ -24,10 +23,6 @@ def args(tmp_path, data, tokenizer_path, config, *extra):
             "training.train_batch_size=16", "training.dtype=fp32", "training.warmup_steps=5",
             "optimizer.lr=1e-3", "logging.log_freq=5", "logging.eval_freq=20", "logging.progress_bar=false",
             "data.num_workers=0", "sample.t2l_steps=10", "sample.l2t_steps=16", *extra]
-
-
-def ok(p):
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
 
 
 def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, tokenizer_path):

@@ -2,14 +2,15 @@
 import math
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from latentDLM_mmdit.config import ConfigError, validate
-from latentDLM_mmdit.data_simple import Collator, mean_latent
-from latentDLM_mmdit.mmdit_objective import BASE_MODES, MMDiTObjective, MMDiTRunConfig, ScheduleBlock
+from latentDLM_mmdit.mmdit_objective import MMDiTObjective
+from latentDLM_mmdit.schema import BASE_MODES, MMDiTRunConfig, ScheduleBlock
+from mmldlm.config import ConfigError, validate
+from mmldlm.data.collate import mean_latent
+from tests.helpers.common import make_batch as core_batch
+from tests.helpers.common import make_cfg as core_cfg
 
 D = 32
 CYCLE_KEYS = {"text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
@@ -17,20 +18,14 @@ CYCLE_KEYS = {"text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "bas
 
 
 def make_cfg(**overrides):
-    cfg = OmegaConf.structured(MMDiTRunConfig)
-    base = {"model.hidden_size": 32, "model.n_blocks": 2, "model.n_heads": 4, "model.cond_dim": 32,
-            "model.max_seq_len": 48, "model.latent_dim": D, "data.latent_dim": D, "data.data_files.train": "x",
-            "loss.cycle_text_warmup_steps": 0, "loss.cycle_latent_warmup_steps": 0}
-    for k, v in {**base, **overrides}.items():
-        OmegaConf.update(cfg, k, v, force_add=False)
-    return cfg
+    return core_cfg(MMDiTRunConfig, **{"model.hidden_size": 32, "model.n_blocks": 2, "model.n_heads": 4,
+                                       "model.cond_dim": 32, "model.max_seq_len": 48, "model.latent_dim": D,
+                                       "data.latent_dim": D, "data.max_seq_len": 48, "loss.cycle_text_warmup_steps": 0,
+                                       "loss.cycle_latent_warmup_steps": 0, **overrides})
 
 
 def make_batch(tokenizer, paragraphs, k=1, b=4):
-    batch = Collator(tokenizer, 48)([{"text": t, "latent": np.random.default_rng(i).standard_normal((k, D)).astype(
-        np.float32), "index": i} for i, t in enumerate(paragraphs[:b])])
-    batch.pop("bad_records")
-    return batch
+    return core_batch(tokenizer, paragraphs, D, k=k, b=b)
 
 
 def grads_after(obj, batch, step=0):
@@ -165,7 +160,7 @@ def test_n_heads_reaches_the_attention_even_when_hidden_does_not_divide(tokenize
 
 
 def test_samplers_produce_complete_outputs_in_the_trained_parameterisation(tokenizer, paragraphs):
-    from latentDLM_mmdit.sample import l2t_decode, t2l_encode
+    from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
 
     obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "unconditional"}), tokenizer).eval()
     batch = make_batch(tokenizer, paragraphs)
@@ -189,20 +184,22 @@ def test_a_tokenizer_without_mask_token_is_a_config_error_naming_the_key(tokeniz
 
 
 def test_roundtrip_metrics_equal_a_recomputation_from_the_samplers(tokenizer, paragraphs):
-    from latentDLM_mmdit.sample import l2t_decode, roundtrip, t2l_encode
+    from latentDLM_mmdit.metrics import roundtrip
+    from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
 
     obj = MMDiTObjective(make_cfg(**{"sample.roundtrip_t2l_steps": 4, "sample.l2t_steps": 5}), tokenizer).eval()
     batch = make_batch(tokenizer, paragraphs)
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch)
     torch.manual_seed(3)
-    metrics, out = roundtrip(obj, ids, mask, z)
+    rt = roundtrip(obj, ids, mask, z)
+    metrics = rt.metrics
     torch.manual_seed(3)  # the same noise, drawn by hand in the same order
     ids_hat = l2t_decode(obj, t2l_encode(obj, ids, mask, 4), mask, 5)
     z_hat = t2l_encode(obj, l2t_decode(obj, z, mask, 5), mask, 4)
     special = torch.tensor([tokenizer.get_special_tokens_mask(r, already_has_special_tokens=True)
                             for r in ids.tolist()], dtype=torch.bool)
     scored = mask & ~special
-    assert torch.equal(out["t2l2t_ids"], ids_hat)
+    assert torch.equal(rt.t2l2t_ids, ids_hat)
     assert metrics["t2l2t_acc"].item() == pytest.approx((ids_hat == ids)[scored].float().mean().item())
     cos = (z_hat * z).sum(-1) / (z_hat.norm(dim=-1) * z.norm(dim=-1))
     assert metrics["l2t2l_cos"].item() == pytest.approx(cos.mean().item(), abs=1e-6)
@@ -216,7 +213,7 @@ def test_roundtrip_metrics_equal_a_recomputation_from_the_samplers(tokenizer, pa
 
 
 def test_token_f1_is_order_free_counts_multiplicity_and_ignores_off_positions():
-    from latentDLM_mmdit.sample import token_f1
+    from latentDLM_mmdit.metrics import token_f1
 
     ref = torch.tensor([[5, 6, 7, 7, 0], [5, 6, 7, 8, 9]])
     on = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -245,7 +242,7 @@ def test_l2t_uncond_prob_puts_that_fraction_of_rows_on_the_null_latent(tokenizer
 
 
 def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, paragraphs):
-    from latentDLM_mmdit.sample import l2t_decode
+    from latentDLM_mmdit.sampling import l2t_decode
 
     obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t"}), tokenizer).eval()
     batch = make_batch(tokenizer, paragraphs)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from latentDLM_mmdit.config import OptimizerConfig, TrainingConfig
-from latentDLM_mmdit.optim import build_optimizer, build_scheduler, lr_factor
+from mmldlm.config import OptimizerConfig, TrainingConfig
+from mmldlm.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_every_optimizer_key_reaches_adamw_and_1d_params_get_no_decay():

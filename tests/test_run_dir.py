@@ -12,8 +12,8 @@ import time
 import pytest
 import yaml
 
-from latentDLM_mmdit import checkpointing as C
-from latentDLM_mmdit.run_log import read_jsonl
+from mmldlm.train import checkpointing as C
+from mmldlm.train.run_log import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def _limit_file_size(max_bytes):
 
 
 def test_a_failed_checkpoint_write_leaves_nothing_partial_and_says_so_in_one_line(tmp_path, tiny_data, tokenizer_path):
-    from tests.conftest import REPO, TINY
+    from tests.helpers.common import REPO, TINY
 
     # the file-size limit makes the first checkpoint write fail half way, as a full disk does
     cmd = [sys.executable, str(TINY), f"data.data_files.train={tiny_data}", f"data.tokenizer_name={tokenizer_path}",
@@ -147,7 +147,7 @@ def test_errors_end_the_run_in_one_line_before_any_work(run_tiny, tmp_path, tiny
 
 
 def test_saved_configs_hold_absolute_paths(run_tiny, tmp_path, tiny_data, tokenizer_path):
-    from tests.conftest import TINY, run_entry
+    from tests.helpers.common import TINY, run_entry
 
     rel = os.path.relpath(tiny_data, tmp_path)
     p = run_entry(TINY, [f"data.data_files.train={rel}", f"data.tokenizer_name={tokenizer_path}",

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+from mmldlm.nn import DTYPES
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-          "float16": torch.float16, "fp16": torch.float16}
 WEDLM_MASK_TOKEN_ID = 151665  # the engine's fallback when config.json says null
 _DROP = ("model_type", "architectures", "auto_map", "transformers_version")
 

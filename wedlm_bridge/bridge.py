@@ -30,7 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentDLM_mmdit.config import ConfigError, RunConfig, TrainingConfig
+from mmldlm.config import ConfigError, RunConfig, TrainingConfig
+from mmldlm.data.collate import mean_latent
+from mmldlm.nn import DTYPES, pool
+from mmldlm.objective import Objective, register
+from mmldlm.train.rebuild import (
+    CheckpointPolicyError,
+    LoadPolicy,
+    rebuild_from_checkpoint,
+)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 log = logging.getLogger("mm_ldlm.bridge")
 
@@ -69,8 +79,6 @@ class BridgeModelConfig:
     activation_checkpointing: bool = False
 
     def check(self) -> None:
-        from wedlm_bridge.backbone import DTYPES
-
         if self.pretrained_model_dtype not in DTYPES:
             raise ConfigError(f"model.pretrained_model_dtype: {self.pretrained_model_dtype!r} ({' | '.join(DTYPES)})")
         for key in ("latent_dim", "latent_prefix_len", "max_seq_len"):
@@ -90,25 +98,17 @@ class BridgeTrainingConfig(TrainingConfig):
     task: Task = Task.t2l
     text_loss_weight: float = 1.0
     latent_loss_weight: float = 1.0
-    init_from: Optional[str] = None  # a previous stage's checkpoint (or run dir): its trained weights
 
 
 @dataclass
 class BridgeRunConfig(RunConfig):
+    objective: str = "bridge"
     training: BridgeTrainingConfig = field(default_factory=BridgeTrainingConfig)
     model: BridgeModelConfig = field(default_factory=BridgeModelConfig)
 
     def check(self) -> None:
         if self.data.latent_dim != self.model.latent_dim:
             raise ConfigError(f"data.latent_dim ({self.data.latent_dim}) != model.latent_dim ({self.model.latent_dim})")
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
-    last = mask.shape[1] - 1 - mask.long().flip(1).argmax(1)  # last real token, either padding side
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def right_pad(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +135,7 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
 
 
-class BridgeObjective(nn.Module):
+class BridgeObjective(Objective):
     def __init__(self, cfg, tokenizer, backbone: nn.Module):
         super().__init__()
         m, t = cfg.model, cfg.training
@@ -146,6 +146,11 @@ class BridgeObjective(nn.Module):
         self.backbone_name = m.pretrained_model_name_or_path
         self.backbone_dir = m.pretrained_local_dir
         h = backbone.config.hidden_size
+        positions = m.max_seq_len + m.latent_prefix_len + 1  # [prefix; text; EOS]
+        limit = getattr(backbone.config, "max_position_embeddings", None)
+        if limit is not None and positions > limit:
+            raise ConfigError(f"model.max_seq_len: {m.max_seq_len} text tokens + {m.latent_prefix_len} prefix + EOS "
+                              f"exceed the backbone's {limit} positions")
         backbone.requires_grad_(not m.freeze_backbone)
         if not m.freeze_backbone:
             backbone.get_output_embeddings().requires_grad_(not m.freeze_lm_head)
@@ -211,8 +216,6 @@ class BridgeObjective(nn.Module):
 
     # -- training --------------------------------------------------------------------------
     def forward(self, batch: dict, step: int):
-        from latentDLM_mmdit.data_simple import mean_latent
-
         ids, mask = right_pad(batch["input_ids"], batch["attention_mask"])
         z = mean_latent(batch).float()
         loss, metrics = torch.zeros((), device=ids.device), {}
@@ -242,16 +245,21 @@ class BridgeObjective(nn.Module):
             total += 2 * n_bb + (2 * n_bb + 2 * n_train_bb if n_train_bb else 0)
         return total
 
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units: the backbone's decoder layers (LoRA-wrapped or not), then the backbone."""
+        layers = [m for m in self.backbone.modules() if type(m).__name__.endswith("DecoderLayer")]
+        return [*layers, self.backbone]
+
     def checkpoint_metadata(self) -> dict:
-        from latentDLM_mmdit.prefetch import read_marker
+        from mmldlm.prefetch import read_marker
 
         marker = read_marker(self.backbone_dir) if self.backbone_dir else None
         return {"backbone": self.backbone_name, "backbone_dir": self.backbone_dir,
                 "backbone_revision": (marker or {}).get("commit")}
 
 
-def build(cfg, tokenizer) -> nn.Module:
-    from latentDLM_mmdit.prefetch import check_if_prefetched, prefetch
+def build(cfg, tokenizer) -> BridgeObjective:
+    from mmldlm.prefetch import check_if_prefetched, prefetch
     from wedlm_bridge.backbone import load_backbone
 
     m = cfg.model
@@ -261,32 +269,12 @@ def build(cfg, tokenizer) -> nn.Module:
         check_if_prefetched(m.pretrained_local_dir)
     backbone = load_backbone(m.pretrained_local_dir or m.pretrained_model_name_or_path, m.pretrained_model_dtype,
                              m.trust_remote_code, m.local_files_only)
-    obj = BridgeObjective(cfg, tokenizer, backbone)
-    if cfg.training.init_from:  # on resume the run's own checkpoint then overwrites what trains
-        load_stage(obj, cfg.training.init_from)
-    return obj
-
-
-def load_stage(obj: BridgeObjective, path: str) -> None:
-    """Start from a previous stage: every tensor of its checkpoint whose name and shape exist here
-    (heads, adapters); the optimizer starts fresh. A resumed run's own checkpoint wins over this."""
-    from latentDLM_mmdit.checkpointing import load_checkpoint, resolve_checkpoint
-
-    sd = load_checkpoint(resolve_checkpoint(path))["model"]
-    own = obj.state_dict()
-    take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    if not take:
-        raise ConfigError(f"training.init_from: {path} shares no weights with this model")
-    obj.load_state_dict(take, strict=False)
-    log.info("init_from %s: %d tensors (%s)", path, len(take),
-             ", ".join(sorted({k.split(".")[0] for k in take})))
+    return BridgeObjective(cfg, tokenizer, backbone)
 
 
 def locate_backbone(cfg, policy, source: str) -> None:
     """The backbone is not in a bridge checkpoint; the user names a local copy (``--backbone-dir``),
     never the file. The tokenizer follows it when the run used the backbone's own."""
-    from latentDLM_mmdit.checkpointing import CheckpointPolicyError
-
     m = cfg.model
     if not policy.backbone_dir:
         raise CheckpointPolicyError(
@@ -300,11 +288,9 @@ def locate_backbone(cfg, policy, source: str) -> None:
 
 def load_bridge(checkpoint: str, device: str = "cpu", policy=None):
     """(objective in eval mode, tokenizer, config) from a bridge run directory or checkpoint,
-    under the user's :class:`~latentDLM_mmdit.checkpointing.LoadPolicy` (backbone location,
+    under the user's :class:`~mmldlm.train.checkpointing.LoadPolicy` (backbone location,
     remote code, downloads: from the command line, never from the file)."""
-    from latentDLM_mmdit.checkpointing import rebuild_from_checkpoint
-
-    return rebuild_from_checkpoint(checkpoint, BridgeRunConfig, build, device, policy, locate_backbone)
+    return rebuild_from_checkpoint(checkpoint, device, policy, expect="bridge")
 
 
 def add_load_policy_args(ap) -> None:
@@ -320,8 +306,7 @@ def add_load_policy_args(ap) -> None:
 
 def load_bridge_for_cli(args, device: str):
     """``load_bridge`` with the flags of :func:`add_load_policy_args`; refusals end in one line."""
-    from latentDLM_mmdit.checkpointing import CheckpointPolicyError, LoadPolicy
-    from latentDLM_mmdit.prefetch import PrefetchError
+    from mmldlm.prefetch import PrefetchError
 
     policy = LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
                         backbone_dir=args.backbone_dir)
@@ -333,3 +318,6 @@ def load_bridge_for_cli(args, device: str):
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+register("bridge", BridgeRunConfig, build, CONFIGS, on_rebuild=locate_backbone)

@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wedlm_bridge.bridge import add_load_policy_args, default_device, load_bridge_for_cli
+from wedlm_bridge.bridge import (
+    add_load_policy_args,
+    default_device,
+    load_bridge_for_cli,
+)
 
 
 @torch.no_grad()

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentDLM_mmdit.data_simple import Collator
-from wedlm_bridge.bridge import add_load_policy_args, default_device, load_bridge_for_cli
+from mmldlm.data.collate import Collator
+from wedlm_bridge.bridge import (
+    add_load_policy_args,
+    default_device,
+    load_bridge_for_cli,
+)
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ import sys
 import torch
 
 from cycle_vae_impl.harness import compose_cycle_config, offline_tokenizer_path
-from latentDLM_mmdit.data_simple import load_tokenizer
 from latentDLM_mmdit.mmdit_objective import MMDiTObjective
+from mmldlm.data.tokenizer import load_tokenizer
 
 KEYS = ("text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss", "cycle_text_loss",
         "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm")

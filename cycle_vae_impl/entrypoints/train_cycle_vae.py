@@ -11,9 +11,8 @@ import tempfile
 from pathlib import Path
 
 from cycle_vae_impl.harness import compose_cycle_config, offline_tokenizer_path, synthetic_dataset
-from latentDLM_mmdit.mmdit_objective import build
-from latentDLM_mmdit.run_log import read_jsonl
-from latentDLM_mmdit.trainer import train
+from mmldlm.train import train
+from mmldlm.train.run_log import read_jsonl
 
 
 def main() -> int:
@@ -36,7 +35,7 @@ def main() -> int:
         f"logging.save_dir={out / 'runs'}", "logging.run_name=synthetic", "logging.log_freq=10",
         f"logging.eval_freq={max(1, args.steps // 2)}", f"logging.save_freq={args.steps}",
         "sample.t2l_steps=10", "sample.l2t_steps=16", *overrides])
-    train(cfg, build)
+    train(cfg)
     log = read_jsonl(out / "runs" / "synthetic" / "training_log.jsonl")
     first, last = log[0], log[-1]
     print(f"\ncycle_vae --synthetic: step {first['step']} -> {last['step']}: loss {first['loss']:.3f} -> "

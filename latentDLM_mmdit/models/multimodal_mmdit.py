@@ -24,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
     raise ImportError("the MMDiT model needs the `mmdit` package: pip install 'mmdit==0.3.0' "
                       "(or pip install -e . in this repository, which lists it)") from e
 
-from latentDLM_mmdit.config import ConfigError
+from mmldlm.config import ConfigError
 
 
 @dataclass
@@ -46,7 +46,7 @@ class MMDiTModelConfig:
     # Latents are multiplied by this before diffusion (and samplers divide it back out).
     # L2-normalised encoders (E5, Qwen, MiniLM) give per-dim std ~1/sqrt(D): sqrt(D) makes the
     # Gaussian diffusion see unit variance; without it the signal is invisible under the noise.
-    latent_scale: float = 1.0
+    latent_scale: float = 32.0  # sqrt(1024), for the default latent_dim
     t_eps: float = 1e-4
     flash_attn: bool = True
 
@@ -63,7 +63,7 @@ class MMDiTModelConfig:
         for key in ("n_blocks", "num_residual_streams", "num_latent_tokens", "latent_timesteps", "cond_dim"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
-        from latentDLM_mmdit.diffusion.gaussian_latent_diffusion import make_alpha_bar
+        from mmldlm.diffusion.gaussian_latent import make_alpha_bar
 
         try:
             make_alpha_bar(self.latent_beta_schedule, self.latent_timesteps)

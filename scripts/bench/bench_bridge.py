@@ -14,7 +14,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from latentDLM_mmdit.trainer import _peak_tflops
+from mmldlm.train import _peak_tflops
 from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig
 
 SHAPES = {  # Qwen3-8B = WeDLM-8B; tiny = wedlm_bridge.tiny

@@ -18,9 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from latentDLM_mmdit.config import DataConfig, TrainingConfig
-from latentDLM_mmdit.data_records import read_records
-from latentDLM_mmdit.data_simple import build_data, load_tokenizer
+from mmldlm.config import DataConfig, TrainingConfig
+from mmldlm.data.loader import build_data
+from mmldlm.data.records import read_records
+from mmldlm.data.tokenizer import load_tokenizer
 from preprocessed_data.demo_corpus import pydoc_paragraphs, write_dataset
 
 

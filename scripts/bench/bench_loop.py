@@ -22,10 +22,11 @@ from hydra import compose, initialize_config_dir
 
 import baseline.train  # noqa: F401  (registers the schema)
 from baseline import text_to_latent
-from latentDLM_mmdit.data_simple import build_data, load_tokenizer
-from latentDLM_mmdit.optim import build_optimizer, build_scheduler
-from latentDLM_mmdit.run_log import read_jsonl
-from latentDLM_mmdit.trainer import train
+from mmldlm.data.loader import build_data
+from mmldlm.data.tokenizer import load_tokenizer
+from mmldlm.train import train
+from mmldlm.train.optim import build_optimizer, build_scheduler
+from mmldlm.train.run_log import read_jsonl
 from preprocessed_data.demo_corpus import pydoc_paragraphs, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from latentDLM_mmdit.data_simple import load_tokenizer
 from latentDLM_mmdit.mmdit_objective import MMDiTObjective, MMDiTRunConfig
-from latentDLM_mmdit.trainer import _peak_tflops
+from mmldlm.data.tokenizer import load_tokenizer
+from mmldlm.train import _peak_tflops
 
 MODELS = Path(__file__).resolve().parents[2] / "latentDLM_mmdit" / "configs" / "model"
 PASSES = {"l2t": 1, "t2l": 1, "unconditional": 1, "cycle_vae": 5}  # model calls per step with gradient

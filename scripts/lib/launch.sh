@@ -7,7 +7,7 @@
 #              else 1); NNODES (else SLURM_NNODES, else 1); NODE_RANK (else SLURM_NODEID, else 0);
 #              MASTER_ADDR (else the first host of `scontrol show hostnames $SLURM_JOB_NODELIST`
 #              on multi-node SLURM, else 127.0.0.1); MASTER_PORT (29500). One node: --standalone.
-#   prefetch   MODEL_ID -> LOCAL_MODEL_DIR via `python -m latentDLM_mmdit.prefetch` (one
+#   prefetch   MODEL_ID -> LOCAL_MODEL_DIR via `python -m mmldlm.prefetch` (one
 #              implementation; retries: PREFETCH_RETRIES, PREFETCH_BACKOFF; HF_TOKEN, HF_ENDPOINT,
 #              MODEL_REVISION, MODEL_ALLOW_PATTERNS). DOWNLOAD_ONLY=1: prefetch, then exit 0.
 #   offline    after prefetch: HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1.
@@ -108,12 +108,12 @@ mmldlm_prefetch() {
     local pats; read -r -a pats <<< "$MODEL_ALLOW_PATTERNS"; args+=(--allow-patterns "${pats[@]}")
   fi
   if [ "${DRY_RUN:-0}" = 1 ] && [ "${DOWNLOAD_ONLY:-0}" != 1 ]; then
-    echo "$(printf '%q ' "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}")"
+    echo "$(printf '%q ' "$MMLDLM_PYTHON" -m mmldlm.prefetch "${args[@]}")"
   elif [ "${DOWNLOAD_ONLY:-0}" = 1 ] || [ "${HF_HUB_OFFLINE:-0}" != 1 ]; then
-    "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}" \
+    "$MMLDLM_PYTHON" -m mmldlm.prefetch "${args[@]}" \
       || mmldlm_die "prefetch of $MODEL_ID into $LOCAL_MODEL_DIR failed (see above); on a compute node without internet, run DOWNLOAD_ONLY=1 bash $0 on a login node first"
   else
-    "$MMLDLM_PYTHON" -m latentDLM_mmdit.prefetch "${args[@]}" --check \
+    "$MMLDLM_PYTHON" -m mmldlm.prefetch "${args[@]}" --check \
       || mmldlm_die "HF_HUB_OFFLINE=1 and $LOCAL_MODEL_DIR is incomplete: run DOWNLOAD_ONLY=1 bash $0 on a machine with internet first"
   fi
 }

@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentDLM_mmdit.config import RunConfig, hydra_entry
-from latentDLM_mmdit.trainer import train
+from mmldlm.config import RunConfig, hydra_main
+from mmldlm.objective import Objective, register
+from mmldlm.train import train
+
+CONFIGS = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -41,12 +44,13 @@ class TinyLoss:
 
 @dataclass
 class TinyConfig(RunConfig):
+    objective: str = "tiny"
     model: TinyModel = field(default_factory=TinyModel)
     loss: TinyLoss = field(default_factory=TinyLoss)
     dump_params: str = ""
 
 
-class Tiny(nn.Module):
+class Tiny(Objective):
     def __init__(self, cfg, vocab: int):
         super().__init__()
         self.emb = nn.Embedding(vocab, cfg.model.hidden_size)
@@ -80,20 +84,24 @@ class Tiny(nn.Module):
         return loss, {"mse": loss.detach(), "batch_size": float(len(per_sample))}
 
 
-@hydra_entry(TinyConfig, "tiny_schema", Path(__file__).parent / "configs", "tiny")
-def main(cfg):
-    built = {}
+BUILT = {}
 
-    def build(cfg, tokenizer):
-        built["m"] = Tiny(cfg, len(tokenizer))
-        return built["m"]
 
-    out = train(cfg, build)
+def build(cfg, tokenizer) -> Tiny:
+    BUILT["m"] = Tiny(cfg, len(tokenizer))
+    return BUILT["m"]
+
+
+register("tiny", TinyConfig, build, CONFIGS)
+
+
+def run(cfg):
+    out = train(cfg)
     if cfg.dump_params:
-        torch.save({k: v.detach().clone() for k, v in built["m"].state_dict().items()},
+        torch.save({k: v.detach().clone() for k, v in BUILT["m"].state_dict().items()},
                    Path(cfg.dump_params) / f"rank{os.environ.get('RANK', 0)}.pt")
     sys.exit(0 if out["step"] else 1)
 
 
 if __name__ == "__main__":
-    main()
+    hydra_main(CONFIGS, "tiny", run)

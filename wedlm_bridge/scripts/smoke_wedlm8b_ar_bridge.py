@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 
 def main() -> int:
@@ -24,16 +23,18 @@ def main() -> int:
     if not (d / "config.json").is_file() or not list(d.glob("*.safetensors")):
         print(f"SKIP: no WeDLM weights in {d} (fetch them with DOWNLOAD_ONLY=1 bash wedlm_bridge/run_wedlm8b_ar_bridge.sh)")
         return 0
-    from latentDLM_mmdit.data_simple import load_tokenizer
+    from mmldlm.config import compose
+    from mmldlm.data.tokenizer import load_tokenizer
     from wedlm_bridge.backbone import load_backbone
-    from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig
+    from wedlm_bridge.bridge import BridgeObjective
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = OmegaConf.structured(BridgeRunConfig)
-    cfg.model.pretrained_local_dir, cfg.model.latent_dim = str(d), a.latent_dim
-    cfg.data.latent_dim, cfg.training.task = a.latent_dim, "joint"
+    cfg = compose("wedlm8b_ar_bridge", [f"model.pretrained_local_dir={d}", f"model.latent_dim={a.latent_dim}",
+                                        "training.task=joint", "data.data_files.train=unused.json"])
     tok = load_tokenizer(str(d))
     backbone = load_backbone(str(d), "bfloat16" if dev == "cuda" else "float32")
+    positions = backbone.config.max_position_embeddings - cfg.model.latent_prefix_len - 1
+    cfg.model.max_seq_len = min(cfg.model.max_seq_len, positions)  # a smaller stand-in backbone
     print(f"backbone {type(backbone).__name__}: {sum(p.numel() for p in backbone.parameters()) / 1e9:.2f}B params")
     obj = BridgeObjective(cfg, tok, backbone).to(dev)
     enc = tok(["The cat sat on the mat.", "Latent diffusion models generate text."], padding=True, return_tensors="pt")

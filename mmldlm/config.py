@@ -1,17 +1,19 @@
 """Typed configuration shared by every entrypoint.
 
-The Hydra groups in ``configs/`` (optimizer, logging, data, training) merge into the dataclasses
-below, so an unknown key or a value of the wrong type fails at composition time with the key's
-full name, before any work starts. Range and cross-field checks are each section's ``check()``, run by
-:func:`validate` on the typed object (``OmegaConf.to_object``) before any work starts. Each entrypoint subclasses
-:class:`RunConfig` with its own ``model`` / ``loss`` (and, where needed, ``training``) sections and
-passes the subclass to :func:`hydra_entry`.
+The dataclasses below are the one source of every default; a family's YAML states only what its
+recipe changes (and the ``data`` group's interpolations). Each family subclasses
+:class:`RunConfig` with its own ``model`` / ``loss`` (and, where needed, ``training``) sections,
+sets ``objective`` to its registered name, and registers the schema (``mmldlm.objective``).
+Composition merges the YAML into the schema, so an unknown key or a value of the wrong type fails
+before any work starts, naming the key (with a suggestion for a near miss); range and
+cross-field checks are each section's ``check()``, run by :func:`validate` on the typed object.
+:func:`compose` gives the same validated config to tests, benches and the estimator without
+Hydra's command line; :func:`hydra_main` is the body of every training entrypoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +50,11 @@ class OnBadRecord(Enum):
     skip = "skip"
 
 
+class Parallelism(Enum):
+    ddp = "ddp"  # replicated weights, all-reduced gradients
+    fsdp = "fsdp"  # FSDP2 fully_shard over the objective's shard units; sharded checkpoints (DCP)
+
+
 # Field metadata for paths. Saved configs (config.yaml, checkpoints) hold absolute paths, so a run
 # can be sampled or resumed from any working directory: PATH is always made absolute;
 # PATH_OR_NAME (a hub name or a local path) only when it exists on disk.
@@ -72,7 +79,11 @@ class TrainingConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # final lr of cosine/linear decay, as a fraction of optimizer.lr
     gradient_accumulation_steps: int = 1
-    resume: Optional[str] = field(default=None, metadata=PATH)  # null | auto | path to a checkpoint_step_N.pt
+    resume: Optional[str] = field(default=None, metadata=PATH)  # null | auto | a checkpoint_step_N(.pt)
+    # a previous run's checkpoint (or run dir): every trainable tensor of it whose name and shape
+    # exist here; optimizer and schedule start fresh (staged training). A resumed run's own wins.
+    init_from: Optional[str] = field(default=None, metadata=PATH)
+    parallelism: Parallelism = Parallelism.ddp
     # a training file whose record table changed since the checkpoint is an error on resume; true
     # continues anyway (the data stream then differs from the uninterrupted run), with a warning
     allow_data_change: bool = False
@@ -89,14 +100,18 @@ class TrainingConfig:
         _require(self.device in ("auto", "cpu", "cuda"), "training.device",
                  f"must be auto, cpu or cuda, got {self.device!r}")
         if self.resume is not None and self.resume != "auto":
-            _require(Path(self.resume).is_file(), "training.resume",
+            _require(Path(self.resume).exists(), "training.resume",
                      f"checkpoint {self.resume!r} does not exist (use auto, null or a checkpoint path)")
+        if self.init_from is not None:
+            _require(Path(self.init_from).exists(), "training.init_from", f"{self.init_from!r} does not exist")
 
 
 @dataclass
 class OptimizerConfig:
     lr: float = 3e-4
-    weight_decay: float = 0.0
+    # 0.01: torch's AdamW default, and what every shipped recipe ran with (the YAML group used to
+    # say 0.01 while this said 0.0, so in-process tests ran with other settings than users)
+    weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -146,8 +161,10 @@ class DataConfig:
     latent_data_root: Optional[str] = field(default=None, metadata=PATH)  # base of latent_path; default: the JSON's dir
     # records whose latent_path is absolute or climbs out of the root with '..' are bad records
     allow_paths_outside_root: bool = False
-    latent_dim: int = 1024
+    latent_dim: Optional[int] = 1024  # null: records carry no latent (text-only families)
     tokenizer_name: str = field(default="bert-base-uncased", metadata=PATH_OR_NAME)  # hub name or local path
+    # where record indexes go when the data's own directory is not writable (default ~/.cache/mmldlm/index)
+    index_cache_dir: Optional[str] = field(default=None, metadata=PATH)
     max_seq_len: int = 512
     padding: Padding = Padding.dynamic
     pad_to_multiple_of: int = 1
@@ -161,7 +178,7 @@ class DataConfig:
     def check(self) -> None:
         _require(self.data_files.train is not None, "data.data_files.train",
                  "is required: the path of a JSON/JSONL file of {text, latent_path} records")
-        _require(self.latent_dim >= 1, "data.latent_dim", "must be >= 1")
+        _require(self.latent_dim is None or self.latent_dim >= 1, "data.latent_dim", "must be null or >= 1")
         _require(self.max_seq_len >= 2, "data.max_seq_len", "must be >= 2")
         _require(self.pad_to_multiple_of >= 1, "data.pad_to_multiple_of", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -175,17 +192,17 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    """The sections every entrypoint has. Subclasses narrow ``model`` and ``loss``."""
+    """The sections every entrypoint has. Subclasses add their own ``model`` (and ``loss``,
+    ``sample`` ...) sections and set ``objective`` (the registered name; checkpoints record it)."""
 
+    objective: str = ""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = field(default_factory=dict)
-    loss: Any = field(default_factory=dict)
 
     def check(self) -> None:
-        model_len = getattr(self.model, "max_seq_len", None)
+        model_len = getattr(getattr(self, "model", None), "max_seq_len", None)
         _require(model_len is None or self.data.max_seq_len <= model_len, "data.max_seq_len",
                  f"{self.data.max_seq_len} exceeds model.max_seq_len ({model_len}): batches that long would "
                  "index past the model's positions; lower data.max_seq_len or raise model.max_seq_len")
@@ -285,35 +302,128 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
     return obj
 
 
-def hydra_entry(schema: type, schema_name: str, config_dir: str | Path,
-                config_name: str | None = None) -> Callable:
-    """Decorator for an entrypoint ``main(cfg)``: register ``schema`` as ``schema_name`` (the
-    primary YAML lists it first in its defaults), compose with Hydra, validate, then call main.
-    ``config_name`` is the default for ``--config-name``.
+SHARED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # groups every family shares (data/)
 
-    A ConfigError prints one line naming the key and exits 2 before any work starts.
-    """
-    import hydra
+
+def _store_schemas() -> dict:
+    """Every registered family's schema in Hydra's ConfigStore as ``<name>_schema`` (the primary
+    YAMLs list theirs first in their defaults)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=schema_name, node=schema)
-    unknown = unknown_override(schema, sys.argv[1:])
+    from mmldlm.objective import registered
+
+    entries = registered()
+    for name, entry in entries.items():
+        ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+    return entries
+
+
+def objective_of(config_name: str, search: list[Path]) -> str | None:
+    """The objective a primary config composes (its ``<name>_schema`` default, followed through
+    parent configs), read from the YAML files without composing; None if not found."""
+    import yaml
+
+    for d in search:
+        f = Path(d) / f"{config_name}.yaml"
+        if not f.is_file():
+            continue
+        for item in (yaml.safe_load(f.read_text()) or {}).get("defaults", []):
+            if isinstance(item, str) and item.endswith("_schema"):
+                return item[: -len("_schema")]
+            if isinstance(item, str) and item != "_self_":
+                found = objective_of(item, search)
+                if found:
+                    return found
+        return None
+    return None
+
+
+def _argv_config(argv: list[str], default: str | None) -> tuple[str | None, list[Path]]:
+    """(--config-name, [--config-dir ...]) as Hydra will read them from the command line."""
+    name, dirs = default, []
+    for i, arg in enumerate(argv):
+        for flag in ("--config-name", "-cn", "--config-dir", "-cd"):
+            value = None
+            if arg == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg.split("=", 1)[1]
+            if value is not None:
+                if flag in ("--config-name", "-cn"):
+                    name = value
+                else:
+                    dirs.append(Path(value))
+    return name, dirs
+
+
+def _finish(cfg: DictConfig, entries: dict) -> DictConfig:
+    """Validate against the schema of ``cfg.objective`` and make its paths absolute."""
+    entry = entries.get(cfg.get("objective"))
+    if entry is None:
+        raise ConfigError(f"objective: {cfg.get('objective')!r} is not a registered objective "
+                          f"({', '.join(sorted(entries))})")
+    validate(cfg, entry.schema)
+    absolutize_paths(cfg, entry.schema)
+    return cfg
+
+
+def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable[[DictConfig], Any] | None = None):
+    """The body of a training entrypoint: compose ``--config-name`` (default ``default_config``)
+    from ``config_dir`` with Hydra, validate it against the registered schema of its objective,
+    then ``run(cfg)`` (default: the shared loop). A config error prints one line naming the key
+    and exits 2 before any work starts."""
+    import hydra
+
+    entries = _store_schemas()
+    name, extra_dirs = _argv_config(sys.argv[1:], default_config)
+    obj = objective_of(name, [*extra_dirs, Path(config_dir), SHARED_CONFIGS]) if name else None
+    unknown = unknown_override(entries[obj].schema, sys.argv[1:]) if obj in entries else None
     if unknown:
         print(f"config error: {unknown}", file=sys.stderr)
         sys.exit(2)
 
-    def wrap(main: Callable[[DictConfig], Any]) -> Callable:
-        @functools.wraps(main)
-        def checked(cfg: DictConfig) -> Any:
-            try:
-                validate(cfg, schema)
-            except ConfigError as e:
-                print(f"config error: {e}", file=sys.stderr)
-                sys.exit(2)
-            absolutize_paths(cfg, schema)
-            return main(cfg)
+    def checked(cfg: DictConfig) -> Any:
+        try:
+            _finish(cfg, entries)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if run is not None:
+            return run(cfg)
+        from mmldlm.train import train
 
-        return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
-                          config_name=config_name)(checked)
+        return train(cfg)
 
-    return wrap
+    if not any(a.startswith("hydra.job.name=") for a in sys.argv):  # named after the script, not this module
+        sys.argv.append(f"hydra.job.name={Path(sys.argv[0]).stem}")
+    return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
+                      config_name=default_config)(checked)()
+
+
+def compose(name: str, overrides: list[str] | tuple = (), config_dir: str | Path | None = None) -> DictConfig:
+    """A validated config, as the entrypoint would build it for ``--config-name name overrides``,
+    without a command line (tests, benches, the estimator). The config is found among the
+    registered families' config directories unless ``config_dir`` is given."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    entries = _store_schemas()
+    dirs = [Path(config_dir)] if config_dir else [e.config_dir for e in entries.values()]
+    found = next((d for d in dirs if (d / f"{name}.yaml").is_file()), None)
+    if found is None:
+        raise ConfigError(f"no config {name!r} in {', '.join(map(str, dirs))}")
+    all_dirs = [found, *(e.config_dir for e in entries.values())]
+    obj = objective_of(name, [*all_dirs, SHARED_CONFIGS])
+    if obj not in entries:
+        raise ConfigError(f"config {name!r} names no registered objective schema in its defaults")
+    unknown = unknown_override(entries[obj].schema, list(overrides))
+    if unknown:
+        raise ConfigError(unknown)
+    family_dir = entries[obj].config_dir.resolve()
+    # a config kept outside its family's directory (a cluster recipe) still finds its parents there
+    search = [] if found.resolve() == family_dir else [f"hydra.searchpath=[file://{family_dir}]"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(found.resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name=name, overrides=[*search, *overrides])
+    return _finish(cfg, entries)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from latentDLM_mmdit import distributed as D
+from mmldlm.io import write_text_atomic
+from mmldlm.train import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ class JsonlLog:
                     continue
                 if rec.get("step", 0) <= resume_step:
                     kept.append(line)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(k + "\n" for k in kept))
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:

@@ -1,20 +1,17 @@
-"""THE training loop, shared by every entrypoint.
+"""THE training loop, shared by every family.
 
-An entrypoint hands :func:`train` its config and a factory ``build_objective(cfg, tokenizer)``
-returning an ``nn.Module`` whose ``forward(batch, step)`` returns ``(loss, metrics)``. Optional
-objective hooks: ``flops_per_token()`` (for MFU; default 6 x trainable + 2 x frozen parameters),
-``checkpoint_metadata()`` (e.g. the frozen backbone's name and revision) and
-``eval_extra(batch, index)`` (more eval metrics, e.g. sampled round trips).
+``train(cfg)`` builds the objective registered under ``cfg.objective`` and runs it. Start-up
+order (cheap checks first, so a mistake never costs the expensive part): the save directory is
+writable; the run directory does not hold another run; the tokenizer loads; every record is
+checked (``mmldlm.data``); only then is the run directory created and locked (one run per
+directory) and the objective built (for the bridge: 8B weights loaded), wrapped (DDP or FSDP2)
+and, if asked, resumed.
 
-Start-up order (cheap checks first, so a mistake never costs the expensive part): the save
-directory is writable; the run directory does not hold another run; the tokenizer loads; every
-record table is read and checked; only then is the run directory created and locked (one run
-per directory) and the objective built (for the bridge: 8B weights loaded).
-
-Per optimizer step: ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the
+A step (``_train_step``): ``gradient_accumulation_steps`` micro-batches (gradient sync only on the
 last), bf16 autocast over fp32 master weights, clipping, then one all-reduced flag tells every
 rank whether to skip the update (non-finite loss or grad norm on any rank) or to stop
-(SIGTERM/SIGUSR1 on any rank).
+(SIGTERM/SIGUSR1 on any rank). What follows it (``_after_step``): logging, :func:`evaluate`,
+checkpoints. The loop reads nothing from a batch but what the objective's ``count`` reports.
 """
 from __future__ import annotations
 
@@ -24,22 +21,23 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from latentDLM_mmdit import checkpointing as C
-from latentDLM_mmdit import distributed as D
-from latentDLM_mmdit.config import ConfigError
-from latentDLM_mmdit.data_records import DataError
-from latentDLM_mmdit.data_simple import build_data, load_tokenizer, shutdown_workers, split_batch
-from latentDLM_mmdit.optim import build_optimizer, build_scheduler
-from latentDLM_mmdit.prefetch import PrefetchError
-from latentDLM_mmdit.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
-from latentDLM_mmdit.run_log import JsonlLog, MetricWindow, Wandb
+from mmldlm.config import ConfigError
+from mmldlm.data.loader import build_data
+from mmldlm.data.records import DataError
+from mmldlm.data.tokenizer import load_tokenizer
+from mmldlm.objective import lookup
+from mmldlm.prefetch import PrefetchError
+from mmldlm.train import checkpointing as C
+from mmldlm.train import distributed as D
+from mmldlm.train.evaluate import evaluate
+from mmldlm.train.optim import build_optimizer, build_scheduler
+from mmldlm.train.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
+from mmldlm.train.run_log import JsonlLog, MetricWindow, Wandb, read_jsonl
 
 log = logging.getLogger("mm_ldlm")
 
@@ -104,16 +102,16 @@ def _check_run_dir(run_dir: Path, resume) -> None:
                           "it, or choose another logging.run_name")
 
 
-def train(cfg: DictConfig, build_objective: Callable) -> dict:
+def train(cfg: DictConfig) -> dict:
     """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    dist, loop = D.setup(cfg.training.device), None
+    fsdp = cfg.training.parallelism.name == "fsdp"
+    dist, loop = D.setup(cfg.training.device, need_group=fsdp), None
     try:
-        loop = _Loop(cfg, build_objective, dist)
+        loop = _Loop(cfg, dist)
         return loop.run()
     except ONE_LINE_ERRORS as e:
-        prefix = "config error: " if isinstance(e, ConfigError) else ""
-        log.error("%s%s", prefix, e)
+        log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
     except DataError as e:
         hint = "" if e.record is None else (
@@ -128,23 +126,32 @@ def train(cfg: DictConfig, build_objective: Callable) -> dict:
 
 
 class _Loop:
-    def __init__(self, cfg, build_objective, dist: D.DistInfo):
+    def __init__(self, cfg, dist: D.DistInfo):
         self.cfg, self.dist, t = cfg, dist, cfg.training
+        self.entry = lookup(cfg.objective)
+        self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer_name)
+        collate = self.entry.collator(cfg, self.tokenizer) if self.entry.collator else None
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
-                               pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0)
+                               pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
+                               fields=self.entry.records, collate=collate)
         if dist.is_main:
             self.lock = RunDirLock(self.run_dir)
         _agree(lambda: self.lock.acquire(), dist)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.objective = build_objective(cfg, self.tokenizer).to(dist.device)
+        self.objective = self.entry.build(cfg, self.tokenizer).to(dist.device)
+        carried = self._init_from(t.init_from) if t.init_from else set()
+        self.saved_keys = C.saved_keys(self.objective, carried)
         self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]
         for n, p in self.params:  # fp32 master weights for everything that trains
             if p.dtype != torch.float32:
                 p.data = p.data.float()
+        bf16 = t.dtype.name == "bf16"
+        self.model = D.wrap(self.objective, t.parallelism.name, dist, bf16, t.ddp_find_unused_parameters)
+        self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]  # sharded now
         self.optimizer = build_optimizer(self.params, cfg.optimizer, dist.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.window = MetricWindow(dist.device)
@@ -156,20 +163,13 @@ class _Loop:
             self._load(*resumed)
         else:
             torch.manual_seed(t.seed + 1 + dist.rank)  # per-rank noise from here on
-        self.ddp = None
-        if dist.world > 1:
-            self.ddp = DDP(self.objective, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                           find_unused_parameters=t.ddp_find_unused_parameters)
-        self.model = self.ddp or self.objective
         if t.compile_model:
             self.model = torch.compile(self.model)
-        self.autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if t.dtype.name == "bf16"
-                         else contextlib.nullcontext())
+        self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         self.peak = _peak_tflops(t.peak_tflops, dist.device)
         n_train = sum(p.numel() for _, p in self.params)
         n_frozen = sum(p.numel() for p in self.objective.parameters() if not p.requires_grad)
-        hook = getattr(self.objective, "flops_per_token", None)
-        self.flops_per_token = float(hook()) if hook else 6.0 * n_train + 2.0 * n_frozen
+        self.flops_per_token = self.objective.flops_per_token() or 6.0 * n_train + 2.0 * n_frozen
         if dist.is_main:
             self._open_logs(resumed, n_train, n_frozen)
         D.barrier()
@@ -185,6 +185,17 @@ class _Loop:
                 self.lock.abandon()
 
     # -- set-up helpers ---------------------------------------------------------------------
+    def _init_from(self, path: str) -> set[str]:
+        """A previous stage's trained tensors (names and shapes that exist here); fresh optimizer.
+        Returns their names: this run's checkpoints keep them even where they stay frozen."""
+        src = C.resolve_checkpoint(path)
+        taken = C.load_matching(self.objective, C.read_model_weights(src))
+        if not taken:
+            raise ConfigError(f"training.init_from: {path} shares no weights with this model")
+        if self.dist.is_main:
+            log.info("init_from %s: %d tensors (%s)", src, len(taken), ", ".join(sorted({k.split(".")[0] for k in taken})))
+        return set(taken)
+
     def _check_data(self, state: dict) -> None:
         saved, now = state.get("data_fingerprint"), self.data.fingerprint
         if saved is None:
@@ -205,8 +216,14 @@ class _Loop:
         self._check_data(state)
         if self.cfg.training.resume not in (None, "auto") and self.dist.is_main:
             C.abandon_newer(self.run_dir, state["step"])  # a rollback: the later timeline moves aside
-        C.load_trainable_state_dict(self.objective, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if C.is_sharded(path):
+            C.load_sharded(path, self.objective, self.optimizer, self.saved_keys)
+        elif self.fsdp:
+            raise ConfigError(f"training.resume: {path} is a DDP checkpoint; an FSDP run resumes from FSDP "
+                              "checkpoints (start from its weights with training.init_from instead)")
+        else:
+            C.load_trainable_state_dict(self.objective, state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.load_state_dict(state["data"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
@@ -229,7 +246,7 @@ class _Loop:
         logs = [self.run_dir / n for n in LOGS]
         if resumed:
             # the logs are cut back to the resumed step; their full history is kept aside
-            if any(p.exists() and _has_steps_after(p, self.step) for p in logs):
+            if any(p.exists() and any(r.get("step", 0) > self.step for r in read_jsonl(p)) for p in logs):
                 set_aside(self.run_dir, logs, f"logs_after_step_{self.step}", copy=True)
             OmegaConf.save(cfg, self.run_dir / f"config_resume_step_{self.step}.yaml", resolve=True)
         else:
@@ -246,9 +263,9 @@ class _Loop:
         if self.wandb:
             self.wandb_id = self.wandb.id
         g = t.train_batch_size * self.dist.world * t.gradient_accumulation_steps
-        log.info("run dir %s | %d ranks on %s | trainable %.2fM, frozen %.2fM params | global batch %d "
-                 "| %d train / %d val records | %d bad records skipped", self.run_dir, self.dist.world,
-                 self.dist.device, n_train / 1e6, n_frozen / 1e6, g, self.data.train_records,
+        log.info("run dir %s | %s | %d ranks (%s) on %s | trainable %.2fM, frozen %.2fM params | global batch %d "
+                 "| %d train / %d val records | %d bad records skipped", self.run_dir, cfg.objective, self.dist.world,
+                 t.parallelism.name, self.dist.device, n_train / 1e6, n_frozen / 1e6, g, self.data.train_records,
                  self.data.val_records, self.data.bad_records)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -290,8 +307,7 @@ class _Loop:
             batch, info = next(self.data.train)
             self.batch_bad_records += info.skipped
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            sync = self.ddp is None or micro == accum - 1
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+            with D.sync_grads(self.model, micro == accum - 1):
                 with self.autocast:
                     loss, metrics = self.model(batch, self.step)
                 (loss / accum).backward()
@@ -299,9 +315,11 @@ class _Loop:
             step_metrics.add({"loss": loss.detach().float(), **metrics})
             if info.texts:
                 step_metrics.add({"truncated_frac": info.truncated / info.texts}, weight=info.texts)
-            self.samples += batch["input_ids"].shape[0]
-            self.tokens += batch["attention_mask"].sum()
-        gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], clip if clip > 0 else math.inf)
+            count = self.objective.count(batch)
+            self.samples += count.samples
+            self.tokens += count.tokens
+        gnorm = D.local_tensor(torch.nn.utils.clip_grad_norm_([p for _, p in self.params],
+                                                              clip if clip > 0 else math.inf))
         flags = torch.stack([(~torch.isfinite(loss_sum)).float(), (~torch.isfinite(gnorm)).float(),
                              torch.tensor(float(stop.signum != 0), device=dev)])
         bad_loss, bad_grad, stop_now = D.all_reduce(flags, op=torch.distributed.ReduceOp.MAX).tolist()
@@ -328,7 +346,7 @@ class _Loop:
             self.samples.zero_(), self.tokens.zero_()
             self.t_window = time.perf_counter()
         t_side = time.perf_counter()  # eval and checkpoint time is not training throughput
-        if lg.eval_freq and self.step % lg.eval_freq == 0 or last:
+        if self.data.val is not None and (lg.eval_freq and self.step % lg.eval_freq == 0 or last):
             self._evaluate()
         if (lg.save_freq and self.step % lg.save_freq == 0 or last or stop_now) and self.last_saved != self.step:
             self._save()
@@ -356,63 +374,33 @@ class _Loop:
                 self.wandb.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, self.step)
         return rec
 
-    @torch.no_grad()
     def _evaluate(self) -> None:
-        loader, nb = self.data.val, self.cfg.logging.num_eval_batches
-        if loader is None:
-            return
-        dev, window = self.dist.device, MetricWindow(self.dist.device)
-        self.objective.eval()
-        devices = [dev] if dev.type == "cuda" else []
-        it = iter(loader)
-        with torch.random.fork_rng(devices=devices):  # fixed eval noise; training RNG untouched
-            torch.manual_seed(self.cfg.training.seed + 7919 * (self.dist.rank + 1))
-            try:
-                self._eval_batches(it, nb, window)
-            finally:
-                shutdown_workers(it)
-        self.objective.train()
-        rec = {"step": self.step, **window.reduce()}
+        t = self.cfg.training
+        rec = {"step": self.step, **evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed,
+                                             self.dist.rank, self.cfg.logging.num_eval_batches, self.data.skip_bad,
+                                             self.autocast)}
         if self.dist.is_main:
             self.eval_log.write(rec)
             if self.wandb:
                 self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)
 
-    def _eval_batches(self, it, nb: int, window: MetricWindow) -> None:
-        dev = self.dist.device
-        extra = getattr(self.objective, "eval_extra", None)  # optional: e.g. sampled round trips
-        for i, batch in enumerate(it):
-            if nb and i >= nb:
-                break
-            batch, _ = split_batch(batch, self.data.skip_bad)
-            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            with self.autocast:
-                loss, metrics = self.objective(batch, self.step)
-            if extra:
-                with self.autocast:
-                    metrics = {**metrics, **extra(batch, i)}
-            window.add({"loss": loss.float(), **metrics}, weight=batch["input_ids"].shape[0])
-
     def _save(self) -> None:
-        rngs = D.all_gather_object(C.rng_state(self.dist.device))
-        bad = D.all_gather_object(self.batch_bad_records)
-        windows = D.all_gather_object(self.window.state_dict())
+        extra = {"scheduler": self.scheduler.state_dict(), "step": self.step,
+                 "data": self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
+                 "rng": D.all_gather_object(C.rng_state(self.dist.device)),
+                 "metric_window": D.all_gather_object(self.window.state_dict()),
+                 "skipped_steps": self.skipped_steps, "batch_bad_records": D.all_gather_object(self.batch_bad_records),
+                 "wandb_id": self.wandb_id, "objective": self.objective.checkpoint_metadata(),
+                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
+        if self.fsdp:
+            C.save_sharded(self.run_dir, self.step, self.objective, self.optimizer, extra,
+                           self.cfg.logging.keep_last, self.dist.is_main, self.saved_keys)
+            return
 
         def write() -> None:
-            meta = getattr(self.objective, "checkpoint_metadata", None)
-            state = {"model": C.trainable_state_dict(self.objective), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "step": self.step,
-                     "data": self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
-                     "rng": rngs, "metric_window": windows,
-                     "skipped_steps": self.skipped_steps, "batch_bad_records": bad,
-                     "wandb_id": self.wandb_id, "objective": meta() if meta else {},
-                     "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
+            state = {"model": {k: v for k, v in self.objective.state_dict().items() if k in self.saved_keys},
+                     "optimizer": self.optimizer.state_dict(),
+                     **extra}
             C.save_checkpoint(self.run_dir, self.step, state, self.cfg.logging.keep_last)
 
         _agree(write, self.dist)  # a failed write ends every rank together, with its message
-
-
-def _has_steps_after(path: Path, step: int) -> bool:
-    from latentDLM_mmdit.run_log import read_jsonl
-
-    return any(r.get("step", 0) > step for r in read_jsonl(path))

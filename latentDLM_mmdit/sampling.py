@@ -1,0 +1,75 @@
+"""Samplers consistent with training; both take and return latents in data units
+(``model.latent_scale`` is applied inside).
+
+- :func:`t2l_encode`: text -> latent by deterministic DDIM (eta = 0) from pure noise at T - 1,
+  reading the network output in the trained parameterisation (``predict_x0`` / ``predict_eps``).
+- :func:`l2t_decode`: latent -> text by iterative unmasking from fully masked text: at each step
+  the most confident predictions among the still-masked positions are committed; the text
+  timestep passed to the model is the fraction still masked (the MDLM mask rate). With
+  ``sample.l2t_guidance`` w > 0, classifier-free guidance: ``(1 + w) log p(x | z) - w log p(x | null)``
+  (the null latent: pure noise at the last timestep, trained by ``loss.l2t_uncond_prob``).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from latentDLM_mmdit.mmdit_objective import MMDiTObjective
+
+
+@torch.no_grad()
+def t2l_encode(obj: "MMDiTObjective", input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int = 50,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    g, B = obj.latent, input_ids.shape[0]
+    D = obj.model.latent_head.out_features
+    ts = torch.unique(torch.linspace(g.timesteps - 1, 0, steps).round().long(), sorted=True).flip(0).tolist()
+    x = torch.randn(B, D, generator=generator).to(input_ids.device)
+    zeros = torch.zeros(B, device=input_ids.device)
+    for i, t in enumerate(ts):
+        tt = torch.full((B,), t, device=input_ids.device)
+        _, out = obj.model(input_ids, attention_mask, x, zeros, g.time_code(tt), text_logits=False)
+        prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x = g.ddim_step(out.float(), x, tt, torch.full((B,), prev, device=input_ids.device))
+    return x / obj.latent_scale
+
+
+@torch.no_grad()
+def l2t_decode(obj: "MMDiTObjective", latent: torch.Tensor, attention_mask: torch.Tensor,
+               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+    """Token ids ``[B, L]``; positions where ``attention_mask`` is False stay 0 (padding).
+    ``guidance`` defaults to ``sample.l2t_guidance``."""
+    mask_id, B, L = obj.text.mask_id, *attention_mask.shape
+    ids = obj.text.fully_masked(attention_mask)
+    latent = latent.float() * obj.latent_scale
+    steps = steps or L
+    w = obj.sample_cfg.l2t_guidance if guidance is None else guidance
+    t_lat = torch.zeros(B, device=latent.device)
+    if w > 0:  # the conditional and the null-latent rows in one batch
+        null, t_null = obj.null_latent(B, latent.device)
+        latent, t_lat, mask2 = torch.cat([latent, null]), torch.cat([t_lat, t_null]), attention_mask.repeat(2, 1)
+    n_real = attention_mask.sum(1)
+    for s in range(steps):
+        still = (ids == mask_id) & attention_mask
+        if not still.any():
+            break
+        t = still.sum(1).float() / n_real.clamp_min(1)
+        if w > 0:
+            out, _ = obj.model(ids.repeat(2, 1), mask2, latent, t.repeat(2), t_lat)
+            cond, uncond = obj.text.subs(out).log_softmax(-1).chunk(2)  # p(x0 | x_t) excludes [MASK]
+            logits = (1 + w) * cond - w * uncond
+            logits[..., mask_id] = -math.inf  # (-inf) - (-inf) is nan: set it again
+        else:
+            logits = obj.text.subs(obj.model(ids, attention_mask, latent, t, t_lat)[0])
+        top, pred = logits.max(-1)
+        conf = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
+        conf = torch.where(still, conf, -1.0)
+        left = steps - s
+        k = torch.ceil(still.sum(1).float() / left).long()  # spread the remaining positions evenly
+        order = conf.argsort(dim=1, descending=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=ids.device).expand(B, L))
+        commit = still & (rank < k.unsqueeze(1))
+        ids = torch.where(commit, pred, ids)
+    return ids

@@ -1,0 +1,1 @@
+"""Records, the record index, the loader, collate, tokenizers and the dataset checker."""

@@ -1,0 +1,309 @@
+"""The record index: built once per data file in one streaming pass, memory-mapped by every rank.
+
+A rank never holds the records in Python lists. The index keeps, per good record, where its JSON
+text lies in the file (byte offset, length) and its record number: 16 bytes, in ``records.npy``,
+memory-mapped read-only, so every rank of a node shares one copy in the page cache. A record is
+read when it is sampled (a positioned read and ``json.loads``). Beside it: ``split.npy`` (a
+salted hash of each text, which decides the held-out split and the train/validation overlap
+check), ``problems.json`` (every bad record: number, line, reason) and ``meta.json`` (the data
+file's size, mtime and inode, the rules it was checked with, the fingerprint resume compares).
+
+Where: ``<data dir>/.mmldlm_index/<file name>.<rules hash>/``, or under ``data.index_cache_dir``
+(default ``~/.cache/mmldlm/index``) when the data directory is not writable. The first process to
+need it builds it under a file lock; the others wait and map it. A changed data file (size, mtime
+or inode) is re-indexed.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from mmldlm.data.records import DataError, LatentError, LatentShard, RecordRules, record_problem, regular_file_problem
+from mmldlm.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+RECORD_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("record", "<u4")])
+# The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
+# so with one hash a ratio on an extracted train file would hold out nothing (every text there
+# already hashed above the extractor's cut).
+TRAIN_SPLIT_SALT = b"mmldlm.valsplit"
+_CHUNK = 1 << 22
+_WS = re.compile(r"\s*")
+
+
+def text_hash(text: str | bytes, salt: bytes = b"") -> int:
+    """The 64-bit hash that places a text in the train or the held-out split."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, salt=salt).digest(), "little")
+
+
+# -- reading the raw records of a file, streamed ----------------------------------------------
+def _jsonl_records(f, json_path: Path):
+    """(offset, length, line, obj | DataError) per non-blank line."""
+    offset, line_no, record_no = 0, 0, 0
+    for raw in f:
+        line_no += 1
+        start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else "not valid UTF-8"
+            col = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            obj = DataError(json_path, record_no, f"unparseable JSON line: {msg}{col}", line=line_no)
+        yield start, len(raw.rstrip(b"\r\n")), line_no, obj
+        record_no += 1
+
+
+def _json_list_records(f, json_path: Path):
+    """(offset, length, None, obj) per element of a top-level JSON list, decoded window by window
+    (``raw_decode``), so the file is never held whole. A syntax error fails the whole file: a
+    JSON list cannot be partly skipped."""
+    decoder, utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
+    buf, pos, byte_pos, line, eof = "", 0, 0, 1, False  # byte_pos: the file offset of buf[pos]
+
+    def fail(msg: str):
+        raise DataError(json_path, None, f"not valid JSON near line {line}: {msg} (a JSON list cannot be "
+                                         "partly skipped)")
+
+    def more() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        chunk = f.read(_CHUNK)
+        try:
+            text = utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            fail(f"not valid UTF-8 ({e.reason})")
+        eof = not chunk
+        buf, pos = buf[pos:] + text, 0
+        return True
+
+    def advance(to: int) -> None:
+        nonlocal pos, byte_pos, line
+        skipped = buf[pos:to]
+        byte_pos += len(skipped.encode("utf-8"))
+        line += skipped.count("\n")
+        pos = to
+
+    def skip_ws() -> str:
+        while True:
+            advance(_WS.match(buf, pos).end())
+            if pos < len(buf):
+                return buf[pos]
+            if not more():
+                return ""
+
+    if skip_ws() != "[":
+        fail("expected a list '['")
+    advance(pos + 1)
+    first = True
+    while True:
+        c = skip_ws()
+        if c == "]":
+            return
+        if not first:
+            if c != ",":
+                fail(f"expected ',' or ']', got {c!r}")
+            advance(pos + 1)
+            skip_ws()
+        first = False
+        while True:
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+                if end < len(buf) or eof:  # a value cut by the window's end would parse short
+                    break
+            except json.JSONDecodeError as e:
+                if eof:
+                    fail(e.msg)
+            more()
+        start = byte_pos
+        advance(end)
+        yield start, byte_pos - start, None, obj
+
+
+def _raw_records(json_path: Path, f):
+    head = f.read(4096)
+    f.seek(0)
+    if head.lstrip()[:1] == b"[":
+        yield from _json_list_records(f, json_path)
+    else:
+        yield from _jsonl_records(f, json_path)
+
+
+# -- the index ---------------------------------------------------------------------------------
+@dataclass
+class RecordIndex:
+    """The good records of one data file (memory-mapped) and its bad ones."""
+
+    json_path: Path
+    rules: RecordRules
+    records: np.ndarray  # RECORD_DTYPE [N], memory-mapped
+    problems: list[DataError]
+    fingerprint: dict
+    dir: Path
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.rules.latent_root) if self.rules.latent_root else self.json_path.parent
+
+    def split_hashes(self) -> np.ndarray:
+        """The salted text hash of every good record (read once, when splitting)."""
+        return np.load(self.dir / "split.npy", mmap_mode="r")
+
+    def total_records(self) -> int:
+        return len(self.records) + len(self.problems)
+
+
+class RecordReader:
+    """Reads records of an index by position; one file descriptor per process (workers fork)."""
+
+    def __init__(self, index: RecordIndex):
+        self.index = index
+        self._fd, self._pid = None, -1
+
+    def read(self, i: int) -> dict:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.index.json_path, os.O_RDONLY), os.getpid()
+        rec = self.index.records[i]
+        raw = os.pread(self._fd, int(rec["length"]), int(rec["offset"]))
+        if len(raw) != int(rec["length"]):
+            raise DataError(self.index.json_path, int(rec["record"]), "the file changed while training (shorter "
+                                                                      "than its index); restart to re-index it")
+        return json.loads(raw)
+
+
+def _stat_key(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _index_dir(json_path: Path, rules: RecordRules, cache_dir: str | None) -> Path:
+    key = hashlib.blake2b(json.dumps(rules.key(), sort_keys=True).encode(), digest_size=6).hexdigest()
+    name = f"{json_path.name}.{key}"
+    beside = json_path.parent / ".mmldlm_index"
+    if cache_dir is None:
+        try:
+            beside.mkdir(exist_ok=True)
+            if os.access(beside, os.W_OK):
+                probe = beside / f".probe.{uuid.uuid4().hex[:8]}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                return beside / name
+        except OSError:
+            pass
+        cache_dir = os.environ.get("MMLDLM_CACHE", str(Path.home() / ".cache" / "mmldlm" / "index"))
+    where = hashlib.blake2b(str(json_path).encode(), digest_size=8).hexdigest()
+    return Path(cache_dir).expanduser() / where / name
+
+
+def _valid(d: Path, json_path: Path, rules: RecordRules) -> dict | None:
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (meta.get("version") == INDEX_VERSION and meta.get("data") == _stat_key(json_path)
+          and meta.get("rules") == rules.key())
+    return meta if ok else None
+
+
+def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
+    """One streaming pass: check every record, write the arrays, the problems and the meta."""
+    root = Path(rules.latent_root) if rules.latent_root else json_path.parent
+    offsets, lengths, numbers, splits = array("Q"), array("I"), array("I"), array("Q")
+    problems: list[dict] = []
+    shards: dict[str, int | str] = {}  # resolved shard path -> rows, or why it is unusable
+    fp = hashlib.blake2b(digest_size=16)
+    stat_before = _stat_key(json_path)
+    with open(json_path, "rb") as f:
+        for record_no, (offset, length, line, obj) in enumerate(_raw_records(json_path, f)):
+            if isinstance(obj, DataError):
+                problems.append({"record": record_no, "line": line, "reason": obj.reason})
+                continue
+            reason = record_problem(obj, rules)
+            if reason is None and rules.latent_dim is not None and obj.get("latent_row") is not None:
+                reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_row"], rules.latent_dim, shards)
+            if reason:
+                problems.append({"record": record_no, "line": line, "reason": reason})
+                continue
+            key = obj.get("text") if isinstance(obj.get("text"), str) else json.dumps(obj, sort_keys=True)
+            offsets.append(offset), lengths.append(length), numbers.append(record_no)
+            splits.append(text_hash(key, TRAIN_SPLIT_SALT))
+            fp.update(key.encode("utf-8") + b"\x00")
+            if rules.latent_dim is not None:
+                fp.update(f"{obj['latent_path']}\x00{obj.get('latent_row')}\x01".encode())
+            for k in rules.fields.required:
+                fp.update(json.dumps(obj[k], sort_keys=True).encode() + b"\x02")
+    if _stat_key(json_path) != stat_before:
+        raise DataError(json_path, None, "the file changed while it was being indexed; retry once it is complete")
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}.{uuid.uuid4().hex[:6]}")
+    tmp.mkdir(parents=True)
+    recs = np.empty(len(offsets), dtype=RECORD_DTYPE)
+    recs["offset"], recs["length"], recs["record"] = offsets, lengths, numbers
+    np.save(tmp / "records.npy", recs, allow_pickle=False)
+    np.save(tmp / "split.npy", np.frombuffer(splits, dtype=np.uint64) if len(splits) else
+            np.zeros(0, np.uint64), allow_pickle=False)
+    write_json_atomic(tmp / "problems.json", problems)
+    fingerprint = {"path": str(json_path), "size": stat_before["size"], "mtime": stat_before["mtime_ns"] / 1e9,
+                   "records": len(recs), "table_hash": fp.hexdigest()}
+    write_json_atomic(tmp / "meta.json", {"version": INDEX_VERSION, "data": stat_before, "rules": rules.key(),
+                                          "fingerprint": fingerprint})
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def _shard_problem(path: str, row: int, latent_dim: int, shards: dict) -> str | None:
+    if path not in shards:
+        try:
+            shards[path] = LatentShard(path, latent_dim).rows
+        except LatentError as e:
+            shards[path] = str(e)
+    rows = shards[path]
+    if isinstance(rows, str):
+        return rows
+    return f"latent_row {row} out of range for shard {path} with {rows} rows" if row >= rows else None
+
+
+def open_index(json_path: str | os.PathLike, rules: RecordRules, cache_dir: str | None = None) -> RecordIndex:
+    """The index of ``json_path`` under ``rules``, built now if missing or stale. Raises a
+    DataError when the file itself cannot be read."""
+    json_path = Path(json_path).absolute()
+    problem = regular_file_problem(json_path)
+    if problem == "not found":
+        raise DataError(json_path, None, "file not found")
+    if problem:
+        raise DataError(json_path, None, f"the dataset file {problem}")
+    d = _index_dir(json_path, rules, cache_dir)
+    meta = _valid(d, json_path, rules)
+    if meta is None:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(d) + ".lock"):
+            meta = _valid(d, json_path, rules)  # another process may have built it meanwhile
+            if meta is None:
+                log.info("indexing %s (once; cached in %s)", json_path, d)
+                _build(json_path, rules, d)
+                meta = _valid(d, json_path, rules)
+                if meta is None:
+                    raise DataError(json_path, None, "the file changed while it was being indexed; retry")
+    records = np.load(d / "records.npy", mmap_mode="r")
+    problems = [DataError(json_path, p["record"], p["reason"], line=p["line"])
+                for p in json.loads((d / "problems.json").read_text())]
+    return RecordIndex(json_path, rules, records, problems, meta["fingerprint"], d)

@@ -1,0 +1,335 @@
+"""THE loader: record index -> dataset -> step-chunk sampler -> resumable stream, for every family.
+
+Records are read lazily through the memory-mapped record index (``mmldlm.data.index``); workers
+never raise: a bad record travels beside the batch and the main process raises its
+:class:`DataError` (file, record, reason) or, under ``data.on_bad_record=skip``, counts it.
+
+The training order is a function of (seed, epoch) only: each optimizer step consumes one
+contiguous chunk of a per-epoch permutation, split over ranks and accumulation micro-steps, so a
+run on 1 process and on W processes (same global batch) see the same samples per step, and the
+stream's ``state_dict`` resumes mid-epoch exactly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmldlm.config import ConfigError
+from mmldlm.data.collate import BatchInfo, Collator, settle
+from mmldlm.data.index import RecordIndex, RecordReader, open_index, text_hash
+from mmldlm.data.records import (
+    DataError,
+    LatentError,
+    LatentShard,
+    RecordFields,
+    RecordRules,
+    load_latent_file,
+    non_finite_problem,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RecordDataset(Dataset):
+    """The records at ``positions`` of an index; an item is ``{index, record, text?, latent?}``
+    (``latent`` float32 ``[K, D]`` when records carry one), or the :class:`DataError` of a record
+    whose latent turned out to be bad."""
+
+    def __init__(self, index: RecordIndex, positions: np.ndarray):
+        self.index, self.positions = index, positions
+        self.latent_dim = index.rules.latent_dim
+        self.reader = RecordReader(index)
+        self._shards: dict[str, LatentShard] = {}  # per process; reopened by each worker
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def _record(self, i: int) -> tuple[int, dict]:
+        pos = int(self.positions[i])
+        return int(self.index.records[pos]["record"]), self.reader.read(pos)
+
+    def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any]:
+        item = {"index": number, "record": obj}
+        if "text" in obj:
+            item["text"] = obj["text"]
+        if latent is not None:
+            item["latent"] = latent
+        return item
+
+    def _bad(self, number: int, reason: str) -> DataError:
+        return DataError(self.index.json_path, number, reason)
+
+    def _shard(self, path: str) -> LatentShard:
+        shard = self._shards.get(path)
+        if shard is None:
+            shard = self._shards[path] = LatentShard(path, self.latent_dim)
+        return shard
+
+    def __getitem__(self, i: int) -> dict[str, Any] | DataError:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A whole batch (the DataLoader calls this): shard rows in one pass per shard."""
+        recs = [self._record(int(i)) for i in indices]
+        if self.latent_dim is None:
+            return [self._item(n, obj) for n, obj in recs]
+        out: list = [None] * len(recs)
+        by_shard: dict[str, list[int]] = {}
+        root = self.index.root
+        for k, (n, obj) in enumerate(recs):
+            path = str(root / obj["latent_path"])
+            if obj.get("latent_row") is not None:
+                by_shard.setdefault(path, []).append(k)
+                continue
+            try:
+                lat = load_latent_file(path, self.latent_dim)
+            except LatentError as e:
+                out[k] = self._bad(n, str(e))
+                continue
+            why = non_finite_problem(lat, path)
+            out[k] = self._bad(n, why) if why else self._item(n, obj, lat)
+        for path, ks in by_shard.items():
+            rows = np.array([recs[k][1]["latent_row"] for k in ks], dtype=np.int64)
+            try:
+                block = self._shard(path).read(rows)
+            except LatentError as e:
+                for k in ks:
+                    out[k] = self._bad(recs[k][0], str(e))
+                continue
+            finite = np.isfinite(block).all(axis=1)
+            for j, k in enumerate(ks):
+                n, obj = recs[k]
+                out[k] = (self._item(n, obj, block[j : j + 1]) if finite[j] else
+                          self._bad(n, f"latent in {path} row {rows[j]} has non-finite values (NaN/Inf)"))
+        return out
+
+
+class StepChunkSampler(Sampler[int]):
+    """Rank ``rank``'s sample indices for one epoch, from micro-batch ``start`` on.
+
+    Each optimizer step takes the next ``G = B * world * accum`` positions of the epoch's
+    permutation (seed, epoch); micro-step m of rank r gets positions ``[(m*world + r)*B, +B)`` of
+    that chunk. Incomplete last chunks are dropped (every rank gets the same number of batches).
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, accum: int, seed: int,
+                 shuffle: bool = True):
+        self.n, self.b, self.rank, self.world, self.accum = n, batch_size, rank, world, accum
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start = 0, 0
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set has {n} records, fewer than one global batch of "
+                             f"{self.global_batch} (train_batch_size {batch_size} x world {world} x "
+                             f"accumulation {accum}); lower the batch size or add data")
+
+    @property
+    def global_batch(self) -> int:
+        return self.b * self.world * self.accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def micro_batches_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.accum
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> np.ndarray:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g).numpy()
+        else:
+            perm = np.arange(self.n)
+        s, a, w, b = self.steps_per_epoch, self.accum, self.world, self.b
+        mine = perm[: s * a * w * b].reshape(s, a, w, b)[:, :, self.rank, :].reshape(-1)
+        # this rank's share only, compactly: no list of Python ints the size of the epoch
+        return mine[self.start * b :].astype(np.int32 if self.n < 2**31 else np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return (self.micro_batches_per_epoch() - self.start) * self.b
+
+
+def _worker_init(_: int) -> None:
+    """Workers ignore preemption signals: the main process handles them (checkpoint, then exit)
+    and shuts its workers down (:func:`shutdown_workers`, on every exit path); a worker killed
+    by SIGTERM would crash the main process mid-step. Should the main process die, workers see
+    their parent gone and exit by themselves."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def shutdown_workers(iterator) -> None:
+    """Stop a DataLoader iterator's workers now, not when it is garbage-collected (a traceback
+    can keep it alive until interpreter exit, where SIGTERM-ignoring workers would block)."""
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+
+
+class TrainStream:
+    """Endless micro-batches with an exact, resumable position (epoch, micro-batches consumed).
+    ``next(stream)`` gives ``(batch, BatchInfo)``."""
+
+    def __init__(self, dataset: Dataset, sampler: StepChunkSampler, collate, num_workers: int,
+                 pin_memory: bool = False, skip_bad: bool = False):
+        self.sampler, self.epoch, self.consumed, self.skip_bad = sampler, 0, 0, skip_bad
+        # Its own generator: a new iterator (epoch start, resume) must not draw from the global
+        # RNG, whose stream the objective's noise uses and checkpoints restore.
+        gen = torch.Generator().manual_seed(sampler.seed * 1009 + sampler.rank)
+        self.loader = DataLoader(dataset, batch_size=sampler.b, sampler=sampler, collate_fn=collate,
+                                 num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
+                                 persistent_workers=num_workers > 0, generator=gen,
+                                 worker_init_fn=_worker_init,
+                                 prefetch_factor=4 if num_workers > 0 else None)
+        self._it = None
+
+    def __next__(self) -> tuple[dict[str, torch.Tensor], BatchInfo]:
+        if self._it is None:
+            self.sampler.set_position(self.epoch, self.consumed)
+            self._it = iter(self.loader)
+        try:
+            collated = next(self._it)
+        except StopIteration:
+            self.epoch, self.consumed, self._it = self.epoch + 1, 0, None
+            return next(self)
+        self.consumed += 1
+        return settle(collated, self.skip_bad)
+
+    def close(self) -> None:
+        shutdown_workers(self._it)
+        self._it = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "micro_batches": self.consumed,
+                "global_batch": self.sampler.global_batch, "num_records": self.sampler.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state["global_batch"], state["num_records"]) != (self.sampler.global_batch, self.sampler.n):
+            log.warning("data position saved with global batch %s over %s records; now %s over %s: "
+                        "continuing from the same epoch/micro-batch, but batches will differ from "
+                        "the uninterrupted run", state["global_batch"], state["num_records"],
+                        self.sampler.global_batch, self.sampler.n)
+        self.epoch, self.consumed, self._it = state["epoch"], state["micro_batches"], None
+
+
+def held_out(texts: list[str], ratio: float, salt: bytes = b"") -> np.ndarray:
+    """Boolean mask of validation texts: a (salted) hash of the text, so the split is the same
+    on every rank and run, and duplicate texts never straddle train and validation."""
+    cut = int(ratio * 2**64)
+    return np.fromiter((ratio > 0 and text_hash(t, salt) < cut for t in texts), dtype=bool, count=len(texts))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, rank: int, world: int, collate, num_workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    """Validation batches of one rank (records r, r + W, ...): the same on every run."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(range(rank, len(dataset), world)),
+                      collate_fn=collate, num_workers=min(num_workers, 1), pin_memory=pin_memory,
+                      generator=torch.Generator(), worker_init_fn=_worker_init)
+
+
+@dataclass
+class DataBundle:
+    train: TrainStream
+    val: DataLoader | None
+    train_records: int
+    val_records: int
+    bad_records: int  # dropped while indexing the files (skip mode)
+    skip_bad: bool
+    fingerprint: dict  # of the training file (checked on resume)
+
+
+def rules_from(data_cfg, fields: RecordFields | None = None) -> RecordRules:
+    return RecordRules(latent_dim=data_cfg.latent_dim, latent_root=data_cfg.latent_data_root,
+                       allow_outside=data_cfg.allow_paths_outside_root, fields=fields or RecordFields())
+
+
+def open_checked(path: str, rules: RecordRules, skip: bool, cache_dir: str | None) -> RecordIndex:
+    """The index of a data file; its first bad record raises unless ``skip``."""
+    index = open_index(path, rules, cache_dir)
+    if index.problems and not skip:
+        raise index.problems[0]
+    return index
+
+
+def _split(data_cfg, train: RecordIndex, val: RecordIndex | None, need_val: bool):
+    """(train positions, validation positions or None) from a validation file or a held-out
+    split. With ``need_val`` (periodic eval is on) an empty validation set is an error naming
+    its cause."""
+    everything = np.arange(len(train), dtype=np.int64)
+    if val is not None:
+        overlap = np.intersect1d(train.split_hashes(), val.split_hashes()).size
+        if overlap:
+            log.warning("%d validation texts also occur in the training file", overlap)
+        if need_val and not len(val):
+            raise ConfigError(f"data.data_files.validation: {val.json_path} holds no (good) records, and "
+                              "logging.eval_freq > 0 needs some; fix the file or set logging.eval_freq=0")
+        return everything, np.arange(len(val), dtype=np.int64)
+    if data_cfg.val_split_ratio > 0:
+        mask = np.asarray(train.split_hashes()) < np.uint64(int(data_cfg.val_split_ratio * 2**64))
+        if need_val and not mask.any():
+            raise ConfigError(f"data.val_split_ratio: {data_cfg.val_split_ratio} of {len(train)} records held out "
+                              "none, and logging.eval_freq > 0 needs a validation set; raise the ratio, pass "
+                              "data.data_files.validation, or set logging.eval_freq=0")
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+    if need_val:
+        log.warning("no validation set (data.data_files.validation or data.val_split_ratio): periodic eval is off")
+    return everything, None
+
+
+def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1, pin_memory: bool = False,
+               need_val: bool = False, fields: RecordFields | None = None,
+               collate: Callable | None = None) -> DataBundle:
+    """Train stream and validation loader from the ``data`` / ``training`` config sections.
+    Every record is checked here (once per file: the index is cached), before any model is built.
+    ``fields`` and ``collate`` are a family's own record fields and collate (default: core)."""
+    skip = data_cfg.on_bad_record.name == "skip"
+    rules = rules_from(data_cfg, fields)
+    train = open_checked(data_cfg.data_files.train, rules, skip, data_cfg.index_cache_dir)
+    val = (open_checked(data_cfg.data_files.validation, rules, skip, data_cfg.index_cache_dir)
+           if data_cfg.data_files.validation else None)
+    train_pos, val_pos = _split(data_cfg, train, val, need_val)
+    val_index = val if val is not None else train
+    bad = len(train.problems) + (len(val.problems) if val is not None else 0)
+    if bad:
+        first = (train.problems or val.problems)[0]
+        log.warning("%d bad records skipped (data.on_bad_record=skip), e.g. %s", bad, first)
+    if data_cfg.max_samples:
+        train_pos = train_pos[: data_cfg.max_samples]
+    if val_pos is not None and data_cfg.max_val_samples:
+        val_pos = val_pos[: data_cfg.max_val_samples]
+    if data_cfg.num_workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety of fast tokenizers
+    collate = collate or Collator(tokenizer, data_cfg.max_seq_len, data_cfg.padding.name == "max_length",
+                                  data_cfg.pad_to_multiple_of)
+    try:
+        sampler = StepChunkSampler(len(train_pos), training_cfg.train_batch_size, rank, world,
+                                   training_cfg.gradient_accumulation_steps, training_cfg.seed, data_cfg.shuffle)
+    except ValueError as e:
+        raise ConfigError(f"training.train_batch_size: {e}") from None
+    stream = TrainStream(RecordDataset(train, train_pos), sampler, collate, data_cfg.num_workers, pin_memory, skip)
+    val_loader = None
+    if val_pos is not None and len(val_pos):
+        val_loader = eval_loader(RecordDataset(val_index, val_pos), training_cfg.eval_batch_size, rank, world,
+                                 collate, data_cfg.num_workers, pin_memory)
+    return DataBundle(stream, val_loader, len(train_pos), 0 if val_pos is None else len(val_pos), bad, skip,
+                      train.fingerprint)
+
+
+def read_dataset(path: str | Path, latent_dim: int | None, latent_root: str | None = None,
+                 allow_outside: bool = False, skip: bool = False) -> RecordDataset:
+    """Every good record of one file as a dataset (CLIs: the checker, the round-trip report)."""
+    rules = RecordRules(latent_dim=latent_dim, latent_root=latent_root, allow_outside=allow_outside)
+    index = open_checked(str(path), rules, skip, None)
+    return RecordDataset(index, np.arange(len(index), dtype=np.int64))

@@ -1,0 +1,224 @@
+"""Records and latent arrays: one place for every bad-input reason.
+
+A dataset is a JSON list or a JSONL file of records. Core fields: ``text`` (a non-empty string),
+and, unless ``data.latent_dim`` is null, ``latent_path`` (relative to the JSON file's directory or
+``data.latent_data_root``, never outside it unless ``data.allow_paths_outside_root``) with an
+optional ``latent_row`` (a row of a 2-D shard ``[N, D]``). Without ``latent_row`` the file holds
+one sample: ``[D]``, ``[1, D]`` or ``[K, D]``. A family may require more fields
+(:class:`RecordFields`). Every problem is a :class:`DataError` naming the JSON file, the record
+number and the reason. ``.npy`` files are read with ``allow_pickle=False``, only when they are
+regular files, and shard rows by positioned reads (no memory map: a rank's memory stays
+independent of the corpus size).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A bad record: the message names the JSON file, the record and the reason."""
+
+    def __init__(self, json_path: str | os.PathLike, record: int | None, reason: str,
+                 line: int | None = None):
+        self.json_path, self.record, self.reason = str(json_path), record, reason
+        where = "" if record is None else f": record {record}"
+        if line is not None:
+            where += f" (line {line})"
+        super().__init__(f"{json_path}{where}: {reason}")
+        self.line = line
+
+    def __reduce__(self):  # crosses from DataLoader workers intact
+        return DataError, (self.json_path, self.record, self.reason, self.line)
+
+
+class LatentError(ValueError):
+    """A latent file problem; the dataset wraps it into a DataError with the record."""
+
+
+@dataclass(frozen=True)
+class RecordFields:
+    """Record fields a family needs besides the core ones. ``check(record) -> reason | None``
+    validates one parsed record; ``name`` and ``version`` identify the rules (a cached record
+    index is rebuilt when they change)."""
+
+    name: str = "core"
+    version: int = 1
+    required: tuple[str, ...] = ()
+    check: Callable[[dict], str | None] | None = None
+    needs_text: bool = True  # records must carry a non-empty ``text``
+
+
+@dataclass(frozen=True)
+class RecordRules:
+    """Everything that decides whether a record is good."""
+
+    latent_dim: int | None = None  # None: records need no latent
+    latent_root: str | None = None  # None: the JSON file's directory
+    allow_outside: bool = False
+    fields: RecordFields = RecordFields()
+
+    def key(self) -> dict:
+        """What a cached index must have been built with to be reused."""
+        return {"latent_dim": self.latent_dim, "latent_root": self.latent_root, "allow_outside": self.allow_outside,
+                "fields": [self.fields.name, self.fields.version, list(self.fields.required), self.fields.needs_text]}
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened as data (missing, or not a regular file: a FIFO would hang
+    the reader, a device would stream forever), or None. ``stat`` never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"is {kind}; only regular files are read"
+    return None
+
+
+def outside_root(latent_path: str) -> bool:
+    """True when a record's ``latent_path`` is absolute or climbs out of its root with ``..``."""
+    norm = os.path.normpath(latent_path)
+    return os.path.isabs(latent_path) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def record_problem(obj, rules: RecordRules) -> str | None:
+    """Why a parsed record is bad (fields and types only; files are checked elsewhere), or None."""
+    f = rules.fields
+    if not isinstance(obj, dict):
+        return f"record is a {type(obj).__name__}, expected an object"
+    if f.needs_text:
+        if "text" not in obj:
+            return "record has no 'text' field"
+        if not isinstance(obj["text"], str):
+            return f"text is a {type(obj['text']).__name__}, expected a string"
+        if not obj["text"].strip():
+            return "text is empty"
+    if rules.latent_dim is not None:
+        if "latent_path" not in obj:
+            return "record has no 'latent_path' field"
+        if not isinstance(obj["latent_path"], str) or not obj["latent_path"]:
+            return "latent_path must be a non-empty string"
+        row = obj.get("latent_row")
+        if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
+            return f"latent_row must be a non-negative integer, got {row!r}"
+        if not rules.allow_outside and outside_root(obj["latent_path"]):
+            return (f"latent_path {obj['latent_path']!r} points outside its root (absolute, or climbing out "
+                    "with '..'); set data.allow_paths_outside_root=true to allow it")
+    for key in f.required:
+        if key not in obj:
+            return f"record has no {key!r} field"
+    return f.check(obj) if f.check else None
+
+
+# -- latent arrays ---------------------------------------------------------------------------
+def _check_array_meta(path: str, dtype: np.dtype, shape: tuple, latent_dim: int | None) -> None:
+    if dtype.hasobject:
+        raise LatentError(f"latent file {path} holds a pickled object array; refusing to load it "
+                          "(allow_pickle=False) - re-save it as a float array")
+    if not np.issubdtype(dtype, np.floating):
+        raise LatentError(f"latent file {path} has dtype {dtype}, expected floating point (float16/32/64)")
+    if latent_dim is not None and shape[-1] != latent_dim:
+        raise LatentError(f"latent file {path} has dim {shape[-1]} (shape {list(shape)}), "
+                          f"expected {latent_dim} (data.latent_dim)")
+
+
+def _file_ok(path: str) -> None:
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise LatentError(f"latent file not found: {path}")
+    if problem:
+        raise LatentError(f"latent file {path} {problem}")
+
+
+def _read_header(f, path: str) -> tuple[tuple, bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(f)
+    except ValueError as e:
+        if "pickle" in str(e) or "Object arrays" in str(e):
+            raise LatentError(f"latent file {path} holds a pickled object array; refusing to load it "
+                              "(allow_pickle=False) - re-save it as a float array") from None
+        raise LatentError(f"latent file {path} is not a .npy array ({e})") from None
+    except (EOFError, OSError) as e:
+        raise LatentError(f"latent file {path} is truncated or unreadable ({e})") from None
+
+
+class LatentShard:
+    """A 2-D ``[N, D]`` shard read row by row with positioned reads (its header checked once)."""
+
+    def __init__(self, path: str, latent_dim: int | None):
+        _file_ok(path)
+        self.path = path
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _read_header(f, path)
+            self.data_offset = f.tell()
+        if len(shape) != 2:
+            raise LatentError(f"shard {path} has shape {list(shape)}; a file addressed with latent_row must "
+                              "be 2-D [N, D]")
+        _check_array_meta(path, dtype, shape, latent_dim)
+        if fortran:
+            raise LatentError(f"shard {path} is stored in Fortran order; re-save it C-contiguous "
+                              "(np.save(path, np.ascontiguousarray(a)))")
+        self.rows, self.dim, self.dtype = shape[0], shape[1], dtype
+        need = self.data_offset + self.rows * self.dim * dtype.itemsize
+        if os.path.getsize(path) < need:
+            raise LatentError(f"latent file {path} is truncated ({os.path.getsize(path)} bytes, the header "
+                              f"promises {need})")
+        self._fd: int | None = None
+        self._pid = -1
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` as float32 ``[n, D]``, in the order given; runs of consecutive rows in one read."""
+        if self._fd is None or self._pid != os.getpid():  # one descriptor per process (workers fork)
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        row_bytes = self.dim * self.dtype.itemsize
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        start = 0
+        while start < len(srt):
+            end = start + 1
+            while end < len(srt) and srt[end] <= srt[end - 1] + 1:
+                end += 1
+            first, n = int(srt[start]), int(srt[end - 1]) - int(srt[start]) + 1
+            raw = os.pread(self._fd, n * row_bytes, self.data_offset + first * row_bytes)
+            block = np.frombuffer(raw, dtype=self.dtype).reshape(n, self.dim)
+            out[order[start:end]] = block[srt[start:end] - first]
+            start = end
+        return out
+
+
+def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:
+    """A per-record latent file as float32 ``[K, D]`` (``[D]`` and ``[1, D]`` give K = 1)."""
+    _file_ok(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            raise LatentError(f"latent file {path} holds a pickled object array; refusing to load it "
+                              "(allow_pickle=False) - re-save it as a float array") from None
+        if "pickled data" in str(e):  # no .npy magic: numpy would fall back to unpickling
+            raise LatentError(f"latent file {path} is not a .npy array (it would have to be "
+                              "unpickled; refusing: allow_pickle=False)") from None
+        raise LatentError(f"latent file {path} is truncated or not a .npy array ({e})") from None
+    except (EOFError, OSError) as e:
+        raise LatentError(f"latent file {path} is truncated or unreadable ({e})") from None
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise LatentError(f"latent file {path} has shape {list(arr.shape)}, expected [D], [1, D] or [K, D]")
+    _check_array_meta(path, arr.dtype, arr.shape, latent_dim)
+    return np.asarray(arr, dtype=np.float32).reshape(-1, arr.shape[-1])
+
+
+def non_finite_problem(arr: np.ndarray, where: str) -> str | None:
+    n_bad = arr.size - int(np.isfinite(arr).sum())
+    return f"latent in {where} has {n_bad} non-finite values (NaN/Inf)" if n_bad else None

@@ -1,0 +1,42 @@
+"""Loading a tokenizer from a local directory or a hub name, with errors that say what to do."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmldlm.config import ConfigError
+
+
+def looks_local(name: str) -> bool:
+    """A name that can only be a local path (hub ids are ``name`` or ``org/name``)."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, local_files_only: bool | None = None,
+                   key: str = "data.tokenizer_name"):
+    """A tokenizer from a local directory or a hub name (the hub cache when offline). Problems are
+    a :class:`ConfigError` naming ``key``: a local-looking path that does not exist is "not
+    found", never a network error. A tokenizer without a pad token pads with its EOS."""
+    from transformers import AutoTokenizer
+
+    from mmldlm.prefetch import check_if_prefetched
+
+    local = Path(name_or_path).expanduser()
+    if not local.exists() and looks_local(name_or_path):
+        raise ConfigError(f"{key}: not found: {name_or_path} (relative paths are from {Path.cwd()})")
+    check_if_prefetched(local)  # a half-prefetched directory is not a tokenizer
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    kw = {} if local_files_only is None else {"local_files_only": local_files_only}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path,
+                                            trust_remote_code=trust_remote_code, **kw)
+    except (OSError, ValueError) as e:
+        where = "" if local.exists() else (
+            " It is no local directory, and it is not in the hub cache" + (" (offline)" if offline or
+                                                                         local_files_only else "") + ".")
+        raise ConfigError(f"{key}: could not load tokenizer {name_or_path!r}: {str(e).splitlines()[0].rstrip('.')}."
+                          f"{where} Point {key} at a local tokenizer directory, or prefetch it first "
+                          "(python -m mmldlm.prefetch --repo-id NAME --local-dir DIR)") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,1 @@
+"""Diffusion processes: masked text (MDLM) and Gaussian latent."""

@@ -1,0 +1,29 @@
+"""Small tensor helpers every family needs: pooling over a padding mask, dtype names."""
+from __future__ import annotations
+
+import torch
+
+# every spelling a config or CLI may use for a floating-point dtype
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [B, L, D]`` over the positions where ``mask [B, L]`` is True -> ``[B, D]``."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def last_token(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` at each row's last True position of ``mask``, under left or right padding -> ``[B, D]``."""
+    last = mask.shape[1] - 1 - mask.long().flip(1).argmax(1)
+    return x[torch.arange(x.shape[0], device=x.device), last]
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """``mean`` or ``last`` pooling over real positions."""
+    if how == "mean":
+        return masked_mean(x, mask)
+    if how == "last":
+        return last_token(x, mask)
+    raise ValueError(f"unknown pooling {how!r} (mean | last)")

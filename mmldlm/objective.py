@@ -1,0 +1,116 @@
+"""The objective contract and the registry of families.
+
+Every family's objective subclasses :class:`Objective` (an ``nn.Module``): ``forward(batch, step)
+-> (loss, metrics)`` is required, the hooks below are optional and have working defaults, so the
+loop calls them directly instead of probing with ``getattr``. A family registers its objective by
+name with its config schema and factory (``register``); a checkpoint records that name, so any
+CLI can rebuild any run (``lookup``). Families are found through the ``mmldlm.objectives`` entry
+point group of the installed package: the framework imports no family by name.
+
+Two hooks live on the registry entry rather than the instance, because they run before the
+objective exists (the data is checked before anything expensive is built): ``collator(cfg,
+tokenizer)``, a family's own collate, and ``records``, the extra record fields it needs; and
+``on_rebuild``, which turns a checkpoint's saved config into what the user allows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from mmldlm.data.records import RecordFields
+
+ENTRY_POINT_GROUP = "mmldlm.objectives"
+
+
+class BatchCount(NamedTuple):
+    samples: int | torch.Tensor
+    tokens: int | torch.Tensor  # what throughput and MFU count
+
+
+class Objective(nn.Module):
+    """Base class of every objective. All ranks take the same branch at the same step."""
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(loss, metrics)``; metrics are numbers (0-d tensors or floats), rank-averaged by the loop."""
+        raise NotImplementedError
+
+    def count(self, batch: dict) -> BatchCount:
+        """Samples and tokens in a batch, for throughput. The default reads the core batch
+        (``input_ids`` / ``attention_mask``); a family with its own batch schema overrides it."""
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        return BatchCount(ids.shape[0], mask.sum() if mask is not None else ids.numel())
+
+    def flops_per_token(self) -> float | None:
+        """Model FLOPs per counted token for MFU; None = 6 x trainable + 2 x frozen parameters."""
+        return None
+
+    def checkpoint_metadata(self) -> dict:
+        """What a checkpoint records besides weights, e.g. the frozen backbone's name and revision."""
+        return {}
+
+    def eval_extra(self, batch: dict, index: int) -> dict:
+        """More eval metrics on eval batch ``index`` (e.g. sampled round trips)."""
+        return {}
+
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards one by one (transformer blocks); the root is sharded last."""
+        return []
+
+    def nelbo(self, batch: dict, t: torch.Tensor) -> torch.Tensor:
+        """A deterministic likelihood bound per sequence at noise levels ``t`` (for the loss CLI)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no nelbo()")
+
+    def generate(self, **kwargs) -> Any:
+        """Samples for the generate CLI."""
+        raise NotImplementedError(f"{type(self).__name__} defines no generate()")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    schema: type
+    build: Callable[[Any, Any], Objective]  # (cfg, tokenizer) -> objective
+    config_dir: Path  # the family's Hydra configs
+    collator: Callable[[Any, Any], Callable] | None = None  # (cfg, tokenizer) -> collate(items) -> Collated
+    records: RecordFields = field(default_factory=RecordFields)
+    # (cfg, LoadPolicy, source) -> None: put the user's choices into a checkpoint's config before a
+    # rebuild (the bridge: its backbone from --backbone-dir), or refuse
+    on_rebuild: Callable[[Any, Any, str], None] | None = None
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, schema: type, build: Callable, config_dir: str | Path, *,
+             collator: Callable | None = None, records: RecordFields | None = None,
+             on_rebuild: Callable | None = None) -> None:
+    """Make a family's objective known by ``name`` (its schema's ``objective`` default)."""
+    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), on_rebuild)
+
+
+def load_families() -> None:
+    """Import every installed family (the ``mmldlm.objectives`` entry points); each registers itself."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            ep.load()
+
+
+def lookup(name: str) -> Entry:
+    if name not in _REGISTRY:
+        load_families()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(f"no objective {name!r} is registered (known: {known}); is the package installed "
+                       "(pip install -e .)?")
+    return _REGISTRY[name]
+
+
+def registered() -> dict[str, Entry]:
+    load_families()
+    return dict(_REGISTRY)

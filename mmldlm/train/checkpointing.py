@@ -1,0 +1,304 @@
+"""Atomic checkpoints with a ``latest`` pointer, pruning, and ``training.resume`` resolution.
+
+Layout: ``{save_dir}/{run_name}/checkpoint_step_<N>.pt`` (DDP: one file written by rank 0) or
+``checkpoint_step_<N>/`` (FSDP: a ``torch.distributed.checkpoint`` directory, each rank writing
+its shards of the model and optimizer, plus ``extra.pt`` with the rest), and ``latest`` (the
+name of the newest complete checkpoint). A checkpoint is written under a temporary name, fsynced
+and renamed, the directory fsynced, and only then does ``latest`` move (same protocol), so a
+process killed at any moment leaves ``latest`` naming a complete checkpoint. Loading uses
+``torch.load(weights_only=True)``; a sharded checkpoint loads onto any number of ranks, with or
+without FSDP (DCP reshards).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmldlm.io import write_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+_CKPT = re.compile(r"^checkpoint_step_(\d+)(\.pt)?$")
+EXTRA = "extra.pt"  # a sharded checkpoint's unsharded part
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the message names the
+    directory, the free space and the size needed. Nothing partial is left behind."""
+
+
+def state_nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) state: what ``torch.save`` will write, give or take headers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 64
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Raise :class:`CheckpointWriteError` before writing when ``directory`` has less than
+    ``needed`` bytes (plus 5% and 16 MiB of slack) free."""
+    free = shutil.disk_usage(directory).free
+    if free < needed * 1.05 + 16 * 2**20:
+        raise CheckpointWriteError(f"not enough space for a checkpoint in {directory}: {_gib(free)} free, "
+                                   f"about {_gib(needed)} needed; free space (or point logging.save_dir "
+                                   "elsewhere and copy the run directory there), then resume with "
+                                   "training.resume=auto")
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (files and sharded directories), oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _CKPT.match(p.name))]
+    return sorted(found)
+
+
+def is_sharded(path: Path) -> bool:
+    return Path(path).is_dir()
+
+
+def _write_failed(path: Path, e: BaseException, needed: int) -> CheckpointWriteError:
+    free = shutil.disk_usage(path.parent).free
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointWriteError(f"writing checkpoint {path} failed ({reason}); {_gib(free)} free in "
+                                f"{path.parent}, about {_gib(needed)} needed. Nothing partial was left; "
+                                "free space, then resume with training.resume=auto")
+
+
+def _publish(run_dir: Path, path: Path, keep_last: int) -> None:
+    """``latest`` names ``path``; checkpoints beyond the newest ``keep_last`` go."""
+    write_text_atomic(run_dir / "latest", f"{path.name}\n")
+    for _, old in list_checkpoints(run_dir)[:-keep_last]:
+        if old != path:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep_last: int) -> Path:
+    """Rank 0 writes the whole state atomically, then moves ``latest``, then prunes. Raises
+    :class:`CheckpointWriteError` (with the temp file removed) when the disk cannot take it."""
+    path = run_dir / f"checkpoint_step_{step}.pt"
+    needed = state_nbytes(state)
+    check_free_space(run_dir, needed)
+    try:
+        write_atomic(path, lambda f: torch.save(state, f))
+        _publish(run_dir, path, keep_last)
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write as RuntimeError
+        raise _write_failed(path, e, needed) from None
+    return path
+
+
+def _sharded_state(model, optimizer, keys: set[str]):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)  # shards (DTensors) by reference, no copy
+    return {k: v for k, v in msd.items() if k in keys}, osd
+
+
+def save_sharded(run_dir: Path, step: int, model, optimizer, extra: dict, keep_last: int, is_main: bool,
+                 keys: set[str]) -> Path:
+    """Every rank writes its shards of model (the ``keys`` a checkpoint keeps) and optimizer with
+    ``torch.distributed.checkpoint`` into a temporary directory; rank 0 adds ``extra.pt``, renames
+    the directory into place and moves ``latest``. Collective; a failure anywhere raises a
+    :class:`CheckpointWriteError` on every rank and leaves no partial directory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    from mmldlm.io import fsync_dir
+    from mmldlm.train import distributed as D
+
+    msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    final, tmp = run_dir / f"checkpoint_step_{step}", run_dir / f"checkpoint_step_{step}.tmp"
+    needed = (state_nbytes(msd) + state_nbytes(osd)) * max(1, torch.distributed.get_world_size())
+    error = None
+    try:
+        if is_main:
+            check_free_space(run_dir, needed)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except CheckpointWriteError as e:
+        error = e
+    if D.broadcast_object(error is None):
+        try:
+            dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp))
+            if is_main:
+                write_atomic(tmp / EXTRA, lambda f: torch.save(extra, f))
+                shutil.rmtree(final, ignore_errors=True)  # the same step saved again (a re-run)
+                tmp.rename(final)
+                fsync_dir(run_dir)
+                _publish(run_dir, final, keep_last)
+        except Exception as e:  # noqa: BLE001 - any rank's failure ends the save on every rank
+            error = _write_failed(final, e, needed)
+            shutil.rmtree(tmp, ignore_errors=True)
+    failed = D.all_reduce(torch.tensor(float(error is not None)), op=torch.distributed.ReduceOp.MAX).item()
+    if failed:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise error or CheckpointWriteError(f"writing checkpoint {final} failed on another rank (see its log)")
+    return final
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state of a checkpoint file, or the unsharded part of a sharded one (its config, step,
+    data position, RNG ...); weights of a sharded one: :func:`read_model_weights` or
+    :func:`load_sharded`."""
+    path = Path(path)
+    return torch.load(path / EXTRA if path.is_dir() else path, map_location="cpu", weights_only=True)
+
+
+def load_sharded(path: Path, model, optimizer, keys: set[str]) -> None:
+    """Model (``keys``) and optimizer state of a sharded checkpoint into ``model`` / ``optimizer``
+    (FSDP or plain, any number of ranks). Collective under a process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    msd, osd = _sharded_state(model, optimizer, keys)
+    state = {"model": msd, "optimizer": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))
+
+
+def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The trained weights of any checkpoint as full tensors (CLIs, ``training.init_from``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(path)["model"]
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    weights = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+               if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    state = {"model": weights}
+    dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    return state["model"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint (file or sharded directory), or a run directory (the one its ``latest`` names)."""
+    p = Path(path)
+    if p.is_dir() and not _CKPT.match(p.name):
+        if not (p / "latest").is_file():
+            raise SystemExit(f"{p} holds no 'latest' checkpoint pointer; pass a checkpoint_step_N path")
+        p = p / (p / "latest").read_text().strip()
+    if not p.exists():
+        raise SystemExit(f"checkpoint {p} does not exist")
+    return p
+
+
+def remove_stale_temps(run_dir: Path) -> None:
+    """Delete the temporaries (``*.tmp`` files and directories) a killed writer left behind."""
+    for p in run_dir.glob("*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def read_latest(run_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or None when there is no readable pointer."""
+    try:
+        name = (run_dir / "latest").read_text().strip()
+    except OSError:
+        return None
+    return run_dir / name if _CKPT.match(name) else None
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path, dict] | None:
+    """``null`` -> None; a path -> that checkpoint; ``auto`` -> the checkpoint ``latest`` names
+    (the head of the run's timeline, also after a rollback), falling back to the newest checkpoint
+    that loads only when ``latest`` is missing or does not load; None when there is none."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        return Path(resume), load_checkpoint(Path(resume))
+    head = read_latest(run_dir)
+    if head is not None:
+        try:
+            return head, load_checkpoint(head)
+        except Exception as e:  # noqa: BLE001 - fall back to a scan below
+            log.warning("latest names %s, which does not load (%s); scanning for the newest that does", head, e)
+    for _, p in reversed(list_checkpoints(run_dir)):
+        try:
+            return p, load_checkpoint(p)
+        except Exception as e:  # noqa: BLE001 - an unreadable file: try the next older one
+            log.warning("checkpoint %s does not load (%s); trying an older one", p, e)
+    return None
+
+
+def abandon_newer(run_dir: Path, step: int) -> list[Path]:
+    """Resuming at ``step`` from an explicit checkpoint abandons the run's later timeline: its
+    checkpoints (step > ``step``) move aside, and ``latest`` names the newest one left (or is
+    removed). Returns the checkpoints moved."""
+    from mmldlm.train.run_dir import set_aside
+
+    newer = [p for s, p in list_checkpoints(run_dir) if s > step]
+    if not newer:
+        return []
+    dest = set_aside(run_dir, newer, f"after_step_{step}")
+    left = list_checkpoints(run_dir)
+    if left:
+        write_text_atomic(run_dir / "latest", f"{left[-1][1].name}\n")
+    else:
+        (run_dir / "latest").unlink(missing_ok=True)
+    log.warning("resuming at step %d: %d later checkpoint(s) of the abandoned timeline moved to %s",
+                step, len(newer), dest)
+    return newer
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states in types that ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def saved_keys(module: torch.nn.Module, carried: set[str] | frozenset = frozenset()) -> set[str]:
+    """The state a checkpoint keeps: everything but frozen parameters (a pretrained backbone, which
+    the objective records by name in ``checkpoint_metadata``), except frozen ones ``carried`` over
+    from a previous stage (``training.init_from``), which no other place holds."""
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad} - set(carried)
+    return {k for k in module.state_dict() if k not in frozen}
+
+
+def load_trainable_state_dict(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in frozen]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
+def load_matching(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> list[str]:
+    """Every tensor of ``sd`` whose name and shape exist in ``module`` (a previous stage's heads,
+    adapters); returns the names loaded."""
+    own = module.state_dict()
+    take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(take, strict=False)
+    return sorted(take)

@@ -1,0 +1,122 @@
+"""torchrun environment -> process group and device; DDP or FSDP2 wrapping; small collectives."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def setup(device_pref: str = "auto", timeout_min: float = 30.0, need_group: bool = False) -> DistInfo:
+    """Read RANK / LOCAL_RANK / WORLD_SIZE (set by torchrun); nccl on CUDA, gloo on CPU.
+
+    Without WORLD_SIZE the run is a single process without a process group, unless
+    ``need_group`` (FSDP needs one): then a one-rank group over an in-memory store.
+    """
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("training.device=cuda but CUDA is not available on this machine")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if use_cuda else "gloo"
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min), device_id=device if use_cuda else None)
+    elif need_group and not dist.is_initialized():
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return DistInfo(rank, local_rank, world, device)
+
+
+def wrap(objective: torch.nn.Module, parallelism: str, info: DistInfo, bf16: bool,
+         find_unused: bool = False) -> torch.nn.Module:
+    """The module the loop calls. ``fsdp``: FSDP2 ``fully_shard`` on each of the objective's
+    shard units, then on the objective itself, with bf16 compute over the fp32 sharded master
+    weights (``bf16``) and fp32 gradient reduction; the objective becomes the FSDP root in place.
+    ``ddp``: DistributedDataParallel when there is more than one rank, else the objective."""
+    if parallelism == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for unit in objective.shard_units():
+            fully_shard(unit, mp_policy=mp)
+        fully_shard(objective, mp_policy=mp)
+        return objective
+    if info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                   find_unused_parameters=find_unused)
+    return objective
+
+
+def sync_grads(model: torch.nn.Module, sync: bool):
+    """A context in which backward does (``sync``) or does not reduce gradients across ranks:
+    DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``; nothing on one plain rank."""
+    import contextlib
+
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (e.g. FSDP's total grad norm), or ``t`` itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def all_gather_object(obj) -> list:
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (one decision, taken once, shared by all)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj

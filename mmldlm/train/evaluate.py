@@ -1,0 +1,41 @@
+"""Validation: one function the loop calls at every eval and the loss CLI can call on its own."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from mmldlm.data.collate import settle
+from mmldlm.data.loader import shutdown_workers
+from mmldlm.train.run_log import MetricWindow
+
+
+@torch.no_grad()
+def evaluate(objective, loader, device: torch.device, step: int, seed: int, rank: int = 0, n_batches: int = 0,
+             skip_bad: bool = False, autocast=None) -> dict[str, float]:
+    """Rank-averaged means of ``loss``, the objective's metrics and its ``eval_extra`` over the
+    first ``n_batches`` batches of ``loader`` (0 = all), each batch weighted by its samples.
+    The eval noise is fixed by (seed, rank) on every call, and the caller's RNG state is left as
+    it was. Collective: every rank calls it."""
+    window = MetricWindow(device)
+    was_training = objective.training
+    objective.eval()
+    autocast = autocast or contextlib.nullcontext()
+    devices = [device] if device.type == "cuda" else []
+    it = iter(loader)
+    with torch.random.fork_rng(devices=devices):  # fixed eval noise; the training RNG untouched
+        torch.manual_seed(seed + 7919 * (rank + 1))
+        try:
+            for i, collated in enumerate(it):
+                if n_batches and i >= n_batches:
+                    break
+                batch, info = settle(collated, skip_bad)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast:
+                    loss, metrics = objective(batch, step)
+                    extra = objective.eval_extra(batch, i)
+                window.add({"loss": loss.float(), **metrics, **extra}, weight=info.texts)
+        finally:
+            shutdown_workers(it)
+    objective.train(was_training)
+    return window.reduce()
