@@ -33,7 +33,7 @@ def token_f1(pred: torch.Tensor, ref: torch.Tensor, pred_on: torch.Tensor, ref_o
 
 
 @torch.no_grad()
-def roundtrip(obj: "MMDiTObjective", ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
+def roundtrip(obj: MMDiTObjective, ids: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
               guidance: float | None = None) -> RoundTrip:
     """Both round trips of a batch. Accuracy (same token at the same position) and F1 (same
     tokens, any order) count real, non-special tokens only ([CLS]/[SEP] would flatter them);

@@ -74,14 +74,18 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
 
 
 def format_report(rep: dict) -> str:
+    other, mean = rep["l2t2l_cos_chance"], rep["t2l_cos_mean_latent"]
     lines = [f"held-out round trips on {rep['records']} records",
-             f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   (chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
-             f"  T2L2T token F1       {rep['t2l2t_f1']:.3f}   (chance: scored against another record {rep['t2l2t_f1_chance']:.3f})",
-             f"  L2T token F1         {rep['l2t_f1']:.3f}   (chance: scored against another record {rep['l2t_f1_chance']:.3f})",
-             f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f}; "
-             f"the mean latent {rep['t2l_cos_mean_latent']:.3f})",
-             f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {rep['l2t2l_cos_chance']:.3f}; "
-             f"the mean latent {rep['t2l_cos_mean_latent']:.3f})",
+             f"  T2L2T token accuracy {rep['t2l2t_acc']:.3f}   "
+             f"(chance: most frequent token {rep['t2l2t_acc_chance']:.3f})",
+             f"  T2L2T token F1       {rep['t2l2t_f1']:.3f}   "
+             f"(chance: scored against another record {rep['t2l2t_f1_chance']:.3f})",
+             f"  L2T token F1         {rep['l2t_f1']:.3f}   "
+             f"(chance: scored against another record {rep['l2t_f1_chance']:.3f})",
+             f"  T2L cosine           {rep['t2l_cos']:.3f}   (chance: another record's latent {other:.3f}; "
+             f"the mean latent {mean:.3f})",
+             f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {other:.3f}; "
+             f"the mean latent {mean:.3f})",
              "  (accuracy: same token at the same position; F1: same tokens in any order; L2T: decoded from",
              "   the record's true latent; T2L2T: from the latent the model encodes from the text)",
              ""]

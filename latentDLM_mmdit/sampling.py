@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def t2l_encode(obj: "MMDiTObjective", input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int = 50,
+def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int = 50,
                generator: torch.Generator | None = None) -> torch.Tensor:
     g, B = obj.latent, input_ids.shape[0]
     D = obj.model.latent_head.out_features
@@ -37,7 +37,7 @@ def t2l_encode(obj: "MMDiTObjective", input_ids: torch.Tensor, attention_mask: t
 
 
 @torch.no_grad()
-def l2t_decode(obj: "MMDiTObjective", latent: torch.Tensor, attention_mask: torch.Tensor,
+def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.Tensor,
                steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
     """Token ids ``[B, L]``; positions where ``attention_mask`` is False stay 0 (padding).
     ``guidance`` defaults to ``sample.l2t_guidance``."""

@@ -19,7 +19,7 @@ import random
 import socket
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -89,7 +89,7 @@ def _with_retries(what: str, fn, retries: int, backoff: float):
     for attempt in range(retries + 1):
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - classified below
+        except Exception as e:  # re-raised unless _retryable says it is transient
             if attempt == retries or not _retryable(e):
                 raise
             wait = backoff * 2**attempt * (1 + 0.25 * random.random())
@@ -113,7 +113,7 @@ def _acquire(lock: FileLock, owner_file: Path, poll: float) -> None:
                 who = "another process"
             log.info("waiting for the prefetch lock on %s, held by %s", owner_file.parent, who)
     owner_file.write_text(f"{socket.gethostname()} pid {os.getpid()} since "
-                          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+                          f"{datetime.now(UTC).isoformat(timespec='seconds')}\n")
 
 
 def prefetch(repo_id: str, local_dir: str | os.PathLike, revision: str | None = None,
@@ -154,7 +154,7 @@ def prefetch(repo_id: str, local_dir: str | os.PathLike, revision: str | None = 
                        if p.is_file() and p.name not in _OURS and ".cache" not in p.parts)
         write_json_atomic(local_dir / MARKER, {"repo_id": repo_id, "revision": revision or "main", "commit": commit,
                                                "allow_patterns": allow_patterns, "files": files,
-                                               "completed": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                               "completed": datetime.now(UTC).isoformat(timespec="seconds")},
                           indent=1)
         log.info("%s complete: %d files", local_dir, len(files))
         return local_dir

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -79,7 +80,7 @@ def chunk_text(text: str, max_chars: int, overlap: int = 0) -> list[str]:
 def _local_records(path: Path, text_field: str, on_bad: str, skipped: Counter) -> Iterator[tuple[str, str]]:
     is_jsonl = path.suffix == ".jsonl"
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - the with below owns it; open's own error is the one to report
     except OSError as e:
         raise CorpusError(f"{path}: cannot open ({e.strerror})") from None
     with fh:

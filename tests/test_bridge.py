@@ -111,7 +111,8 @@ def test_left_padded_batches_give_each_row_the_loss_it_has_alone(tiny_dir, token
         tokenizer.padding_side = side
         e = tokenizer(rows, padding=True, return_tensors="pt")
         with torch.no_grad():
-            return obj({"input_ids": e["input_ids"], "attention_mask": e["attention_mask"].bool(), "latent": latent}, 0)[0]
+            batch = {"input_ids": e["input_ids"], "attention_mask": e["attention_mask"].bool(), "latent": latent}
+            return obj(batch, 0)[0]
 
     try:
         alone = [loss_of([t], "right", z[i : i + 1]).item() for i, t in enumerate(texts)]

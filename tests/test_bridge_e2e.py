@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmldlm.prefetch import read_marker
+from mmldlm.train.checkpointing import load_checkpoint, read_model_weights
 from mmldlm.train.run_log import read_jsonl
 from tests.helpers.common import REPO, ok, run_entry
 from tests.helpers.fake_hub import FakeHub
@@ -41,16 +42,18 @@ def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, 
                    TRAIN_JSON=str(minilm_data), NUM_STEPS="6", SAVE_DIR=str(runs), NPROC_PER_NODE="1")
     stages = [("t2l", "s1", {}), ("l2t", "s2", {"INIT_FROM": str(runs / "s1")}),
               ("joint", "s3", {"INIT_FROM": str(runs / "s2"), "NPROC_PER_NODE": "2"})]
-    for task, name, extra in stages:  # hub gone: everything below is offline
-        ok(bash(SCRIPT, {**base, "TASK": task, "RUN_NAME": name, **extra}, *COMMON, timeout=600))
+    for task, name, extra in stages:  # hub gone: everything below is offline; the 2-rank stage runs FSDP
+        fsdp = ["training.parallelism=fsdp"] if name == "s3" else []
+        ok(bash(SCRIPT, {**base, "TASK": task, "RUN_NAME": name, **extra}, *COMMON, *fsdp, timeout=600))
         log = read_jsonl(runs / name / "training_log.jsonl")
         keys = {"t2l": {"latent_loss", "latent_cos"}, "l2t": {"text_loss", "text_acc"}}
         want = keys.get(task) or keys["t2l"] | keys["l2t"]
         assert all(want <= r.keys() and all(math.isfinite(r[k]) for k in want) for r in log)
         assert read_jsonl(runs / name / "eval_log.jsonl")
-    ck = torch.load(runs / "s3" / "checkpoint_step_6.pt", weights_only=True)
-    assert {k.split(".")[0] for k in ck["model"]} == {"latent_prefix", "t2l_head"}  # no backbone weights
-    assert ck["objective"]["backbone"] == "tencent/WeDLM-8B-Base" and ck["objective"]["backbone_revision"]
+    s3 = runs / "s3" / "checkpoint_step_6"  # sharded: a directory
+    assert {k.split(".")[0] for k in read_model_weights(s3)} == {"latent_prefix", "t2l_head"}  # no backbone
+    meta = load_checkpoint(s3)["objective"]
+    assert meta["backbone"] == "tencent/WeDLM-8B-Base" and meta["backbone_revision"]
     # stage 2 started from stage 1's t2l head (frozen in l2t): identical tensors
     s1 = torch.load(runs / "s1" / "checkpoint_step_6.pt", weights_only=True)["model"]
     from mmldlm.train.rebuild import LoadPolicy
@@ -150,7 +153,8 @@ def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_dat
     bad = minilm_data.parent / "bad_bridge.json"
     bad.write_text(json.dumps(records))
     p = run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, "model.pretrained_local_dir=/no/such/backbone",
-                          f"data.tokenizer_name={tokenizer_path}", f"data.data_files.train={bad}", f"logging.save_dir={tmp_path}", "logging.run_name=b"])
+                          f"data.tokenizer_name={tokenizer_path}", f"data.data_files.train={bad}",
+                          f"logging.save_dir={tmp_path}", "logging.run_name=b"])
     out = p.stdout + p.stderr
     assert p.returncode == 1 and "record 3: text is empty" in out and "/no/such/backbone" not in out, out[-3000:]
     assert not (tmp_path / "b").exists()

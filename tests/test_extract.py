@@ -153,7 +153,8 @@ def test_two_ranks_and_a_killed_rerun_equal_one_uninterrupted_run(tmp_path, corp
     recs2, z2 = load_output(tmp_path / "two")
     assert recs1 == recs2 and len(recs1) > 100
     np.testing.assert_allclose(z1, z2, atol=1e-6)
-    assert (tmp_path / "one" / "validation_data.json").read_text() == (tmp_path / "two" / "validation_data.json").read_text()
+    one, two = (tmp_path / d / "validation_data.json" for d in ("one", "two"))
+    assert one.read_text() == two.read_text()
     stats = json.loads((tmp_path / "two" / "dataset_stats.json").read_text())
     assert stats["total_samples"] == 120 and stats["latent_dim"] == 32 and stats["world_size"] == 2
 

@@ -142,7 +142,8 @@ def test_dry_run_slurm_multi_node(tmp_path):
 
 def test_dry_run_process_count(tmp_path):
     assert "--nproc_per_node 3 " in dry(tmp_path, CUDA_VISIBLE_DEVICES="0,1,2")
-    bin_dir = fake_bin(tmp_path, "nvidia-smi", 'echo "GPU 0: NVIDIA H200 (UUID: a)"; echo "GPU 1: NVIDIA H200 (UUID: b)"')
+    gpus = 'echo "GPU 0: NVIDIA H200 (UUID: a)"; echo "GPU 1: NVIDIA H200 (UUID: b)"'
+    bin_dir = fake_bin(tmp_path, "nvidia-smi", gpus)
     assert "--nproc_per_node 2 " in dry(tmp_path, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}")
     assert "--nproc_per_node 5 " in dry(tmp_path, NPROC_PER_NODE="5", CUDA_VISIBLE_DEVICES="0")
 

@@ -21,7 +21,7 @@ def final_params(run_dir):
 def assert_params_close(a, b, atol=1e-6):
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def losses(run_dir, name="training_log.jsonl", key="loss"):
@@ -62,7 +62,8 @@ def test_resume_after_sigkill_continues_with_identical_losses(run_tiny, nproc):
     steps_before = [r["step"] for r in read_jsonl(cut / "training_log.jsonl")]
     assert steps_before == [3, 6]  # step 6 was logged after the checkpoint at 4: must not duplicate
     run_tiny(*common, "training.resume=auto", nproc=nproc, run_name="cut")
-    ref_log, cut_log = read_jsonl(run_tiny.run_dir("ref") / "training_log.jsonl"), read_jsonl(cut / "training_log.jsonl")
+    ref_log = read_jsonl(run_tiny.run_dir("ref") / "training_log.jsonl")
+    cut_log = read_jsonl(cut / "training_log.jsonl")
     assert [r["step"] for r in cut_log] == [3, 6, 9, 12]
     for a, b in zip(ref_log, cut_log):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
@@ -119,7 +120,8 @@ KILL_DURING_SAVE = textwrap.dedent("""
     real_save, real_replace = torch.save, os.replace
     def die(): os.kill(os.getpid(), signal.SIGKILL)
     def partial_save(obj, f):          # half the bytes reach the disk, then the process dies
-        import io; buf = io.BytesIO(); real_save(obj, buf); f.write(buf.getvalue()[:len(buf.getvalue()) // 2]); f.flush(); die()
+        import io; buf = io.BytesIO(); real_save(obj, buf)
+        f.write(buf.getvalue()[:len(buf.getvalue()) // 2]); f.flush(); die()
     def replace(src, dst):
         if stage == "before_rename" or (stage == "before_latest" and str(dst).endswith("latest")):
             die()

@@ -118,7 +118,8 @@ def test_free_space_is_checked_before_writing(tmp_path):
     C.check_free_space(tmp_path, 1024)
 
 
-@pytest.mark.parametrize("case", ["unwritable_save_dir", "read_only_save_dir", "bad_record", "one_record", "tokenizer_missing",
+@pytest.mark.parametrize("case", ["unwritable_save_dir", "read_only_save_dir", "bad_record", "one_record",
+                                  "tokenizer_missing",
                                   "tokenizer_not_local"])
 def test_errors_end_the_run_in_one_line_before_any_work(run_tiny, tmp_path, tiny_data, case):
     records = json.loads(tiny_data.read_text())

@@ -246,9 +246,12 @@ class BridgeObjective(Objective):
         return total
 
     def shard_units(self) -> list[nn.Module]:
-        """FSDP units: the backbone's decoder layers (LoRA-wrapped or not), then the backbone."""
+        """FSDP units: the input embeddings (called directly, to splice the prefix in; they gather
+        their own weights then), the backbone's decoder layers (LoRA-wrapped or not), the backbone."""
+        emb, head = self.backbone.get_input_embeddings(), self.backbone.get_output_embeddings()
+        tied = head is not None and head.weight is emb.weight  # a tied pair must stay in one unit
         layers = [m for m in self.backbone.modules() if type(m).__name__.endswith("DecoderLayer")]
-        return [*layers, self.backbone]
+        return [*([] if tied else [emb]), *layers, self.backbone]
 
     def checkpoint_metadata(self) -> dict:
         from mmldlm.prefetch import read_marker

@@ -25,7 +25,8 @@ def main() -> int:
     args = p.parse_args()
     tok = load_tokenizer(offline_tokenizer_path())
     cfg = compose_cycle_config("mmdit_cycle_vae", [f"model={args.size}", "data.data_files.train=unused.json",
-                                                   "loss.cycle_text_warmup_steps=0", "loss.cycle_latent_warmup_steps=0"])
+                                                   "loss.cycle_text_warmup_steps=0",
+                                                   "loss.cycle_latent_warmup_steps=0"])
     torch.manual_seed(0)
     obj = MMDiTObjective(cfg, tok)
     B, L, D = args.batch_size, args.seq_len, cfg.model.latent_dim

@@ -6,8 +6,8 @@ Layouts: ``shard`` = 2-D ``latents/shard_<p>.npy`` files of ``shard_rows`` rows,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

@@ -3,7 +3,8 @@
 Schedules: ``cosine`` (Nichol & Dhariwal, s = 0.008, betas clipped at 0.999) and ``linear``
 (betas 1e-4 .. 0.02 at T = 1000, scaled by 1000 / T otherwise, as Improved DDPM does: unscaled,
 T = 100 would end with 36% of the signal left while the samplers start from pure noise). A
-schedule whose last alpha_bar exceeds 1e-3 is refused. Parameterisations of the network output: ``epsilon``, ``x0``, ``v_param``
+schedule whose last alpha_bar exceeds 1e-3 is refused. Parameterisations of the network output:
+``epsilon``, ``x0``, ``v_param``
 (v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho). With epsilon at the last timestep,
 x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) divides by a tiny sqrt(a) (cosine) and amplifies the
 network's error 1e4-6e4-fold (sqrt(a) ~ 5e-5 here); x0 and v give x0 without that division.

@@ -15,6 +15,7 @@ import logging
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,9 @@ def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
     weights = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
                if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
     state = {"model": weights}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
     return state["model"]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mmldlm.config import ConfigError
 from mmldlm.data.loader import build_data
@@ -109,7 +110,8 @@ def train(cfg: DictConfig) -> dict:
     dist, loop = D.setup(cfg.training.device, need_group=fsdp), None
     try:
         loop = _Loop(cfg, dist)
-        return loop.run()
+        with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
+            return loop.run()
     except ONE_LINE_ERRORS as e:
         log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
@@ -146,7 +148,7 @@ class _Loop:
         carried = self._init_from(t.init_from) if t.init_from else set()
         self.saved_keys = C.saved_keys(self.objective, carried)
         self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]
-        for n, p in self.params:  # fp32 master weights for everything that trains
+        for _, p in self.params:  # fp32 master weights for everything that trains
             if p.dtype != torch.float32:
                 p.data = p.data.float()
         bf16 = t.dtype.name == "bf16"
@@ -193,7 +195,8 @@ class _Loop:
         if not taken:
             raise ConfigError(f"training.init_from: {path} shares no weights with this model")
         if self.dist.is_main:
-            log.info("init_from %s: %d tensors (%s)", src, len(taken), ", ".join(sorted({k.split(".")[0] for k in taken})))
+            groups = ", ".join(sorted({k.split(".")[0] for k in taken}))
+            log.info("init_from %s: %d tensors (%s)", src, len(taken), groups)
         return set(taken)
 
     def _check_data(self, state: dict) -> None:

@@ -40,7 +40,7 @@ def _walk_keys(node, name: str):
     from omegaconf import DictConfig
 
     if isinstance(node, DictConfig):
-        for k in node.keys():
+        for k in node:
             if k == name:
                 yield node, k
             else:

@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -43,7 +43,7 @@ def probe_writable(save_dir: Path) -> None:
 
 
 def _utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 class RunDirLock:
@@ -69,7 +69,7 @@ class RunDirLock:
                               "to end or stop it, or choose another logging.run_name") from None
         self._lock = lock
         (self.run_dir / OWNER).write_text(f"host {socket.gethostname()} pid {os.getpid()} since "
-                                          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+                                          f"{datetime.now(UTC).isoformat(timespec='seconds')}\n")
 
     def release(self) -> None:
         if self._lock is not None:

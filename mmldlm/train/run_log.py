@@ -1,6 +1,7 @@
 """Metric accumulation (rank-averaged), the run's jsonl logs, and optional wandb."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ class MetricWindow:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0.0) + weight
 
-    def merge(self, other: "MetricWindow") -> None:
+    def merge(self, other: MetricWindow) -> None:
         for k, v in other.sums.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0.0) + other.counts[k]
@@ -83,7 +84,7 @@ class JsonlLog:
                 if rec.get("step", 0) <= resume_step:
                     kept.append(line)
             write_text_atomic(path, "".join(k + "\n" for k in kept))
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed by close()
 
     def write(self, record: dict) -> None:
         clean = {k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in record.items()}
@@ -98,10 +99,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a jsonl log (a torn last line is ignored)."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
     return out
 
 

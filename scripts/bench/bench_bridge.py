@@ -12,10 +12,10 @@ import argparse
 import time
 
 import torch
-from omegaconf import OmegaConf
 
-from mmldlm.train import _peak_tflops
-from wedlm_bridge.bridge import BridgeObjective, BridgeRunConfig
+from mmldlm.config import compose
+from mmldlm.train.loop import _peak_tflops
+from wedlm_bridge.bridge import BridgeObjective
 
 SHAPES = {  # Qwen3-8B = WeDLM-8B; tiny = wedlm_bridge.tiny
     "wedlm8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
@@ -38,9 +38,10 @@ def bench(shape, task, batch, seq, ckpt, steps, warmup, device) -> dict:
     torch.manual_seed(0)
     with torch.device(device):
         backbone = Qwen3ForCausalLM(Qwen3Config(**SHAPES[shape])).to(dtype)
-    cfg = OmegaConf.structured(BridgeRunConfig)
-    cfg.training.task, cfg.model.activation_checkpointing = task, ckpt
-    cfg.model.latent_dim = cfg.data.latent_dim = 1024 if shape == "wedlm8b" else 384
+    cfg = compose("wedlm8b_ar_bridge", ["data.data_files.train=unused.json", f"training.task={task}",
+                                        f"model.activation_checkpointing={ckpt}",
+                                        f"model.latent_dim={1024 if shape == 'wedlm8b' else 384}",
+                                        f"model.max_seq_len={min(1024, seq)}"])
     obj = BridgeObjective(cfg, _Tok(), backbone).to(device)
     obj.latent_prefix.float(), obj.t2l_head.float()
     params = [p for p in obj.parameters() if p.requires_grad]

@@ -62,7 +62,7 @@ def main() -> None:
             st.max_seq_length = ours.max_length
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         ratios, rates = [], {"ours": [], "sentence-transformers": []}
-        for r in range(a.repeats):
+        for _ in range(a.repeats):
             sync()
             t0 = time.perf_counter()
             with tqdm(total=len(texts), disable=True) as bar:

@@ -18,18 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-import baseline.train  # noqa: F401  (registers the schema)
 from baseline import text_to_latent
+from mmldlm.config import compose
 from mmldlm.data.loader import build_data
 from mmldlm.data.tokenizer import load_tokenizer
 from mmldlm.train import train
 from mmldlm.train.optim import build_optimizer, build_scheduler
 from mmldlm.train.run_log import read_jsonl
 from preprocessed_data.demo_corpus import pydoc_paragraphs, write_dataset
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def bare_loop(cfg, steps: int) -> float:
@@ -77,16 +74,16 @@ def main() -> None:
                          f"training.train_batch_size={args.batch_size}", f"training.num_train_steps={2 * args.steps}",
                          f"logging.log_freq={args.steps}", "logging.eval_freq=0", "logging.save_freq=0",
                          "logging.progress_bar=true"]
-            with initialize_config_dir(config_dir=str(REPO / "baseline" / "configs"), version_base="1.3"):
-                cfg = compose("t2l_regression", overrides=overrides)
-            train(cfg, text_to_latent.build)
+            cfg = compose("t2l_regression", overrides)
+            train(cfg)
             ours.append(read_jsonl(Path(d) / "runs" / f"r{r}" / "training_log.jsonl")[-1]["samples_per_s"])
             bare.append(bare_loop(cfg, args.steps))
     ratios = [o / b for o, b in zip(ours, bare)]
     print(f"\nT2L baseline {args.hidden}x{args.blocks}, batch {args.batch_size}, {args.steps} timed steps, CPU")
     print(f"bare loop   samples/s: {', '.join(f'{x:.1f}' for x in bare)}")
     print(f"shared loop samples/s: {', '.join(f'{x:.1f}' for x in ours)}")
-    print(f"shared/bare (median): {statistics.median(ratios):.3f}  -> overhead {100 * (1 - statistics.median(ratios)):+.1f}%")
+    median = statistics.median(ratios)
+    print(f"shared/bare (median): {median:.3f}  -> overhead {100 * (1 - median):+.1f}%")
 
 
 if __name__ == "__main__":

@@ -16,31 +16,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import OmegaConf
 
-from latentDLM_mmdit.mmdit_objective import MMDiTObjective, MMDiTRunConfig
+from latentDLM_mmdit.mmdit_objective import CONFIGS, MMDiTObjective
+from mmldlm.config import compose
 from mmldlm.data.tokenizer import load_tokenizer
-from mmldlm.train import _peak_tflops
+from mmldlm.train.loop import _peak_tflops
 
-MODELS = Path(__file__).resolve().parents[2] / "latentDLM_mmdit" / "configs" / "model"
 PASSES = {"l2t": 1, "t2l": 1, "unconditional": 1, "cycle_vae": 5}  # model calls per step with gradient
 
 
 def make_cfg(size: str, mode: str, seq: int, flash: bool):
-    cfg = OmegaConf.structured(MMDiTRunConfig)
-    model = yaml.safe_load((MODELS / "base.yaml").read_text())
-    if size != "base":
-        model.update({k: v for k, v in yaml.safe_load((MODELS / f"{size}.yaml").read_text()).items()
-                      if k != "defaults"})
-    model.pop("defaults", None)
-    cfg.model = OmegaConf.merge(cfg.model, model, {"max_seq_len": seq, "flash_attn": flash})
-    cfg.data.latent_dim = cfg.model.latent_dim
-    cfg.loss.loss_type = mode
-    return cfg
+    return compose("mmdit", [f"model={size}", "data.data_files.train=unused.json", f"model.max_seq_len={seq}",
+                             f"model.flash_attn={flash}", f"loss.loss_type={mode}"])
 
 
 def bench(size, mode, seq, batch, dtype, flash, steps, warmup, device, tok) -> dict:
@@ -84,7 +73,7 @@ def bench(size, mode, seq, batch, dtype, flash, steps, warmup, device, tok) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny", choices=[p.stem for p in MODELS.glob("*.yaml")])
+    ap.add_argument("--size", default="tiny", choices=[p.stem for p in (CONFIGS / "model").glob("*.yaml")])
     ap.add_argument("--modes", nargs="+", default=["l2t", "t2l", "unconditional", "cycle_vae"])
     ap.add_argument("--seq", type=int, nargs="+", default=[64])
     ap.add_argument("--batch", type=int, default=16)

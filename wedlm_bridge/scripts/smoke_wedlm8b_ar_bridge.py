@@ -21,7 +21,8 @@ def main() -> int:
     a = ap.parse_args()
     d = Path(a.model_dir)
     if not (d / "config.json").is_file() or not list(d.glob("*.safetensors")):
-        print(f"SKIP: no WeDLM weights in {d} (fetch them with DOWNLOAD_ONLY=1 bash wedlm_bridge/run_wedlm8b_ar_bridge.sh)")
+        print(f"SKIP: no WeDLM weights in {d} "
+              "(fetch them with DOWNLOAD_ONLY=1 bash wedlm_bridge/run_wedlm8b_ar_bridge.sh)")
         return 0
     from mmldlm.config import compose
     from mmldlm.data.tokenizer import load_tokenizer
