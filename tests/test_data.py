@@ -119,6 +119,17 @@ def test_each_step_takes_the_same_samples_whatever_the_ranks_and_accumulation(wo
         assert sorted(got) == sorted(ref[step])
 
 
+def test_the_lazy_permutation_is_a_seeded_bijection():
+    from mmldlm.data.loader import permute
+
+    for n in (1, 2, 3, 31, 1000, 4099):
+        p = permute(np.arange(n), n, key=7)
+        assert sorted(p.tolist()) == list(range(n))
+    a, b = permute(np.arange(500), 500, key=1), permute(np.arange(500), 500, key=2)
+    assert np.array_equal(a, permute(np.arange(500), 500, key=1)) and (a == b).mean() < 0.05
+    assert np.array_equal(permute(np.array([17, 3]), 500, key=1), a[[17, 3]])  # any slice, on its own
+
+
 def test_stream_resumes_mid_epoch_and_across_epochs(tmp_path, tokenizer, paragraphs):
     path = make_dataset(tmp_path, paragraphs[:30], dim=D)  # 7 steps per epoch at batch 4
     data, training = cfgs(path)
@@ -259,8 +270,13 @@ def test_checker_cli_lists_every_bad_record(tmp_path):
     assert good.returncode == 0 and "0 bad" in good.stdout
 
 
-@pytest.mark.parametrize("fixed,multiple", [(False, 1), (False, 8), (True, 1)])
-def test_fast_collator_matches_the_transformers_tokenizer_call(tokenizer, paragraphs, fixed, multiple):
+@pytest.mark.parametrize("fixed,multiple,side", [(False, 1, "right"), (False, 8, "right"), (True, 1, "right"),
+                                                (False, 8, "left")])
+def test_fast_collator_matches_the_transformers_tokenizer_call(tokenizer_path, paragraphs, fixed, multiple, side):
+    from mmldlm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)  # its own copy: the padding side changes
+    tokenizer.padding_side = side
     texts = paragraphs[:13] + ["short", "x " * 400]  # one truncated
     col = Collator(tokenizer, 48, fixed_length=fixed, pad_to_multiple_of=multiple)
     assert col.backend is not None

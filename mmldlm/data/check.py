@@ -34,8 +34,7 @@ def _text_notes(ds: RecordDataset, tokenizer: str | None, max_seq_len: int) -> l
     with_specials, first, cut = 0, None, 0
     for s in range(0, len(ds), BATCH):
         texts = []
-        for i in range(s, min(len(ds), s + BATCH)):
-            number, obj = ds._record(i)
+        for number, obj in ds._records(list(range(s, min(len(ds), s + BATCH)))):
             text = obj.get("text", "")
             texts.append(text)
             if any(sp in text for sp in specials):

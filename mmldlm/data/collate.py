@@ -81,10 +81,12 @@ class Collator:
             self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             self.backend.encode_special_tokens = split_special_tokens
             self.backend.enable_truncation(max_seq_len, direction=tokenizer.truncation_side)
-            self.backend.enable_padding(
-                direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
-                pad_token=tokenizer.pad_token, length=max_seq_len if fixed_length else None,
-                pad_to_multiple_of=None if fixed_length or pad_to_multiple_of == 1 else pad_to_multiple_of)
+            self.backend.no_padding()  # padded below, in numpy: half the Python list conversions
+
+    def _padded_length(self, longest: int) -> int:
+        if self.fixed_length:
+            return self.max_seq_len
+        return -(-longest // self.multiple) * self.multiple
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         if not texts:
@@ -93,8 +95,19 @@ class Collator:
         if self.backend is not None:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # no offsets
             encs = encode(texts)
-            return Tokenized(torch.from_numpy(np.array([e.ids for e in encs], dtype=np.int64)),
-                             torch.from_numpy(np.array([e.attention_mask for e in encs], dtype=bool)),
+            rows = [e.ids for e in encs]
+            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            L = self._padded_length(int(lengths.max()))
+            ids = np.full((len(rows), L), self.tokenizer.pad_token_id, dtype=np.int64)
+            left = self.tokenizer.padding_side == "left"
+            for j, row in enumerate(rows):
+                if left:
+                    ids[j, L - len(row):] = row
+                else:
+                    ids[j, : len(row)] = row
+            positions = np.arange(L)
+            mask = positions >= (L - lengths[:, None]) if left else positions < lengths[:, None]
+            return Tokenized(torch.from_numpy(ids), torch.from_numpy(mask),
                              torch.tensor([len(e.overflowing) > 0 for e in encs], dtype=torch.bool))
         split = {"split_special_tokens": self.split_special_tokens}
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len,

@@ -1,6 +1,6 @@
 """THE loader: record index -> dataset -> step-chunk sampler -> resumable stream, for every family.
 
-Records are read lazily through the memory-mapped record index (``mmldlm.data.index``); workers
+Records are read lazily through the record index (``mmldlm.data.index``), by position; workers
 never raise: a bad record travels beside the batch and the main process raises its
 :class:`DataError` (file, record, reason) or, under ``data.on_bad_record=skip``, counts it.
 
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import BatchInfo, Collator, settle
-from mmldlm.data.index import RecordIndex, RecordReader, open_index, text_hash
+from mmldlm.data.index import NpyRows, RecordIndex, RecordReader, open_index, text_hash
 from mmldlm.data.records import (
     DataError,
     LatentError,
@@ -40,22 +40,26 @@ log = logging.getLogger(__name__)
 
 
 class RecordDataset(Dataset):
-    """The records at ``positions`` of an index; an item is ``{index, record, text?, latent?}``
-    (``latent`` float32 ``[K, D]`` when records carry one), or the :class:`DataError` of a record
-    whose latent turned out to be bad."""
+    """The records at ``positions`` of an index (all of them when None, the first ``limit`` when
+    set); an item is ``{index, record, text?, latent?}`` (``latent`` float32 ``[K, D]`` when records
+    carry one), or the :class:`DataError` of a record whose latent turned out to be bad."""
 
-    def __init__(self, index: RecordIndex, positions: np.ndarray):
+    def __init__(self, index: RecordIndex, positions: NpyRows | None = None, limit: int | None = None):
         self.index, self.positions = index, positions
+        total = len(index) if positions is None else len(positions)
+        self.length = total if limit is None else min(total, limit)
         self.latent_dim = index.rules.latent_dim
         self.reader = RecordReader(index)
         self._shards: dict[str, LatentShard] = {}  # per process; reopened by each worker
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return self.length
 
-    def _record(self, i: int) -> tuple[int, dict]:
-        pos = int(self.positions[i])
-        return int(self.index.records[pos]["record"]), self.reader.read(pos)
+    def _records(self, indices: list[int]) -> list[tuple[int, dict]]:
+        """(record number, parsed record) of each item: the index rows in one gather."""
+        where = np.asarray(indices, dtype=np.int64)
+        rows = self.index.records.take(where if self.positions is None else self.positions.take(where)).tolist()
+        return [(number, self.reader.read_at(offset, length, number)) for offset, length, number in rows]
 
     def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any]:
         item = {"index": number, "record": obj}
@@ -79,14 +83,14 @@ class RecordDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list:
         """A whole batch (the DataLoader calls this): shard rows in one pass per shard."""
-        recs = [self._record(int(i)) for i in indices]
+        recs = self._records(indices)
         if self.latent_dim is None:
             return [self._item(n, obj) for n, obj in recs]
         out: list = [None] * len(recs)
         by_shard: dict[str, list[int]] = {}
-        root = self.index.root
+        root = str(self.index.root)
         for k, (n, obj) in enumerate(recs):
-            path = str(root / obj["latent_path"])
+            path = os.path.join(root, obj["latent_path"])
             if obj.get("latent_row") is not None:
                 by_shard.setdefault(path, []).append(k)
                 continue
@@ -113,13 +117,43 @@ class RecordDataset(Dataset):
         return out
 
 
+def _mix(x: np.ndarray, key: int) -> np.ndarray:
+    """A 64-bit integer hash (splitmix64's finaliser) of ``x`` under ``key``; uint64 arithmetic wraps."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(key)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def permute(positions: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
+    """``perm[positions]`` for a pseudo-random permutation ``perm`` of ``range(n)`` fixed by ``key``,
+    computed for just these positions: a balanced Feistel network on the smallest even number of
+    bits that covers ``n``, cycle-walking past values >= n. No array of length n is ever built, so
+    a rank's memory does not grow with the corpus."""
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    x = np.asarray(positions, dtype=np.uint64)
+    todo = np.ones(len(x), dtype=bool)
+    while todo.any():  # each walk step lands in range with probability > 1/4
+        left, right = x[todo] >> np.uint64(half), x[todo] & mask
+        for r in range(rounds):
+            left, right = right, left ^ (_mix(right, key * 1_000_003 + r) & mask)
+        x[todo] = (left << np.uint64(half)) | right
+        todo = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
 class StepChunkSampler(Sampler[int]):
     """Rank ``rank``'s sample indices for one epoch, from micro-batch ``start`` on.
 
     Each optimizer step takes the next ``G = B * world * accum`` positions of the epoch's
     permutation (seed, epoch); micro-step m of rank r gets positions ``[(m*world + r)*B, +B)`` of
     that chunk. Incomplete last chunks are dropped (every rank gets the same number of batches).
+    The permutation is computed a few micro-batches at a time (:func:`permute`), never held whole.
     """
+
+    CHUNK = 32  # micro-batches whose indices are computed together
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, accum: int, seed: int,
                  shuffle: bool = True):
@@ -145,19 +179,22 @@ class StepChunkSampler(Sampler[int]):
     def set_position(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
 
+    def micro_batches(self, k0: int, k1: int) -> np.ndarray:
+        """This rank's sample indices of micro-batches ``k0 .. k1 - 1`` of the epoch, in order."""
+        ks = np.arange(k0, k1, dtype=np.int64)
+        step, micro = np.divmod(ks, self.accum)
+        first = ((step * self.accum + micro) * self.world + self.rank) * self.b
+        positions = (first[:, None] + np.arange(self.b, dtype=np.int64)).reshape(-1)
+        return permute(positions, self.n, self.seed * 100_003 + self.epoch) if self.shuffle else positions
+
     def indices(self) -> np.ndarray:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            perm = torch.randperm(self.n, generator=g).numpy()
-        else:
-            perm = np.arange(self.n)
-        s, a, w, b = self.steps_per_epoch, self.accum, self.world, self.b
-        mine = perm[: s * a * w * b].reshape(s, a, w, b)[:, :, self.rank, :].reshape(-1)
-        # this rank's share only, compactly: no list of Python ints the size of the epoch
-        return mine[self.start * b :].astype(np.int32 if self.n < 2**31 else np.int64)
+        """Every index this rank reads from ``start`` to the epoch's end (tests, benchmarks)."""
+        return self.micro_batches(self.start, self.micro_batches_per_epoch())
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
+        end = self.micro_batches_per_epoch()
+        for k in range(self.start, end, self.CHUNK):  # a few micro-batches per call: numpy's overhead, amortised
+            yield from self.micro_batches(k, min(end, k + self.CHUNK)).tolist()
 
     def __len__(self) -> int:
         return (self.micro_batches_per_epoch() - self.start) * self.b
@@ -265,10 +302,9 @@ def open_checked(path: str, rules: RecordRules, skip: bool, cache_dir: str | Non
 
 
 def _split(data_cfg, train: RecordIndex, val: RecordIndex | None, need_val: bool):
-    """(train positions, validation positions or None) from a validation file or a held-out
-    split. With ``need_val`` (periodic eval is on) an empty validation set is an error naming
-    its cause."""
-    everything = np.arange(len(train), dtype=np.int64)
+    """(train positions, validation positions) from a validation file or a held-out split: None
+    means every record of its file; False, no validation set. With ``need_val`` (periodic eval is
+    on) an empty validation set is an error naming its cause."""
     if val is not None:
         overlap = np.intersect1d(train.split_hashes(), val.split_hashes()).size
         if overlap:
@@ -276,17 +312,17 @@ def _split(data_cfg, train: RecordIndex, val: RecordIndex | None, need_val: bool
         if need_val and not len(val):
             raise ConfigError(f"data.data_files.validation: {val.json_path} holds no (good) records, and "
                               "logging.eval_freq > 0 needs some; fix the file or set logging.eval_freq=0")
-        return everything, np.arange(len(val), dtype=np.int64)
+        return None, None
     if data_cfg.val_split_ratio > 0:
-        mask = np.asarray(train.split_hashes()) < np.uint64(int(data_cfg.val_split_ratio * 2**64))
-        if need_val and not mask.any():
+        train_pos, held = train.split_positions(data_cfg.val_split_ratio)
+        if need_val and not len(held):
             raise ConfigError(f"data.val_split_ratio: {data_cfg.val_split_ratio} of {len(train)} records held out "
                               "none, and logging.eval_freq > 0 needs a validation set; raise the ratio, pass "
                               "data.data_files.validation, or set logging.eval_freq=0")
-        return np.flatnonzero(~mask), np.flatnonzero(mask)
+        return train_pos, held
     if need_val:
         log.warning("no validation set (data.data_files.validation or data.val_split_ratio): periodic eval is off")
-    return everything, None
+    return None, False
 
 
 def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1, pin_memory: bool = False,
@@ -301,30 +337,28 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
     val = (open_checked(data_cfg.data_files.validation, rules, skip, data_cfg.index_cache_dir)
            if data_cfg.data_files.validation else None)
     train_pos, val_pos = _split(data_cfg, train, val, need_val)
-    val_index = val if val is not None else train
     bad = len(train.problems) + (len(val.problems) if val is not None else 0)
     if bad:
         first = (train.problems or val.problems)[0]
         log.warning("%d bad records skipped (data.on_bad_record=skip), e.g. %s", bad, first)
-    if data_cfg.max_samples:
-        train_pos = train_pos[: data_cfg.max_samples]
-    if val_pos is not None and data_cfg.max_val_samples:
-        val_pos = val_pos[: data_cfg.max_val_samples]
+    train_set = RecordDataset(train, train_pos, data_cfg.max_samples)
+    val_set = None if val_pos is False else RecordDataset(val if val is not None else train, val_pos,
+                                                          data_cfg.max_val_samples)
     if data_cfg.num_workers > 0:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety of fast tokenizers
     collate = collate or Collator(tokenizer, data_cfg.max_seq_len, data_cfg.padding.name == "max_length",
                                   data_cfg.pad_to_multiple_of)
     try:
-        sampler = StepChunkSampler(len(train_pos), training_cfg.train_batch_size, rank, world,
+        sampler = StepChunkSampler(len(train_set), training_cfg.train_batch_size, rank, world,
                                    training_cfg.gradient_accumulation_steps, training_cfg.seed, data_cfg.shuffle)
     except ValueError as e:
         raise ConfigError(f"training.train_batch_size: {e}") from None
-    stream = TrainStream(RecordDataset(train, train_pos), sampler, collate, data_cfg.num_workers, pin_memory, skip)
+    stream = TrainStream(train_set, sampler, collate, data_cfg.num_workers, pin_memory, skip)
     val_loader = None
-    if val_pos is not None and len(val_pos):
-        val_loader = eval_loader(RecordDataset(val_index, val_pos), training_cfg.eval_batch_size, rank, world,
-                                 collate, data_cfg.num_workers, pin_memory)
-    return DataBundle(stream, val_loader, len(train_pos), 0 if val_pos is None else len(val_pos), bad, skip,
+    if val_set is not None and len(val_set):
+        val_loader = eval_loader(val_set, training_cfg.eval_batch_size, rank, world, collate, data_cfg.num_workers,
+                                 pin_memory)
+    return DataBundle(stream, val_loader, len(train_set), 0 if val_set is None else len(val_set), bad, skip,
                       train.fingerprint)
 
 
@@ -332,5 +366,4 @@ def read_dataset(path: str | Path, latent_dim: int | None, latent_root: str | No
                  allow_outside: bool = False, skip: bool = False) -> RecordDataset:
     """Every good record of one file as a dataset (CLIs: the checker, the round-trip report)."""
     rules = RecordRules(latent_dim=latent_dim, latent_root=latent_root, allow_outside=allow_outside)
-    index = open_checked(str(path), rules, skip, None)
-    return RecordDataset(index, np.arange(len(index), dtype=np.int64))
+    return RecordDataset(open_checked(str(path), rules, skip, None))

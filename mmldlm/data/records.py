@@ -6,9 +6,8 @@ and, unless ``data.latent_dim`` is null, ``latent_path`` (relative to the JSON f
 optional ``latent_row`` (a row of a 2-D shard ``[N, D]``). Without ``latent_row`` the file holds
 one sample: ``[D]``, ``[1, D]`` or ``[K, D]``. A family may require more fields
 (:class:`RecordFields`). Every problem is a :class:`DataError` naming the JSON file, the record
-number and the reason. ``.npy`` files are read with ``allow_pickle=False``, only when they are
-regular files, and shard rows by positioned reads (no memory map: a rank's memory stays
-independent of the corpus size).
+number and the reason. ``.npy`` files are read with ``allow_pickle=False`` and only when they are
+regular files; shard rows by positioned reads (a rank's memory stays independent of the corpus).
 """
 from __future__ import annotations
 
@@ -153,7 +152,9 @@ def _read_header(f, path: str) -> tuple[tuple, bool, np.dtype]:
 
 
 class LatentShard:
-    """A 2-D ``[N, D]`` shard read row by row with positioned reads (its header checked once)."""
+    """A 2-D ``[N, D]`` shard (its header checked once) read row by row with positioned reads
+    straight into the output: no memory map, whose touched pages would count against a rank's
+    memory until they covered every latent of the corpus."""
 
     def __init__(self, path: str, latent_dim: int | None):
         _file_ok(path)
@@ -177,25 +178,15 @@ class LatentShard:
         self._pid = -1
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` as float32 ``[n, D]``, in the order given; runs of consecutive rows in one read."""
+        """``rows`` as float32 ``[n, D]``, in the order given."""
         if self._fd is None or self._pid != os.getpid():  # one descriptor per process (workers fork)
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
         row_bytes = self.dim * self.dtype.itemsize
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        start = 0
-        while start < len(srt):
-            end = start + 1
-            while end < len(srt) and srt[end] <= srt[end - 1] + 1:
-                end += 1
-            first, n = int(srt[start]), int(srt[end - 1]) - int(srt[start]) + 1
-            raw = os.pread(self._fd, n * row_bytes, self.data_offset + first * row_bytes)
-            block = np.frombuffer(raw, dtype=self.dtype).reshape(n, self.dim)
-            out[order[start:end]] = block[srt[start:end] - first]
-            start = end
-        return out
+        raw = np.empty((len(rows), self.dim), dtype=self.dtype)
+        buf = memoryview(raw).cast("B")
+        for j, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            os.preadv(self._fd, [buf[j * row_bytes: (j + 1) * row_bytes]], self.data_offset + r * row_bytes)
+        return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
 
 def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:

