@@ -56,16 +56,20 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
         if not still.any():
             break
         t = still.sum(1).float() / n_real.clamp_min(1)
+        # logits at the still-masked positions only ([N, V]): the vocabulary projection of the
+        # committed ones would be thrown away
         if w > 0:
-            out, _ = obj.model(ids.repeat(2, 1), mask2, latent, t.repeat(2), t_lat)
+            out, _ = obj.model(ids.repeat(2, 1), mask2, latent, t.repeat(2), t_lat, text_logits=still.repeat(2, 1))
             cond, uncond = obj.text.subs(out).log_softmax(-1).chunk(2)  # p(x0 | x_t) excludes [MASK]
             logits = (1 + w) * cond - w * uncond
             logits[..., mask_id] = -math.inf  # (-inf) - (-inf) is nan: set it again
         else:
-            logits = obj.text.subs(obj.model(ids, attention_mask, latent, t, t_lat)[0])
-        top, pred = logits.max(-1)
-        conf = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
-        conf = torch.where(still, conf, -1.0)
+            logits = obj.text.subs(obj.model(ids, attention_mask, latent, t, t_lat, text_logits=still)[0])
+        top, pred_still = logits.max(-1)
+        conf = torch.full((B, L), -1.0, device=ids.device)
+        conf[still] = (top - logits.logsumexp(-1)).exp()  # the softmax probability of the argmax
+        pred = torch.zeros_like(ids)
+        pred[still] = pred_still
         left = steps - s
         k = torch.ceil(still.sum(1).float() / left).long()  # spread the remaining positions evenly
         order = conf.argsort(dim=1, descending=True)

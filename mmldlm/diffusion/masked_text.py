@@ -45,7 +45,9 @@ class MaskedTextDiffusion:
 
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (float32, a copy) with the ``[MASK]`` logit at -inf: what p(x0 | x_t) means."""
-        out = logits.float().clone()
+        out = logits.float()
+        if out is logits:  # already float32: copy, the caller's tensor stays as it was
+            out = out.clone()
         out[..., self.mask_id] = -torch.inf
         return out
 
