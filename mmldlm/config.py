@@ -91,6 +91,9 @@ class TrainingConfig:
     device: str = "auto"  # auto | cpu | cuda
     ddp_find_unused_parameters: bool = False
     peak_tflops: Optional[float] = None  # per device, for MFU; null = known GPUs only
+    # decay of an exponential moving average of the trainable weights (MDLM: 0.9999); eval runs on
+    # it, checkpoints carry it (in the optimizer state, so resume is exact under DDP and FSDP); 0 = off
+    ema: float = 0.0
 
     def check(self) -> None:
         for key in ("train_batch_size", "eval_batch_size", "num_train_steps",
@@ -98,6 +101,7 @@ class TrainingConfig:
             _require(getattr(self, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", "must be in [0, 1]")
+        _require(0.0 <= self.ema < 1.0, "training.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
         _require(self.device in ("auto", "cpu", "cuda"), "training.device",
                  f"must be auto, cpu or cuda, got {self.device!r}")
         if self.resume is not None and self.resume != "auto":
@@ -158,6 +162,16 @@ class DataFilesConfig:
 
 @dataclass
 class DataConfig:
+    # Where the records come from (docs/data.md): null or json = data.data_files, JSON list / JSONL
+    # files of records; text = data.data_files are text files, one document per non-empty line; any
+    # other name = a hub dataset (or a local directory of data files) read with datasets.load_dataset
+    # from data.cache_dir, whose held-out split is its validation (else test) split, or for names
+    # containing "openwebtext" its last data.test_size training documents.
+    dataset_name: Optional[str] = None
+    dataset_subset: Optional[str] = None  # hub datasets: load_dataset's second argument (config name)
+    cache_dir: Optional[str] = field(default=None, metadata=PATH)  # hub datasets: null = the datasets default
+    test_size: int = 100000  # "openwebtext" names: validation = the last test_size documents of train
+    text_field: str = "text"  # hub datasets: the column holding the text
     data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
     latent_data_root: Optional[str] = field(default=None, metadata=PATH)  # base of latent_path; default: the JSON's dir
     # records whose latent_path is absolute or climbs out of the root with '..' are bad records
@@ -169,6 +183,10 @@ class DataConfig:
     max_seq_len: int = 512
     padding: Padding = Padding.dynamic
     pad_to_multiple_of: int = 1
+    # pack documents (MDLM's OpenWebText protocol): BOS + doc + EOS, the batch's documents concatenated
+    # and cut into max_seq_len rows (only the last row padded); training.train_batch_size then counts
+    # documents, and padding / pad_to_multiple_of do not apply (every row is max_seq_len long)
+    wrap: bool = False
     num_workers: int = 2
     max_samples: Optional[int] = None
     max_val_samples: Optional[int] = None
@@ -177,14 +195,44 @@ class DataConfig:
     shuffle: bool = True
 
     def check(self) -> None:
-        _require(self.data_files.train is not None, "data.data_files.train",
-                 "is required: the path of a JSON/JSONL file of {text, latent_path} records")
+        name, files = self.dataset_name, self.data_files
+        _require(name is None or bool(name.strip()), "data.dataset_name", "must be null, json, text or a dataset name")
+        if name not in (None, "json", "text"):  # a hub dataset: the one source of data
+            for key, value in (("train", files.train), ("validation", files.validation)):
+                _require(value is None, f"data.data_files.{key}",
+                         f"must be null when data.dataset_name names a hub dataset ({name!r}): one source of data "
+                         "(data.dataset_name json | text reads data.data_files instead)")
+            _require(self.val_split_ratio == 0, "data.val_split_ratio",
+                     f"must be 0 with a hub dataset ({name!r}): its own held-out split is used (its validation or "
+                     "test split; for openwebtext, its last data.test_size documents)")
+            _require(self.latent_dim is None, "data.latent_dim",
+                     f"must be null with a hub dataset ({name!r}): its records carry no latents")
+            _require(bool(self.text_field), "data.text_field", "must name the column that holds the text")
+        else:
+            _require(files.train is not None, "data.data_files.train",
+                     "is required: the path of a JSON/JSONL file of {text, latent_path} records (or of a text file "
+                     "with data.dataset_name=text), unless data.dataset_name names a hub dataset")
+            for key, default in (("dataset_subset", None), ("cache_dir", None), ("text_field", "text")):
+                _require(getattr(self, key) == default, f"data.{key}",
+                         f"is read only with a hub dataset (data.dataset_name), not with data.dataset_name={name}; "
+                         f"leave it {'null' if default is None else repr(default)}")
+            if name == "text":
+                _require(self.latent_dim is None, "data.latent_dim",
+                         "must be null with data.dataset_name=text: a text file's documents carry no latents")
+            for key, value in (("train", files.train), ("validation", files.validation)):
+                _require(name is not None or not (value or "").endswith(".txt"), f"data.data_files.{key}",
+                         f"{value} is a .txt file: set data.dataset_name=text to read it as one document per "
+                         "non-empty line (data.dataset_name=json reads it as JSON / JSONL)")
+        _require(self.test_size >= 1, "data.test_size", f"must be >= 1, got {self.test_size}")
+        _require(not self.wrap or self.latent_dim is None, "data.wrap",
+                 "packs documents across rows, so records cannot bring latents: set data.latent_dim=null "
+                 "(or data.wrap=false)")
         _require(self.latent_dim is None or self.latent_dim >= 1, "data.latent_dim", "must be null or >= 1")
         _require(self.max_seq_len >= 2, "data.max_seq_len", "must be >= 2")
         _require(self.pad_to_multiple_of >= 1, "data.pad_to_multiple_of", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _require(0.0 <= self.val_split_ratio < 1.0, "data.val_split_ratio", "must be in [0, 1)")
-        _require(not (self.data_files.validation and self.val_split_ratio > 0),
+        _require(not (files.validation and self.val_split_ratio > 0),
                  "data.val_split_ratio", "set it or data.data_files.validation, not both")
         for key in ("max_samples", "max_val_samples"):
             v = getattr(self, key)

@@ -5,15 +5,25 @@ Core batch: ``input_ids [B, L] long``, ``attention_mask [B, L] bool``, ``latent 
 ``data.latent_dim`` is null) and ``index [B]`` (record numbers). A collate function returns
 :class:`Collated`: the batch, the bad records dropped from it and how many texts were cut. A family
 with its own batch schema brings its own collate with the same return type.
+
+Packed batches (``data.wrap: true``, MDLM's OpenWebText protocol): each document is tokenised
+whole (no truncation, none of the tokenizer's own special tokens) and wrapped as
+``BOS + tokens + EOS``; the batch's documents are concatenated in order and cut into rows of
+``data.max_seq_len``: every full row, then the remainder as one last row, right-padded
+(``attention_mask`` False). No token is dropped and only the last row has padding. Rows:
+``input_ids [R, max_seq_len]``, ``attention_mask [R, max_seq_len]``, ``index [R]`` = the record
+number of the document the row's first token belongs to; R follows the documents' lengths.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from mmldlm.config import ConfigError
 from mmldlm.data.records import DataError
 from mmldlm.nn import masked_mean
 
@@ -67,14 +77,20 @@ class Collator:
     in a record is tokenised as characters, never as the special id (a literal mask id in clean
     input would corrupt the masked-diffusion targets). Special tokens are still added around the
     text by the tokenizer's post-processor ([CLS] ... [SEP]).
+
+    ``wrap=True`` packs the batch's documents into full rows instead (module docstring): BOS and
+    EOS are the tokenizer's ``bos_token_id`` / ``eos_token_id``, else its ``cls_token_id`` /
+    ``sep_token_id``; ``fixed_length`` and ``pad_to_multiple_of`` do not apply (every row is
+    ``max_seq_len`` long) and nothing is truncated.
     """
 
     def __init__(self, tokenizer, max_seq_len: int, fixed_length: bool = False,
-                 pad_to_multiple_of: int = 1, split_special_tokens: bool = True):
+                 pad_to_multiple_of: int = 1, split_special_tokens: bool = True, wrap: bool = False):
         self.tokenizer, self.max_seq_len = tokenizer, max_seq_len
         self.fixed_length, self.multiple = fixed_length, pad_to_multiple_of
-        self.split_special_tokens = split_special_tokens
-        self.backend = None
+        self.split_special_tokens, self.wrap = split_special_tokens, wrap
+        self.bos, self.eos = wrap_tokens(tokenizer) if wrap else (None, None)
+        self.backend = self.doc_backend = None
         if getattr(tokenizer, "is_fast", False):
             from tokenizers import Tokenizer
 
@@ -82,6 +98,10 @@ class Collator:
             self.backend.encode_special_tokens = split_special_tokens
             self.backend.enable_truncation(max_seq_len, direction=tokenizer.truncation_side)
             self.backend.no_padding()  # padded below, in numpy: half the Python list conversions
+            if wrap:  # documents whole: packing cuts them, nothing is dropped
+                self.doc_backend = Tokenizer.from_str(self.backend.to_str())
+                self.doc_backend.encode_special_tokens = split_special_tokens
+                self.doc_backend.no_truncation()
 
     def _padded_length(self, longest: int) -> int:
         if self.fixed_length:
@@ -118,14 +138,65 @@ class Collator:
         return Tokenized(enc["input_ids"].long(), enc["attention_mask"].bool(),
                          torch.tensor([len(f) > self.max_seq_len for f in full], dtype=torch.bool))
 
+    def tokenize_documents(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, whole: no truncation, none of the tokenizer's special tokens."""
+        if not texts:
+            return []
+        if self.doc_backend is not None:
+            encode = getattr(self.doc_backend, "encode_batch_fast", self.doc_backend.encode_batch)  # no offsets
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False, truncation=False,
+                              split_special_tokens=self.split_special_tokens)["input_ids"]
+
+    def pack(self, docs: list[list[int]], numbers: list[int]) -> dict[str, torch.Tensor]:
+        """``BOS + doc + EOS`` of every document, concatenated and cut into ``max_seq_len`` rows (the
+        last one right-padded); ``index`` is the record of the document holding each row's first token."""
+        L = self.max_seq_len
+        lengths = np.fromiter((len(d) + 2 for d in docs), dtype=np.int64, count=len(docs))
+        total = int(lengths.sum())
+        rows = -(-total // L)
+        ids = np.full(rows * L, self.tokenizer.pad_token_id, dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        special = np.zeros(total, dtype=bool)
+        special[starts], special[starts + lengths - 1] = True, True
+        body = ids[:total]
+        body[starts], body[starts + lengths - 1] = self.bos, self.eos
+        body[~special] = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64, count=total - 2 * len(docs))
+        mask = np.arange(rows * L) < total
+        owner = np.searchsorted(starts, np.arange(rows, dtype=np.int64) * L, side="right") - 1
+        return {"input_ids": torch.from_numpy(ids.reshape(rows, L)),
+                "attention_mask": torch.from_numpy(mask.reshape(rows, L)),
+                "index": torch.from_numpy(np.asarray(numbers, dtype=np.int64)[owner])}
+
     def __call__(self, items: list) -> Collated:
         good, bad = partition(items)
+        if self.wrap:
+            if good and "latent" in good[0]:
+                raise ConfigError("data.wrap: packed rows mix documents, so records cannot bring latents; "
+                                  "set data.latent_dim=null (or data.wrap=false)")
+            docs = self.tokenize_documents([it["text"] for it in good])
+            return Collated(self.pack(docs, [it["index"] for it in good]), bad, 0, len(good))
         tok = self.tokenize([it["text"] for it in good])
         batch = {"input_ids": tok.input_ids, "attention_mask": tok.attention_mask,
                  "index": torch.tensor([it["index"] for it in good], dtype=torch.long)}
         if good and "latent" in good[0]:
             batch.update(stack_latents([it["latent"] for it in good]))
         return Collated(batch, bad, int(tok.truncated.sum()), len(good))
+
+
+def wrap_tokens(tokenizer) -> tuple[int, int]:
+    """(BOS, EOS) that packing puts around each document: the tokenizer's BOS / EOS, else its
+    CLS / SEP (a BERT vocabulary); a ConfigError when it has neither."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if bos is None or eos is None:
+        wanted = (("a BOS (or CLS) token", bos), ("an EOS (or SEP) token", eos))
+        missing = " and ".join(w for w, t in wanted if t is None)
+        raise ConfigError(f"data.wrap: the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} "
+                          f"(data.tokenizer_name) "
+                          f"has no {missing} to put around each packed document; use a tokenizer that has them "
+                          "or set data.wrap=false")
+    return int(bos), int(eos)
 
 
 def stack_latents(latents: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -1,10 +1,10 @@
 """The record index: built once per data file in one streaming pass, shared by every rank.
 
 A rank never holds the records in Python lists. The index keeps, per good record, where its JSON
-text lies in the file (byte offset, length) and its record number: 16 bytes, in ``records.npy``,
-which every rank of a node reads from one copy in the page cache. A record is read when it is
-sampled (positioned reads of its index entry and its text, then ``json.loads``), so a rank's
-memory does not grow with the corpus. Beside it: ``split.npy`` (a
+text (in a text corpus: its line) lies in the file (byte offset, length) and its record number:
+16 bytes, in ``records.npy``, which every rank of a node reads from one copy in the page cache.
+A record is read when it is sampled (positioned reads of its index entry and its text, then
+``json.loads``), so a rank's memory does not grow with the corpus. Beside it: ``split.npy`` (a
 salted hash of each text, which decides the held-out split and the train/validation overlap
 check), ``problems.json`` (every bad record: number, line, reason) and ``meta.json`` (the data
 file's size, mtime and inode, the rules it was checked with, the fingerprint resume compares).
@@ -138,7 +138,35 @@ def _json_list_records(f, json_path: Path):
         yield start, byte_pos - start, None, obj
 
 
-def _raw_records(json_path: Path, f):
+def _text_records(f, path: Path):
+    """(offset, length, line, {"text": line} | DataError) per line holding more than whitespace: a
+    text corpus, one document per non-empty line (HF's ``text`` builder, less its empty lines). The
+    text is the line without its line break; a UTF-8 byte-order mark before the first line is not
+    part of it."""
+    offset, line_no, record_no = 0, 0, 0
+    for raw in f:
+        line_no += 1
+        start, offset = offset, offset + len(raw)
+        body = raw.rstrip(b"\r\n")
+        if line_no == 1 and body.startswith(codecs.BOM_UTF8):
+            start, body = start + len(codecs.BOM_UTF8), body[len(codecs.BOM_UTF8):]
+        try:
+            text = body.decode("utf-8")
+            if not text.strip():
+                continue
+            obj: dict | DataError = {"text": text}
+        except UnicodeDecodeError as e:
+            if not body.strip():
+                continue
+            obj = DataError(path, record_no, f"not valid UTF-8 (byte {e.start} of the line: {e.reason})", line=line_no)
+        yield start, len(body), line_no, obj
+        record_no += 1
+
+
+def _raw_records(json_path: Path, f, fmt: str = "json"):
+    if fmt == "text":
+        yield from _text_records(f, json_path)
+        return
     head = f.read(4096)
     f.seek(0)
     if head.lstrip()[:1] == b"[":
@@ -232,13 +260,23 @@ class RecordIndex:
     def total_records(self) -> int:
         return len(self.records) + len(self.problems)
 
+    def reader(self) -> RecordReader:
+        """Reads this file's records by position (one per dataset: it keeps a descriptor per process)."""
+        return RecordReader(self)
+
 
 class RecordReader:
     """Reads records of an index by position; one file descriptor per process (workers fork)."""
 
     def __init__(self, index: RecordIndex):
         self.index = index
+        self.text = index.rules.format == "text"
         self._fd, self._pid = None, -1
+
+    def read(self, positions: np.ndarray) -> list[tuple[int, dict]]:
+        """(record number, parsed record) of the good records at ``positions``: the index rows in one gather."""
+        rows = self.index.records.take(positions).tolist()
+        return [(number, self.read_at(offset, length, number)) for offset, length, number in rows]
 
     def read_at(self, offset: int, length: int, number: int) -> dict:
         if self._fd is None or self._pid != os.getpid():
@@ -247,6 +285,8 @@ class RecordReader:
         if len(raw) != length:
             raise DataError(self.index.json_path, number, "the file changed while training (shorter than its "
                                                           "index); restart to re-index it")
+        if self.text:
+            return {"text": raw.decode("utf-8")}
         return json.loads(raw.decode("utf-8"))  # a str skips json's encoding detection
 
 
@@ -312,7 +352,7 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
     try:
         with open(json_path, "rb") as f, open(tmp / "records.raw", "wb") as rec_out, \
                 open(tmp / "split.raw", "wb") as split_out:
-            for record_no, (offset, length, line, obj) in enumerate(_raw_records(json_path, f)):
+            for record_no, (offset, length, line, obj) in enumerate(_raw_records(json_path, f, rules.format)):
                 reason = obj.reason if isinstance(obj, DataError) else record_problem(obj, rules)
                 if reason is None and rules.latent_dim is not None and obj.get("latent_row") is not None:
                     reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_row"], rules.latent_dim,

@@ -1,5 +1,11 @@
 """THE loader: record index -> dataset -> step-chunk sampler -> resumable stream, for every family.
 
+Sources (``data.dataset_name``): null / json, a JSON list or JSONL file of records; text, a text
+file of one document per non-empty line (both named by ``data.data_files``, indexed by
+``mmldlm.data.index``); any other name, a hub dataset (``mmldlm.data.hub``) read by position
+from its Arrow files. Each becomes a map-style :class:`RecordDataset`, so the training order and
+its exact resume are the same for all.
+
 Records are read lazily through the record index (``mmldlm.data.index``), by position; workers
 never raise: a bad record travels beside the batch and the main process raises its
 :class:`DataError` (file, record, reason) or, under ``data.on_bad_record=skip``, counts it.
@@ -21,11 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import BatchInfo, Collator, settle
-from mmldlm.data.index import NpyRows, RecordIndex, RecordReader, open_index, text_hash
+from mmldlm.data.hub import HubTexts, is_hub_name, open_hub
+from mmldlm.data.index import NpyRows, RecordIndex, open_index, text_hash
 from mmldlm.data.records import (
     DataError,
     LatentError,
@@ -40,26 +48,28 @@ log = logging.getLogger(__name__)
 
 
 class RecordDataset(Dataset):
-    """The records at ``positions`` of an index (all of them when None, the first ``limit`` when
+    """The records at ``positions`` of a source (all of them when None, the first ``limit`` when
     set); an item is ``{index, record, text?, latent?}`` (``latent`` float32 ``[K, D]`` when records
-    carry one), or the :class:`DataError` of a record whose latent turned out to be bad."""
+    carry one), or the :class:`DataError` of a record that turned out to be bad when read.
 
-    def __init__(self, index: RecordIndex, positions: NpyRows | None = None, limit: int | None = None):
+    The source is a :class:`RecordIndex` (a JSON / JSONL / text file) or a :class:`HubTexts` (a
+    split of a hub dataset): both are read by position, through their ``reader()``."""
+
+    def __init__(self, index: RecordIndex | HubTexts, positions: NpyRows | None = None, limit: int | None = None):
         self.index, self.positions = index, positions
         total = len(index) if positions is None else len(positions)
         self.length = total if limit is None else min(total, limit)
         self.latent_dim = index.rules.latent_dim
-        self.reader = RecordReader(index)
+        self.reader = index.reader()
         self._shards: dict[str, LatentShard] = {}  # per process; reopened by each worker
 
     def __len__(self) -> int:
         return self.length
 
-    def _records(self, indices: list[int]) -> list[tuple[int, dict]]:
-        """(record number, parsed record) of each item: the index rows in one gather."""
+    def _records(self, indices: list[int]) -> list[tuple[int, dict | DataError]]:
+        """(record number, parsed record, or why it is bad) of each item."""
         where = np.asarray(indices, dtype=np.int64)
-        rows = self.index.records.take(where if self.positions is None else self.positions.take(where)).tolist()
-        return [(number, self.reader.read_at(offset, length, number)) for offset, length, number in rows]
+        return self.reader.read(where if self.positions is None else self.positions.take(where))
 
     def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any]:
         item = {"index": number, "record": obj}
@@ -85,7 +95,7 @@ class RecordDataset(Dataset):
         """A whole batch (the DataLoader calls this): shard rows in one pass per shard."""
         recs = self._records(indices)
         if self.latent_dim is None:
-            return [self._item(n, obj) for n, obj in recs]
+            return [obj if isinstance(obj, DataError) else self._item(n, obj) for n, obj in recs]
         out: list = [None] * len(recs)
         by_shard: dict[str, list[int]] = {}
         root = str(self.index.root)
@@ -288,9 +298,39 @@ class DataBundle:
     fingerprint: dict  # of the training file (checked on resume)
 
 
-def rules_from(data_cfg, fields: RecordFields | None = None) -> RecordRules:
+def rules_from(data_cfg, fields: RecordFields | None = None, fmt: str = "json") -> RecordRules:
     return RecordRules(latent_dim=data_cfg.latent_dim, latent_root=data_cfg.latent_data_root,
-                       allow_outside=data_cfg.allow_paths_outside_root, fields=fields or RecordFields())
+                       allow_outside=data_cfg.allow_paths_outside_root, fields=fields or RecordFields(), format=fmt)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the records come from: ``kind`` json (a JSON list / JSONL file: ``data.dataset_name``
+    null or json), text (one document per non-empty line: ``text``) or hub (any other name:
+    ``datasets.load_dataset``, :mod:`mmldlm.data.hub`). Local kinds read ``data.data_files``."""
+
+    kind: str
+    name: str | None
+    subset: str | None
+    cache_dir: str | None
+    test_size: int
+    text_field: str
+
+
+def source_of(data_cfg) -> Source:
+    """The data source a config names (every source key is read, whichever the source)."""
+    name = data_cfg.dataset_name
+    kind = "hub" if is_hub_name(name) else (name or "json")
+    return Source(kind, name, data_cfg.dataset_subset, data_cfg.cache_dir, data_cfg.test_size, data_cfg.text_field)
+
+
+def _checked(data_cfg) -> None:
+    """The data section's own checks (``DataConfig.check``), for configs built without
+    :func:`mmldlm.config.compose` too (tests, benches): a wrong combination of sources fails here
+    naming the key, not later."""
+    obj = OmegaConf.to_object(data_cfg) if isinstance(data_cfg, DictConfig) else data_cfg
+    if callable(getattr(obj, "check", None)):
+        obj.check()
 
 
 def open_checked(path: str, rules: RecordRules, skip: bool, cache_dir: str | None) -> RecordIndex:
@@ -329,14 +369,27 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
                need_val: bool = False, fields: RecordFields | None = None,
                collate: Callable | None = None) -> DataBundle:
     """Train stream and validation loader from the ``data`` / ``training`` config sections.
-    Every record is checked here (once per file: the index is cached), before any model is built.
-    ``fields`` and ``collate`` are a family's own record fields and collate (default: core)."""
+    Every record of a file is checked here (once per file: the index is cached), before any model
+    is built; a hub dataset's texts are checked when read. ``fields`` and ``collate`` are a
+    family's own record fields and collate (default: core; ``data.wrap`` packs documents)."""
+    _checked(data_cfg)
     skip = data_cfg.on_bad_record.name == "skip"
-    rules = rules_from(data_cfg, fields)
-    train = open_checked(data_cfg.data_files.train, rules, skip, data_cfg.index_cache_dir)
-    val = (open_checked(data_cfg.data_files.validation, rules, skip, data_cfg.index_cache_dir)
-           if data_cfg.data_files.validation else None)
-    train_pos, val_pos = _split(data_cfg, train, val, need_val)
+    src = source_of(data_cfg)
+    if src.kind != "json" and fields is not None and fields.required:
+        raise ConfigError(f"data.dataset_name: {src.name!r} gives records with a text only, and this objective's "
+                          f"records need {list(fields.required)}; use a JSON / JSONL file of such records")
+    if src.kind == "hub":
+        train, val = open_hub(src.name, src.subset, src.cache_dir, src.test_size, src.text_field)
+        if need_val and not len(val):
+            raise ConfigError(f"data.dataset_name: the validation set ({val.json_path}) is empty, and "
+                              "logging.eval_freq > 0 needs one; pick another dataset or set logging.eval_freq=0")
+        train_pos, val_pos = None, None
+    else:
+        rules = rules_from(data_cfg, fields, src.kind)
+        train = open_checked(data_cfg.data_files.train, rules, skip, data_cfg.index_cache_dir)
+        val = (open_checked(data_cfg.data_files.validation, rules, skip, data_cfg.index_cache_dir)
+               if data_cfg.data_files.validation else None)
+        train_pos, val_pos = _split(data_cfg, train, val, need_val)
     bad = len(train.problems) + (len(val.problems) if val is not None else 0)
     if bad:
         first = (train.problems or val.problems)[0]
@@ -346,8 +399,12 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
                                                           data_cfg.max_val_samples)
     if data_cfg.num_workers > 0:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety of fast tokenizers
-    collate = collate or Collator(tokenizer, data_cfg.max_seq_len, data_cfg.padding.name == "max_length",
-                                  data_cfg.pad_to_multiple_of)
+    if collate is None:
+        collate = Collator(tokenizer, data_cfg.max_seq_len, data_cfg.padding.name == "max_length",
+                           data_cfg.pad_to_multiple_of, wrap=data_cfg.wrap)
+    elif data_cfg.wrap and not getattr(collate, "wrap", False):
+        raise ConfigError("data.wrap: this objective brings its own collate (its own batch schema), which does "
+                          "not pack documents; set data.wrap=false")
     try:
         sampler = StepChunkSampler(len(train_set), training_cfg.train_batch_size, rank, world,
                                    training_cfg.gradient_accumulation_steps, training_cfg.seed, data_cfg.shuffle)

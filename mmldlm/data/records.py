@@ -1,6 +1,7 @@
 """Records and latent arrays: one place for every bad-input reason.
 
-A dataset is a JSON list or a JSONL file of records. Core fields: ``text`` (a non-empty string),
+A dataset is a JSON list or a JSONL file of records (or a text file: one record ``{"text": line}``
+per non-empty line, ``data.dataset_name: text``). Core fields: ``text`` (a non-empty string),
 and, unless ``data.latent_dim`` is null, ``latent_path`` (relative to the JSON file's directory or
 ``data.latent_data_root``, never outside it unless ``data.allow_paths_outside_root``) with an
 optional ``latent_row`` (a row of a 2-D shard ``[N, D]``). Without ``latent_row`` the file holds
@@ -60,11 +61,15 @@ class RecordRules:
     latent_root: str | None = None  # None: the JSON file's directory
     allow_outside: bool = False
     fields: RecordFields = RecordFields()
+    format: str = "json"  # json: a JSON list or JSONL file; text: one document per non-empty line
 
     def key(self) -> dict:
         """What a cached index must have been built with to be reused."""
-        return {"latent_dim": self.latent_dim, "latent_root": self.latent_root, "allow_outside": self.allow_outside,
-                "fields": [self.fields.name, self.fields.version, list(self.fields.required), self.fields.needs_text]}
+        key = {"latent_dim": self.latent_dim, "latent_root": self.latent_root, "allow_outside": self.allow_outside,
+               "fields": [self.fields.name, self.fields.version, list(self.fields.required), self.fields.needs_text]}
+        if self.format != "json":  # absent for JSON: indexes built before text files existed stay valid
+            key["format"] = self.format
+        return key
 
 
 def regular_file_problem(path: str | os.PathLike) -> str | None:
