@@ -27,3 +27,18 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "last":
         return last_token(x, mask)
     raise ValueError(f"unknown pooling {how!r} (mean | last)")
+
+
+def rank_share(count: torch.Tensor) -> torch.Tensor:
+    """``count`` summed over ranks / world size, while training under a process group (else as is).
+
+    Dividing a rank's summed loss by it makes the ranks' mean (what DDP/FSDP gradient averaging
+    computes) the global per-token mean, however the tokens fall on the ranks: W ranks then train
+    exactly as 1 rank on the same global batch. A collective: every rank calls it at every step."""
+    import torch.distributed as dist
+
+    if not (torch.is_grad_enabled() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    total = count.detach().float().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()

@@ -128,6 +128,34 @@ def test_every_bridge_and_baseline_key_is_read(reads, tmp_path, tokenizer_path, 
     assert not (unread := sorted(set(schema_keys(T2LRunConfig)) - shared - reads)), f"baseline keys unread: {unread}"
 
 
+def test_every_text_diffusion_baseline_key_is_read(reads, tmp_path, tokenizer_path, paragraphs):
+    import torch
+
+    from baseline.schema import ARRunConfig, GiddRunConfig, HdlmRunConfig, LatentRunConfig, MDLMRunConfig
+    from tests.helpers.common import make_dataset
+
+    text = tmp_path / "text.jsonl"
+    text.write_text("\n".join(json.dumps({"text": p}) for p in paragraphs[:40]))
+    latent = make_dataset(tmp_path / "lat", paragraphs[:40], dim=16)
+    torch.save(torch.randint(0, 4, (30522,)), clusters := tmp_path / "clusters.pt")
+    small = [f"data.tokenizer_name={tokenizer_path}", "model=tiny", "model.hidden_size=32", "model.n_heads=1",
+             "model.n_blocks=2", "model.max_seq_len=32", "data.max_seq_len=32", "data.dataset_name=json"]
+    runs = [("mdlm", MDLMRunConfig, ["training.low_discrepancy_sampling=false", "model.time_conditioning=false"]),
+            ("gidd", GiddRunConfig, ["model.p_uniform=0.1", "model.gamma=1.0"]),
+            ("ar", ARRunConfig, ["model.dropout=0.1"]),
+            ("hdlm-small-cluster_64-gamma_1.0-xi_0.9", HdlmRunConfig, [f"model.cluster_dict_path={clusters}",
+                                                                       "model.cluster_size=4"]),
+            ("mdlm_cross_attention", LatentRunConfig, ["model.latent_dim=16", "model.latent_tokens=2",
+                                                       "model.cross_attention_frequency=1",
+                                                       f"data.latent_data_root={latent.parent}",
+                                                       "data.data_files.validation=null"])]
+    shared = set(schema_keys(RunConfig))
+    for name, schema, extra in runs:
+        reads.clear()
+        _train(name, tmp_path, latent if name.startswith("mdlm_") else text, tokenizer_path, name, *small, *extra)
+        assert not (unread := sorted(set(schema_keys(schema)) - shared - reads)), f"{name} keys unread: {unread}"
+
+
 def _leaves(d, prefix=""):
     for k, v in (d or {}).items():
         if isinstance(v, dict):
@@ -143,26 +171,58 @@ def _default(schema, key):
     return node.value if hasattr(node, "value") and not isinstance(node, (int, float)) else node
 
 
+def _group_file(d, group, name):
+    """(path, prefix) of a group option: ``# @package _global_`` files merge at the root."""
+    f = d / group / f"{name}.yaml"
+    return f, ("" if "@package _global_" in f.read_text() else f"{group}.")
+
+
+def _inherited(f, d) -> set[str]:
+    """Keys the configs in ``f``'s defaults list set (a recipe may set what the schema's default
+    restores, e.g. lm1b's bert tokenizer after the OWT recipe's GPT-2)."""
+    keys = set()
+    for item in (yaml.safe_load(f.read_text()) or {}).get("defaults", []):
+        parent = d / f"{item}.yaml" if isinstance(item, str) else None
+        if parent is not None and not item.endswith("_schema") and parent.is_file():
+            keys |= {k for k, _ in _leaves(_body(parent))} | _inherited(parent, d)
+        elif isinstance(item, dict):
+            for group, name in item.items():
+                group = group.replace("override ", "").strip()
+                if (d / group / f"{name}.yaml").is_file():
+                    gf, prefix = _group_file(d, group, name)
+                    keys |= {prefix + k for k, _ in _leaves(_body(gf))}
+    return keys
+
+
+def _body(f):
+    doc = yaml.safe_load(f.read_text()) or {}
+    doc.pop("defaults", None), doc.pop("hydra", None)
+    return doc
+
+
 def test_shipped_yaml_keys_exist_and_state_no_schema_default():
     """Every leaf of every shipped YAML is a key of its family's schema, and no YAML restates
     the schema's default (one source of truth; drifted copies were how tests and users ran with
-    different settings)."""
+    different settings), unless it undoes what a config it includes set."""
     entries = registered()
-    dirs = [e.config_dir for e in entries.values()] + [REPO / "cycle_vae_impl" / "configs"]
+    dirs = {e.config_dir for e in entries.values()} | {REPO / "cycle_vae_impl" / "configs"}
     problems = []
-    for d in dirs:
+    for d in sorted(dirs):
         for f in sorted(d.rglob("*.yaml")):
             group = f.parent.name if f.parent != d else None
-            obj = objective_of(f.stem, [d, *(e.config_dir for e in entries.values()), SHARED_CONFIGS]) if not group \
-                else next(n for n, e in entries.items() if e.config_dir == d)
-            schema = entries[obj].schema
-            doc = yaml.safe_load(f.read_text()) or {}
-            doc.pop("defaults", None), doc.pop("hydra", None)
-            known = set(schema_keys(schema))
-            for key, value in _leaves({group: doc} if group else doc):
-                if key not in known and not any(key.startswith(k + ".") for k in known):
-                    problems.append(f"{f.relative_to(REPO)}: {key} is no key of {schema.__name__}")
-                elif key in known and not (isinstance(value, str) and "${" in value) and value == _default(schema, key):
+            if group:  # a group option: a key of any schema sharing the directory (baseline/ has several)
+                schemas = [e.schema for e in entries.values() if e.config_dir == d]
+                _, prefix = _group_file(d, group, f.stem)
+                inherited = set()
+            else:
+                obj = objective_of(f.stem, [d, *(e.config_dir for e in entries.values()), SHARED_CONFIGS])
+                schemas, prefix, inherited = [entries[obj].schema], "", _inherited(f, d)
+            for key, value in _leaves(_body(f), prefix):
+                owners = [sc for sc in schemas if key in set(schema_keys(sc))]
+                if not owners and not any(key.startswith(k + ".") for sc in schemas for k in schema_keys(sc)):
+                    problems.append(f"{f.relative_to(REPO)}: {key} is no key of {schemas[0].__name__}")
+                elif owners and key not in inherited and not (isinstance(value, str) and "${" in value) \
+                        and all(value == _default(sc, key) for sc in owners):
                     problems.append(f"{f.relative_to(REPO)}: {key}={value!r} restates the schema default")
     for f in SHARED_CONFIGS.rglob("*.yaml"):
         for key, value in _leaves({f.parent.name: yaml.safe_load(f.read_text())}):

@@ -90,7 +90,8 @@ def test_offline_a_complete_directory_trains_and_an_incomplete_one_says_what_to_
     hub.stop()  # no network from here on
     train_env = env_for(tmp_path, None, NPROC_PER_NODE="1", TRAIN_JSON=str(tiny_data), NUM_STEPS="2",
                         SAVE_DIR=str(tmp_path / "runs"), RUN_NAME="offline")
-    p = bash(BASELINE, train_env, "model.hidden_size=32", "model.n_blocks=1", "data.latent_dim=16",
+    p = bash(BASELINE, {**train_env, "CONFIG_NAME": "t2l_regression"}, "model.hidden_size=32", "model.n_blocks=1",
+             "data.latent_dim=16",
              "model.latent_dim=16", "logging.progress_bar=false", "data.num_workers=0")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "runs" / "offline" / "checkpoint_step_2.pt").exists()
@@ -203,7 +204,8 @@ def test_sigusr1_to_the_whole_job_checkpoints_through_torchrun(tmp_path, hub, ti
     """SLURM preemption as --signal=USR1@N delivers it: to torchrun and every rank at once."""
     assert bash(BASELINE, env_for(tmp_path, hub, DOWNLOAD_ONLY="1")).returncode == 0
     env = env_for(tmp_path, hub, NPROC_PER_NODE="2", TRAIN_JSON=str(tiny_data), NUM_STEPS="100000",
-                  SAVE_DIR=str(tmp_path / "runs"), RUN_NAME="pre", TRAIN_BATCH_SIZE="4")
+                  SAVE_DIR=str(tmp_path / "runs"), RUN_NAME="pre", TRAIN_BATCH_SIZE="4",
+                  CONFIG_NAME="t2l_regression")
     args = ["model.hidden_size=32", "model.n_blocks=1", "data.latent_dim=16", "model.latent_dim=16",
             "logging.progress_bar=false", "data.num_workers=0", "logging.log_freq=1", "logging.save_freq=0",
             "logging.eval_freq=0"]

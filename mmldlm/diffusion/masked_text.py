@@ -34,10 +34,13 @@ class MaskedTextDiffusion:
         dsigma = (1 - self.eps) / (1 - (1 - self.eps) * t)
         return dsigma / torch.expm1(sigma)
 
-    def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: torch.Tensor):
-        """Mask each real token with probability ``mask_prob(t)``: (noisy_ids, masked [B, L] bool)."""
+    def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: torch.Tensor,
+                u: torch.Tensor | None = None):
+        """Mask each real token with probability ``mask_prob(t)``: (noisy_ids, masked [B, L] bool).
+        ``u`` ([B, L] uniforms) replaces the draw from the global RNG (``mmldlm.diffusion.noise``)."""
         p = self.mask_prob(t).unsqueeze(1)
-        masked = (torch.rand(input_ids.shape, device=input_ids.device) < p) & attention_mask
+        u = torch.rand(input_ids.shape, device=input_ids.device) if u is None else u
+        masked = (u < p) & attention_mask
         return torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids), masked
 
     def fully_masked(self, attention_mask: torch.Tensor) -> torch.Tensor:

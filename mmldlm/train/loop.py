@@ -35,6 +35,7 @@ from mmldlm.objective import lookup
 from mmldlm.prefetch import PrefetchError
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
+from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
 from mmldlm.train.optim import build_optimizer, build_scheduler
 from mmldlm.train.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
@@ -333,6 +334,8 @@ class _Loop:
                             self.step + 1, "loss" if bad_loss else "grad norm", self.skipped_steps)
         else:
             self.optimizer.step()
+            if self.cfg.training.ema:
+                update_ema(self.optimizer, [p for _, p in self.params], self.cfg.training.ema)
             step_metrics.add({"grad_norm": gnorm.detach()})
             self.window.merge(step_metrics)
         self.optimizer.zero_grad(set_to_none=True)
@@ -379,9 +382,10 @@ class _Loop:
 
     def _evaluate(self) -> None:
         t = self.cfg.training
-        rec = {"step": self.step, **evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed,
-                                             self.dist.rank, self.cfg.logging.num_eval_batches, self.data.skip_bad,
-                                             self.autocast)}
+        with ema_weights(self.optimizer, [p for _, p in self.params]):
+            result = evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed, self.dist.rank,
+                              self.cfg.logging.num_eval_batches, self.data.skip_bad, self.autocast)
+        rec = {"step": self.step, **result}
         if self.dist.is_main:
             self.eval_log.write(rec)
             if self.wandb:

@@ -1,0 +1,283 @@
+"""The text-diffusion baselines as registered objectives: MDLM, GIDD(+), HDLM, AR and the
+latent-conditioned MDLM (adaLN or cross-attention), all on the shared loop.
+
+Every diffusion objective is the same recipe around a different forward process
+(``mmldlm.diffusion``): draw t (low-discrepancy within the rank's batch), corrupt the real tokens,
+run the DiT, and reduce the process's per-token terms over the batch's real tokens
+(``loss`` = the training-weighted terms, ``elbo`` = the NELBO in nats/token, logged as such).
+The model's logits beyond the tokenizer's vocabulary (the rows that round the embedding up to a
+multiple of 128, HDLM's cluster tokens) never enter a softmax: they are sliced away.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from baseline.dit import DiT
+from baseline.schema import (
+    ARRunConfig,
+    GiddRunConfig,
+    HdlmRunConfig,
+    LatentRunConfig,
+    LossWeighting,
+    MDLMRunConfig,
+)
+from mmldlm.config import ConfigError
+from mmldlm.data.collate import mean_latent
+from mmldlm.diffusion.masked_text import MaskedTextDiffusion
+from mmldlm.diffusion.noise import keyed_uniform
+from mmldlm.nn import masked_mean, rank_share
+from mmldlm.objective import Objective, register
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class Terms(NamedTuple):
+    elbo: torch.Tensor  # [B, L] NELBO contribution per token, 0 at pads
+    loss: torch.Tensor  # [B, L] what training minimises (the ELBO terms under training weights)
+    metrics: dict
+
+
+def mask_token_id(tokenizer) -> int:
+    """The tokenizer's [MASK], added when it has none (GPT-2: id 50257, as MDLM/GIDD do)."""
+    if tokenizer.mask_token_id is None:
+        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+    return tokenizer.mask_token_id
+
+
+def never_predicted(tokenizer) -> list[int]:
+    """Ids a clean text never holds: the pad token, unless it doubles as BOS/EOS (GPT-2's pad is
+    its EOS, a real token under packing)."""
+    pad = tokenizer.pad_token_id
+    return [] if pad is None or pad in (tokenizer.eos_token_id, tokenizer.bos_token_id) else [pad]
+
+
+class MDLMProcess:
+    """MDLM's absorbing process behind the same two calls as GIDD and HDLM."""
+
+    def __init__(self, vocab_size: int, mask_id: int, eps: float, excluded: list[int]):
+        self.text, self.num_states, self.excluded = MaskedTextDiffusion(mask_id, eps), vocab_size, excluded
+
+    def corrupt(self, ids, attention_mask, t, u=None):
+        return self.text.corrupt(ids, attention_mask, t, u)[0]
+
+    def terms(self, logits, ids, noisy, attention_mask, t) -> Terms:
+        logits = self.text.subs(logits)
+        logits[..., self.excluded] = -torch.inf
+        masked = noisy == self.text.mask_id
+        ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+        elbo = torch.where(masked, ce * self.text.loss_weight(t)[:, None], 0.0)
+        acc = ((logits.argmax(-1) == ids) & masked).sum() / masked.sum().clamp_min(1)
+        return Terms(elbo, elbo, {"masked_acc": acc})
+
+
+class Noise(NamedTuple):
+    t: torch.Tensor  # [B]
+    u: torch.Tensor  # [B, L] uniforms of the MDLM masks
+
+
+class DiffusionLM(Objective):
+    def __init__(self, cfg, tokenizer, process, num_states: int, latent_dim: int | None = None):
+        super().__init__()
+        m = cfg.model
+        self.process, self.vocab = process, len(tokenizer)
+        self.t_lo, self.t_hi = m.t_eps, (1.0 if isinstance(process, MDLMProcess) else 1 - m.t_eps)
+        self.low_discrepancy = cfg.training.low_discrepancy_sampling
+        self.seed = cfg.training.seed
+        self.model = DiT(m, num_states, latent_dim)
+
+    def noise(self, batch: dict, step: int) -> Noise:
+        """t and the MDLM mask uniforms of a batch, from (seed, step, record, position) alone
+        (``mmldlm.diffusion.noise``): W ranks see what 1 rank sees, a resumed run what the
+        uninterrupted one saw. Low-discrepancy t is stratified over the ranks' global batch
+        (sample j of rank r sits at r * B + j, where the step-chunk sampler put it). Eval noise
+        is the same at every eval (step key -1)."""
+        ids, index = batch["input_ids"], batch["index"]
+        B, L = ids.shape
+        key = (self.seed, step if self.training else -1)
+        if self.low_discrepancy:
+            rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+            shift = keyed_uniform(torch.zeros(1, dtype=torch.long, device=ids.device), *key, 0)
+            where = rank * B + torch.arange(B, device=ids.device)
+            frac = (where / (world * B) + shift) % 1
+        else:
+            frac = keyed_uniform(index, *key, 1)
+        t = (self.t_lo + (self.t_hi - self.t_lo) * frac).float()
+        counters = index[:, None] * (1 << 24) + torch.arange(L, device=ids.device)
+        return Noise(t, keyed_uniform(counters, *key, 2).float())
+
+    def conditioning(self, batch: dict) -> dict:
+        return {}
+
+    def run(self, batch: dict, noise: Noise, latent_batch: dict | None = None):
+        """(terms, final features) of one noisy pass; ``latent_batch`` conditions it."""
+        ids, mask, t = batch["input_ids"], batch["attention_mask"], noise.t
+        if isinstance(self.process, MDLMProcess):
+            noisy = self.process.corrupt(ids, mask, t, noise.u)
+        else:  # GIDD / HDLM draw their noise tokens from the (per-rank) global RNG
+            noisy = self.process.corrupt(ids, mask, t)
+        logits, feats = self.model(noisy, mask, t, **self.conditioning(latent_batch or batch), features=True)
+        return self.process.terms(logits[..., : self.vocab], ids, noisy, mask, t), feats
+
+    def forward(self, batch: dict, step: int):
+        mask = batch["attention_mask"]
+        terms, feats = self.run(batch, self.noise(batch, step))
+        n = rank_share(mask.sum()).clamp_min(1)  # the global batch's real tokens per rank
+        loss, elbo = terms.loss.sum() / n, terms.elbo.detach().sum() / n
+        metrics = {"elbo": elbo, **{k: v.detach() for k, v in terms.metrics.items()}}
+        extra, more = self.extra_loss(batch, feats)
+        return loss + extra, {**metrics, **more}
+
+    def extra_loss(self, batch: dict, feats: torch.Tensor):
+        return 0.0, {}
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+
+class LatentDiffusionLM(DiffusionLM):
+    """MDLM conditioned on the record's latent. Eval adds ``latent_gain``: the NELBO with another
+    record's latent minus the NELBO with the true one (same t, same masks), nats/token."""
+
+    def __init__(self, cfg, tokenizer, process, num_states: int):
+        m = cfg.model
+        super().__init__(cfg, tokenizer, process, num_states, m.latent_dim if m.use_latent_conditioning else None)
+        self.cross = m.use_latent_conditioning and m.conditioning_type.name == "cross_attention"
+        self.adaln = m.use_latent_conditioning and not self.cross
+        self.pred_weight = cfg.loss.latent_prediction_weight
+        self.latent_head = (nn.Sequential(nn.Linear(m.hidden_size, 2 * m.hidden_size), nn.SiLU(),
+                                          nn.Linear(2 * m.hidden_size, m.latent_dim)) if m.predict_latents else None)
+
+    def conditioning(self, batch: dict) -> dict:
+        if self.adaln:
+            return {"latent": mean_latent(batch)}
+        if self.cross:
+            return {"latent": batch["latent"], "latent_mask": batch.get("latent_mask")}
+        return {}
+
+    def extra_loss(self, batch: dict, feats: torch.Tensor):
+        if self.latent_head is None:
+            return 0.0, {}
+        pred = self.latent_head(masked_mean(feats, batch["attention_mask"])).float()
+        target = mean_latent(batch).float()
+        mse = F.mse_loss(pred, target)
+        cos = F.cosine_similarity(pred, target, dim=-1).mean()
+        return self.pred_weight * mse, {"latent_pred_loss": mse.detach(), "latent_pred_cos": cos.detach()}
+
+    @torch.no_grad()
+    def eval_extra(self, batch: dict, index: int) -> dict:
+        mask = batch["attention_mask"]
+        if mask.shape[0] < 2:
+            return {}  # no other record to borrow a latent from
+        shuffled = {**batch, **{k: batch[k].roll(1, 0) for k in ("latent", "latent_mask") if k in batch}}
+        nelbo = []
+        for cond in (batch, shuffled):  # the same t and masks for both (keyed noise)
+            terms, _ = self.run(batch, self.noise(batch, -1), cond)
+            nelbo.append(terms.elbo.sum() / mask.sum().clamp_min(1))
+        return {"nelbo_true_latent": nelbo[0], "nelbo_shuffled_latent": nelbo[1], "latent_gain": nelbo[1] - nelbo[0]}
+
+
+class AutoregressiveLM(Objective):
+    """A Llama of the preset's sizes; next-token cross-entropy over real tokens (``elbo`` = NLL)."""
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        m = cfg.model
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=4 * m.hidden_size,
+                             num_hidden_layers=m.n_blocks, num_attention_heads=m.n_heads,
+                             num_key_value_heads=m.n_heads, max_position_embeddings=m.max_seq_len,
+                             attention_dropout=m.dropout, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config._attn_implementation = "sdpa"
+        self.model = LlamaForCausalLM(config)
+
+    def forward(self, batch: dict, step: int):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+        real = mask[:, 1:] & mask[:, :-1]
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        loss = (nll * real).sum() / rank_share(real.sum()).clamp_min(1)
+        return loss, {"elbo": loss.detach()}
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.model.model.layers)
+
+
+def _excluded_and_mask(tokenizer) -> tuple[int, list[int]]:
+    return mask_token_id(tokenizer), never_predicted(tokenizer)
+
+
+def build_mdlm(cfg, tokenizer) -> DiffusionLM:
+    mask_id, excluded = _excluded_and_mask(tokenizer)
+    return DiffusionLM(cfg, tokenizer, MDLMProcess(len(tokenizer), mask_id, cfg.model.t_eps, excluded), len(tokenizer))
+
+
+def build_gidd(cfg, tokenizer) -> DiffusionLM:
+    from mmldlm.diffusion.gidd import GiddDiffusion
+
+    mask_id, excluded = _excluded_and_mask(tokenizer)
+    m, lo = cfg.model, cfg.loss
+    process = _config_errors(GiddDiffusion, len(tokenizer), mask_id, p_uniform=m.p_uniform, gamma=m.gamma,
+                             eps=m.t_eps, excluded_ids=excluded, loss_weighting=lo.loss_weighting.value,
+                             min_loss_weight=lo.min_loss_weight, max_loss_weight=lo.max_loss_weight)
+    return DiffusionLM(cfg, tokenizer, process, len(tokenizer))
+
+
+def build_hdlm(cfg, tokenizer) -> DiffusionLM:
+    from mmldlm.diffusion.hdlm import HierarchicalDiffusion, load_clusters
+
+    mask_id, excluded = _excluded_and_mask(tokenizer)
+    m, lo = cfg.model, cfg.loss
+    if lo.loss_weighting is LossWeighting.dynamic:
+        raise ConfigError("loss.loss_weighting: HDLM's training weights are its ELBO weights, clipped (clip) or not "
+                          "(none); dynamic is GIDD's")
+    clusters = _config_errors(load_clusters, m.cluster_dict_path, len(tokenizer), key="model.cluster_dict_path")
+    n = int(clusters.max()) + 1
+    if n != m.cluster_size:
+        raise ConfigError(f"model.cluster_size={m.cluster_size} but {m.cluster_dict_path} holds {n} clusters")
+    clip = lo.loss_weighting is LossWeighting.clip
+    process = _config_errors(HierarchicalDiffusion, len(tokenizer), mask_id, clusters, gamma=m.gamma,
+                             p_perturb=m.p_perturb, eps=m.t_eps, simplified=lo.simplified,
+                             force_transitting_within=lo.force_transitting_within,
+                             min_loss_weight=lo.min_loss_weight if clip else 0.0,
+                             max_loss_weight=lo.max_loss_weight if clip else float("inf"), excluded_ids=excluded)
+    return DiffusionLM(cfg, tokenizer, process, process.num_states)
+
+
+def build_latent(cfg, tokenizer) -> LatentDiffusionLM:
+    mask_id, excluded = _excluded_and_mask(tokenizer)
+    return LatentDiffusionLM(cfg, tokenizer, MDLMProcess(len(tokenizer), mask_id, cfg.model.t_eps, excluded),
+                             len(tokenizer))
+
+
+def build_ar(cfg, tokenizer) -> AutoregressiveLM:
+    return AutoregressiveLM(cfg, tokenizer)
+
+
+def _config_errors(fn, *args, key: str | None = None, **kwargs):
+    """A process's ValueError (it names the config key) as the ConfigError the loop prints."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}" if key else str(e)) from None
+
+
+BUILDERS = {"mdlm": build_mdlm, "gidd": build_gidd, "hdlm": build_hdlm, "ar": build_ar, "mdlm_latent": build_latent,
+            "mdlm_cross_attention": build_latent}
+
+
+def build(cfg, tokenizer) -> Objective:
+    """The objective ``loss.loss_type`` names (the schema made sure it is the config's objective)."""
+    return BUILDERS[cfg.loss.loss_type.name](cfg, tokenizer)
+
+
+for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
+                       ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
+    register(_name, _schema, build, CONFIGS)
