@@ -91,8 +91,7 @@ def test_offline_a_complete_directory_trains_and_an_incomplete_one_says_what_to_
     train_env = env_for(tmp_path, None, NPROC_PER_NODE="1", TRAIN_JSON=str(tiny_data), NUM_STEPS="2",
                         SAVE_DIR=str(tmp_path / "runs"), RUN_NAME="offline")
     p = bash(BASELINE, {**train_env, "CONFIG_NAME": "t2l_regression"}, "model.hidden_size=32", "model.n_blocks=1",
-             "data.latent_dim=16",
-             "model.latent_dim=16", "logging.progress_bar=false", "data.num_workers=0")
+             "data.latent_dim=16", "model.latent_dim=16", "logging.progress_bar=false", "data.num_workers=0")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "runs" / "offline" / "checkpoint_step_2.pt").exists()
     # the same run on a directory without the marker: a message, not a download attempt
@@ -126,6 +125,17 @@ def test_dry_run_single_node(tmp_path):
     assert line.startswith("HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 ")
     assert "-m torch.distributed.run --standalone --nproc_per_node 1 wedlm_bridge/train_wedlm_ar_bridge.py" \
            " --config-name wedlm8b_ar_bridge" in line
+
+
+def test_baseline_launcher_defaults_to_mdlm_and_maps_the_dataset_variables(tmp_path):
+    line = dry(tmp_path, BASELINE, "model=tiny", DATASET_NAME="openwebtext", CACHE_DIR="./data", MODEL_ID="gpt2",
+               LOCAL_MODEL_DIR="./local_models/gpt2")
+    assert " baseline/train.py --config-name mdlm data.tokenizer_name=./local_models/gpt2" \
+           " data.dataset_name=openwebtext data.cache_dir=./data model=tiny" in line, line
+    line = dry(tmp_path, BASELINE, CONFIG_NAME="mdlm_latent", ENTRY="baseline_latent/train_latent_dit.py",
+               DATA_ROOT="data/owt_e5")
+    assert "baseline_latent/train_latent_dit.py --config-name mdlm_latent" in line
+    assert "data.latent_data_root=data/owt_e5" in line
 
 
 def test_dry_run_slurm_multi_node(tmp_path):
@@ -212,10 +222,14 @@ def test_sigusr1_to_the_whole_job_checkpoints_through_torchrun(tmp_path, hub, ti
     proc = subprocess.Popen(["bash", str(BASELINE), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = tmp_path / "runs" / "pre" / "training_log.jsonl"
-    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, "training to start", 120)
-    for pid in [proc.pid, *descendants(proc.pid)]:  # every process of the step, as slurmd does
-        os.kill(pid, signal.SIGUSR1)
-    _, err = proc.communicate(timeout=120)
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, "training to start", 120)
+        for pid in [proc.pid, *descendants(proc.pid)]:  # every process of the step, as slurmd does
+            os.kill(pid, signal.SIGUSR1)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failed wait must not leave a 100000-step job behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     latest = (tmp_path / "runs" / "pre" / "latest").read_text().strip()
     assert 3 <= int(latest.split("_")[-1].split(".")[0]) < 100000
