@@ -31,6 +31,7 @@ from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
 from mmldlm.diffusion.noise import keyed_uniform
+from mmldlm.eval.likelihood import Nelbo
 from mmldlm.nn import masked_mean, rank_share
 from mmldlm.objective import Objective, register
 
@@ -108,8 +109,27 @@ class DiffusionLM(Objective):
         else:
             frac = keyed_uniform(index, *key, 1)
         t = (self.t_lo + (self.t_hi - self.t_lo) * frac).float()
-        counters = index[:, None] * (1 << 24) + torch.arange(L, device=ids.device)
-        return Noise(t, keyed_uniform(counters, *key, 2).float())
+        return Noise(t, self.mask_uniforms(batch, key))
+
+    @staticmethod
+    def mask_uniforms(batch: dict, key: tuple) -> torch.Tensor:
+        """[B, L] uniforms keyed by (key, record, position)."""
+        ids, index = batch["input_ids"], batch["index"]
+        counters = index[:, None] * (1 << 24) + torch.arange(ids.shape[1], device=ids.device)
+        return keyed_uniform(counters, *key, 2).float()
+
+    def nelbo(self, batch: dict, t: torch.Tensor, k: int) -> Nelbo:
+        """NELBO nats per sequence at ``t``, masks keyed by grid point ``k`` (GIDD/HDLM noise tokens
+        from an RNG seeded by it): the same numbers at every call."""
+        noise = Noise(t.float(), self.mask_uniforms(batch, (self.seed, -2 - k)))
+        return self._nelbo_at(batch, noise, k)
+
+    def _nelbo_at(self, batch: dict, noise: Noise, k: int, latent_batch: dict | None = None) -> Nelbo:
+        mask = batch["attention_mask"]
+        with torch.random.fork_rng(devices=[mask.device] if mask.device.type == "cuda" else []):
+            torch.manual_seed(self.seed * 1_000_003 + k)
+            terms, _ = self.run(batch, noise, latent_batch)
+        return Nelbo(terms.elbo.sum(1), mask.sum(1), {})
 
     def conditioning(self, batch: dict) -> dict:
         return {}
@@ -169,14 +189,26 @@ class LatentDiffusionLM(DiffusionLM):
         cos = F.cosine_similarity(pred, target, dim=-1).mean()
         return self.pred_weight * mse, {"latent_pred_loss": mse.detach(), "latent_pred_cos": cos.detach()}
 
+    @staticmethod
+    def shuffled(batch: dict) -> dict:
+        """The batch with each record's latent replaced by the previous record's."""
+        return {**batch, **{k: batch[k].roll(1, 0) for k in ("latent", "latent_mask") if k in batch}}
+
+    def nelbo(self, batch: dict, t: torch.Tensor, k: int) -> Nelbo:
+        noise = Noise(t.float(), self.mask_uniforms(batch, (self.seed, -2 - k)))
+        true = self._nelbo_at(batch, noise, k)
+        if batch["input_ids"].shape[0] < 2:
+            return true
+        other = self._nelbo_at(batch, noise, k, self.shuffled(batch))
+        return Nelbo(true.nats, true.tokens, {"latent_gain": other.nats - true.nats})
+
     @torch.no_grad()
     def eval_extra(self, batch: dict, index: int) -> dict:
         mask = batch["attention_mask"]
         if mask.shape[0] < 2:
             return {}  # no other record to borrow a latent from
-        shuffled = {**batch, **{k: batch[k].roll(1, 0) for k in ("latent", "latent_mask") if k in batch}}
         nelbo = []
-        for cond in (batch, shuffled):  # the same t and masks for both (keyed noise)
+        for cond in (batch, self.shuffled(batch)):  # the same t and masks for both (keyed noise)
             terms, _ = self.run(batch, self.noise(batch, -1), cond)
             nelbo.append(terms.elbo.sum() / mask.sum().clamp_min(1))
         return {"nelbo_true_latent": nelbo[0], "nelbo_shuffled_latent": nelbo[1], "latent_gain": nelbo[1] - nelbo[0]}
@@ -199,12 +231,19 @@ class AutoregressiveLM(Objective):
         self.model = LlamaForCausalLM(config)
 
     def forward(self, batch: dict, step: int):
+        out = self.nelbo(batch, None, 0)
+        loss = out.nats.sum() / rank_share(out.tokens.sum()).clamp_min(1)
+        return loss, {"elbo": loss.detach()}
+
+    nelbo_needs_t = False  # the NLL is exact
+
+    def nelbo(self, batch: dict, t, k: int) -> Nelbo:
+        """Next-token NLL nats per sequence over real predicted tokens."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
         real = mask[:, 1:] & mask[:, :-1]
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        loss = (nll * real).sum() / rank_share(real.sum()).clamp_min(1)
-        return loss, {"elbo": loss.detach()}
+        return Nelbo((nll * real).sum(1), real.sum(1), {})
 
     def shard_units(self) -> list[nn.Module]:
         return list(self.model.model.layers)

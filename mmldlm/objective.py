@@ -63,8 +63,12 @@ class Objective(nn.Module):
         """The submodules FSDP shards one by one (transformer blocks); the root is sharded last."""
         return []
 
-    def nelbo(self, batch: dict, t: torch.Tensor) -> torch.Tensor:
-        """A deterministic likelihood bound per sequence at noise levels ``t`` (for the loss CLI)."""
+    nelbo_needs_t = True  # False: nelbo() is exact without a noise level (AR), scored once
+
+    def nelbo(self, batch: dict, t: torch.Tensor | None, k: int):
+        """The likelihood bound of each sequence at noise levels ``t [B]`` (grid point ``k``, which
+        keys the masks so that two evaluations agree), as ``mmldlm.eval.likelihood.Nelbo`` (for the
+        validation NELBO of the loss CLI)."""
         raise NotImplementedError(f"{type(self).__name__} defines no nelbo()")
 
     def generate(self, **kwargs) -> Any:

@@ -1,5 +1,6 @@
 """The baseline entrypoints end to end on real data (pydoc prose, MiniLM latents): every shipped
 config trains under torchrun; exact resume under DDP and FSDP; 2 ranks = 1 rank; latent_gain."""
+import json
 import math
 import signal
 import time
@@ -152,6 +153,17 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert losses(tmp_path / "cut") == l2
     e2, ec = read_jsonl(tmp_path / "two" / "eval_log.jsonl"), read_jsonl(tmp_path / "cut" / "eval_log.jsonl")
     assert ec == e2 and e2[0]["loss"] != e2[1]["loss"]
+    # the loss CLI: the same NELBO at any batch size, on the EMA weights the loop evaluated with
+    loss_cli = REPO / "baseline" / "eval" / "loss.py"
+    outs = []
+    for bs, ema in ((4, "true"), (7, "true"), (4, "false")):
+        p = run_entry(loss_cli, [f"path={tmp_path / 'two'}", f"batch_size={bs}", "num_t=4", f"ema={ema}",
+                                 f"metrics_path={tmp_path / f'loss_{bs}_{ema}.json'}"])
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs.append(json.loads((tmp_path / f"loss_{bs}_{ema}.json").read_text()))
+    assert outs[0]["ema"] and not outs[2]["ema"] and outs[0]["step"] == 8 and outs[0]["num_t"] == 4
+    assert abs(outs[0]["nelbo"] - outs[1]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
+    assert outs[0]["nelbo"] != outs[2]["nelbo"] and outs[0]["ppl"] == pytest.approx(math.exp(outs[0]["nelbo"]))
 
 
 def test_gidd_under_fsdp_resumes_exactly(tmp_path, corpus, tokenizer_path):
@@ -164,6 +176,11 @@ def test_gidd_under_fsdp_resumes_exactly(tmp_path, corpus, tokenizer_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "cut" / "checkpoint_step_6").is_dir()  # sharded
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    from mmldlm.train.checkpointing import read_ema_weights, read_model_weights
+
+    ema, weights = read_ema_weights(tmp_path / "cut" / "checkpoint_step_6"), read_model_weights(tmp_path / "cut" /
+                                                                                                 "checkpoint_step_6")
+    assert ema.keys() == weights.keys() and any(not torch.equal(ema[k], weights[k]) for k in ema)
 
 
 @pytest.mark.parametrize("conditioning", ["mdlm_latent", "mdlm_cross_attention"])

@@ -191,6 +191,37 @@ def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+def read_ema_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The EMA of the trained weights (``training.ema``) as full tensors by parameter name, or {}
+    when the run kept none. It lives in the optimizer state: a DDP file names the optimizer's
+    parameters in ``optimizer_param_names``; a sharded checkpoint keys it by name already."""
+    path = Path(path)
+    if not path.is_dir():
+        state = load_checkpoint(path)
+        names = state.get("optimizer_param_names")
+        per_param = state["optimizer"]["state"]
+        if not names:
+            return {}
+        return {names[i]: s["ema"] for i, s in per_param.items() if "ema" in s}
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    prefix, suffix = "optimizer.state.", ".ema"
+    emas = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+            if k.startswith(prefix) and k.endswith(suffix) and isinstance(m, TensorStorageMetadata)}
+    if not emas:
+        return {}
+    state = {"optimizer": {"state": {}}}
+    for k, v in emas.items():
+        state["optimizer"]["state"].setdefault(k[len(prefix):-len(suffix)], {})["ema"] = v
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+    return {name: s["ema"] for name, s in state["optimizer"]["state"].items()}
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint (file or sharded directory), or a run directory (the one its ``latest`` names)."""
     p = Path(path)

@@ -405,8 +405,11 @@ class _Loop:
             return
 
         def write() -> None:
+            names = {id(p): n for n, p in self.params}
             state = {"model": {k: v for k, v in self.objective.state_dict().items() if k in self.saved_keys},
                      "optimizer": self.optimizer.state_dict(),
+                     # the optimizer state's parameter numbers, named (its EMA is read by the CLIs)
+                     "optimizer_param_names": [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]],
                      **extra}
             C.save_checkpoint(self.run_dir, self.step, state, self.cfg.logging.keep_last)
 

@@ -14,6 +14,7 @@ import torch
 from mmldlm.train.checkpointing import (
     load_checkpoint,
     load_trainable_state_dict,
+    read_ema_weights,
     read_model_weights,
     resolve_checkpoint,
 )
@@ -61,14 +62,15 @@ def apply_load_policy(cfg, policy: LoadPolicy, source: str) -> None:
 
 
 def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy: LoadPolicy | None = None,
-                            expect: str | None = None):
+                            expect: str | None = None, ema: bool = True):
     """(objective in eval mode, tokenizer, config) rebuilt from a checkpoint of the shared loop:
     the family its ``objective`` names, its saved config under the user's :class:`LoadPolicy`
     (plus the family's ``on_rebuild`` hook, e.g. the bridge's ``--backbone-dir``), the tokenizer,
     the family's factory, then the trained weights. Frozen parts absent from the file are rebuilt
     as at training time (same seed, same source). ``expect``: the family a CLI handles (a
     checkpoint of another family is refused; one written before checkpoints named their family is
-    taken to be it)."""
+    taken to be it). ``ema``: the EMA weights where the run kept them (``training.ema``), as the
+    loop's eval used them; the objective's ``ema_weights`` says whether they were."""
     from omegaconf import OmegaConf
 
     from mmldlm.data.tokenizer import load_tokenizer
@@ -91,4 +93,8 @@ def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy:
     torch.manual_seed(cfg.training.seed)
     obj = entry.build(cfg, tok)
     load_trainable_state_dict(obj, read_model_weights(path))
+    averaged = read_ema_weights(path) if ema else {}
+    if averaged:
+        obj.load_state_dict(averaged, strict=False)
+    obj.ema_weights = bool(averaged)
     return obj.to(device).eval(), tok, cfg

@@ -1,0 +1,70 @@
+"""Validation NELBO of a baseline checkpoint, the same number twice (the users' command):
+
+    python baseline/eval/loss.py path=RUN_OR_CKPT batch_size=32 [num_t=16] [metrics_path=F.json]
+    torchrun --nproc_per_node N baseline/eval/loss.py path=RUN ...   (sums all-reduced over ranks)
+
+Every validation sequence is scored at num_t fixed noise levels with fixed masks (mmldlm.eval.likelihood);
+AR models report their exact NLL under the same names. Prints and writes one JSON object:
+nelbo (nats/token), ppl = exp(nelbo), tokens, sequences, num_t, latent_gain for latent models.
+The validation data is the run's own (data.data_files.validation or its held-out split) unless
+data_files.validation=PATH names another file. EMA weights are used where the run kept them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class LossArgs:
+    path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per batch and rank"})
+    num_t: int = field(default=16, metadata={"help": "noise levels of the t-grid"})
+    metrics_path: Optional[str] = field(default=None, metadata={"help": "where the JSON goes (default: "
+                                                                        "loss_step_N.json beside the checkpoint)"})
+    data_files: dict = field(default_factory=dict, metadata={"help": "data_files.validation=PATH: another file"})
+    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import json
+
+    from mmldlm.data.loader import build_data
+    from mmldlm.eval.cli import parse_keys
+    from mmldlm.eval.likelihood import validation_nelbo
+    from mmldlm.io import write_json_atomic
+    from mmldlm.train import distributed as D
+    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
+    from mmldlm.train.rebuild import rebuild_from_checkpoint
+
+    args = parse_keys(LossArgs, argv, __doc__)
+    dist = D.setup(args.device)
+    try:
+        ckpt = resolve_checkpoint(args.path)
+        objective, tok, cfg = rebuild_from_checkpoint(ckpt, str(dist.device), ema=args.ema)
+        if args.data_files.get("validation"):
+            cfg.data.data_files.validation = str(Path(args.data_files["validation"]).resolve())
+            cfg.data.val_split_ratio = 0.0
+        cfg.training.eval_batch_size = args.batch_size
+        data = build_data(cfg.data, cfg.training, tok, dist.rank, dist.world, need_val=True)
+        if data.val is None:
+            raise SystemExit(f"{ckpt}: the run has no validation set; pass data_files.validation=PATH")
+        eps = cfg.model.get("t_eps", 1e-4)
+        result = validation_nelbo(objective, data.val, dist.device, args.num_t, eps, data.skip_bad,
+                                  progress=dist.is_main)
+        step = load_checkpoint(ckpt)["step"]
+        out = {"checkpoint": str(ckpt), "step": step, "objective": cfg.objective, "ema": objective.ema_weights,
+               **result}
+        if dist.is_main:
+            target = Path(args.metrics_path or ckpt.parent / f"loss_step_{step}.json")
+            write_json_atomic(target, out, indent=2)
+            print(json.dumps(out))
+        return out
+    finally:
+        D.teardown()
+
+
+if __name__ == "__main__":
+    main()

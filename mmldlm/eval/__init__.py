@@ -1,0 +1,1 @@
+"""Evaluation written once for every family: samplers, validation NELBO, generative perplexity."""
