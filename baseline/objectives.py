@@ -159,6 +159,41 @@ class DiffusionLM(Objective):
     def shard_units(self) -> list[nn.Module]:
         return list(self.model.blocks)
 
+    def sampler_name(self, requested: str) -> str:
+        if isinstance(self.process, MDLMProcess):
+            return requested
+        return "gidd posterior" if hasattr(self.process, "marginal_of_probs") else "hdlm two-stage (mdlm)"
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, length: int, steps: int, temperature: float = 1.0, min_p: float = 0.0,
+                 sampler: str = "ddpm", generator=None, latents=None, **_) -> torch.Tensor:
+        """``num_samples`` sequences of ``length`` tokens (``mmldlm.eval.samplers``)."""
+        from mmldlm.eval import samplers as S
+
+        if latents is not None:
+            cond = self.conditioning({"latent": latents})
+        else:
+            cond = {}
+            if self.model.conditioning is not None:
+                raise ValueError("this model is conditioned on latents: pass latents=FILE.npy")
+        device = next(self.parameters()).device
+
+        def denoise(ids, t):
+            return self.model(ids, None, t, **cond)[..., : self.vocab]
+
+        common = {"temperature": temperature, "generator": generator, "device": device}
+        if isinstance(self.process, MDLMProcess):
+            if sampler not in ("ddpm", "ddpm_cache"):
+                raise ValueError(f"sampler={sampler!r}: MDLM samples with ddpm | ddpm_cache")
+            if sampler == "ddpm_cache" and self.model.time_conditioning:
+                raise ValueError("sampler=ddpm_cache reuses p(x0 | x_t) across steps, exact only for a model trained "
+                                 "without time conditioning (model.time_conditioning=false); use ddpm")
+            return S.mdlm_sample(denoise, num_samples, length, steps, self.process.text.mask_id,
+                                 self.process.excluded, cache=sampler == "ddpm_cache", eps=self.t_lo, **common)
+        if hasattr(self.process, "marginal_of_probs"):
+            return S.gidd_sample(denoise, self.process, num_samples, length, steps, min_p=min_p, **common)
+        return S.hdlm_sample(denoise, self.process, num_samples, length, steps, **common)
+
 
 class LatentDiffusionLM(DiffusionLM):
     """MDLM conditioned on the record's latent. Eval adds ``latent_gain``: the NELBO with another
@@ -226,7 +261,9 @@ class AutoregressiveLM(Objective):
                              num_hidden_layers=m.n_blocks, num_attention_heads=m.n_heads,
                              num_key_value_heads=m.n_heads, max_position_embeddings=m.max_seq_len,
                              attention_dropout=m.dropout, pad_token_id=tokenizer.pad_token_id,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                             # a BERT vocabulary's documents run [CLS] ... [SEP]
+                             bos_token_id=_first(tokenizer.bos_token_id, tokenizer.cls_token_id),
+                             eos_token_id=_first(tokenizer.eos_token_id, tokenizer.sep_token_id))
         config._attn_implementation = "sdpa"
         self.model = LlamaForCausalLM(config)
 
@@ -247,6 +284,23 @@ class AutoregressiveLM(Objective):
 
     def shard_units(self) -> list[nn.Module]:
         return list(self.model.model.layers)
+
+    def sampler_name(self, requested: str) -> str:
+        return "ar (kv cache)"
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, length: int, temperature: float = 1.0, generator=None, **_) -> torch.Tensor:
+        from mmldlm.eval.samplers import ar_sample
+
+        cfg = self.model.config
+        bos = _first(cfg.bos_token_id, cfg.eos_token_id)
+        excluded = [] if cfg.pad_token_id in (None, cfg.eos_token_id, cfg.bos_token_id) else [cfg.pad_token_id]
+        return ar_sample(self.model, num_samples, length, bos, cfg.eos_token_id, temperature=temperature,
+                         generator=generator, excluded=excluded, device=next(self.parameters()).device)
+
+
+def _first(*ids):
+    return next((i for i in ids if i is not None), None)
 
 
 def _excluded_and_mask(tokenizer) -> tuple[int, list[int]]:

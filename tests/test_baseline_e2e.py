@@ -133,6 +133,23 @@ def test_every_shipped_config_trains_under_torchrun_with_falling_loss(tmp_path, 
         if name.startswith("mdlm_"):
             assert all("latent_gain" in e for e in evals), name
     assert "latent_pred_loss" in read_jsonl(tmp_path / "mdlm_cross_attention" / "training_log.jsonl")[-1]
+    # every checkpoint samples through the users' CLI: no [MASK], pad or cluster ids; a seed fixes them
+    from baseline.eval.generate_samples import main as generate
+
+    z = tmp_path / "z.npy"
+    np.save(z, np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32))
+    for name in CONFIGS:
+        out = generate([f"path={tmp_path / name}", f"samples_path={tmp_path / name / 's.pt'}", "num_samples=3",
+                        "num_denoising_steps=4", "batch_size=2", "length=12", "seed=3",
+                        *([f"latents={z}"] if name.startswith("mdlm_") else [])])
+        got = torch.load(out, weights_only=True)
+        ids, header = got["ids"], got["header"]
+        assert ids.shape == (3, 12) and len(got["text"]) == 3 and header["seed"] == 3, name
+        assert ((ids >= 0) & (ids < 30522) & (ids != 103) & (ids != 0)).all(), (name, ids)  # [MASK] 103, [PAD] 0
+    again = generate([f"path={tmp_path / 'gidd'}", f"samples_dir={tmp_path / 'again'}", "num_samples=3",
+                      "num_denoising_steps=4", "batch_size=2", "length=12", "seed=3"])
+    assert torch.equal(torch.load(again, weights_only=True)["ids"],
+                       torch.load(tmp_path / "gidd" / "s.pt", weights_only=True)["ids"])
 
 
 def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus, tokenizer_path):

@@ -1,0 +1,85 @@
+"""Samples from a baseline checkpoint (the users' command, the original's keys):
+
+    python baseline/eval/generate_samples.py path=RUN_OR_CKPT samples_path=samples.pt num_samples=256 \\
+        num_denoising_steps=512 batch_size=16 [seed=0] [length=...] [temperature=1.0] [sampler=ddpm]
+
+MDLM: ancestral (ddpm) or ddpm_cache (only for models trained without time conditioning); GIDD:
+its posterior sampler (min_p); HDLM: the two-stage sampler; AR: ancestral with a KV cache. Latent
+models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row). Draws are float64.
+The file (torch.save; read with torch.load(weights_only=True), no pickled objects) holds ids [N, L],
+the decoded text (special tokens kept) and a header: checkpoint, step, objective, sampler, steps,
+precision, seed, length, temperature, EMA. samples_dir= (the original README's spelling) is
+accepted: a directory gets samples.pt inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class GenerateArgs:
+    path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
+    samples_path: str = field(default="samples.pt", metadata={"help": "output file (samples_dir= accepted)"})
+    num_samples: int = field(default=16, metadata={"help": "sequences to draw"})
+    num_denoising_steps: int = field(default=128, metadata={"help": "sampler steps (diffusion models)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward batch"})
+    seed: int = field(default=0, metadata={"help": "the generator's seed: same seed, same samples"})
+    length: Optional[int] = field(default=None, metadata={"help": "tokens per sample (default model.max_seq_len)"})
+    temperature: float = field(default=1.0, metadata={"help": "0 = argmax"})
+    min_p: float = field(default=0.0, metadata={"help": "GIDD: drop tokens below min_p x the top probability"})
+    sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache"})
+    latents: Optional[str] = field(default=None, metadata={"help": "latent models: a .npy of latents, one per sample"})
+    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import numpy as np
+    import torch
+
+    from mmldlm.eval.cli import parse_keys
+    from mmldlm.io import write_atomic
+    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
+    from mmldlm.train.rebuild import rebuild_from_checkpoint
+
+    args = parse_keys(GenerateArgs, argv, __doc__, aliases={"samples_dir": "samples_path"})
+    out = Path(args.samples_path)
+    if out.is_dir() or not out.suffix:
+        out = out / "samples.pt"
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if args.device == "auto" else args.device)
+    ckpt = resolve_checkpoint(args.path)
+    objective, tok, cfg = rebuild_from_checkpoint(ckpt, device, ema=args.ema)
+    length = args.length or cfg.model.max_seq_len
+    latents = None
+    if args.latents:
+        latents = torch.from_numpy(np.load(args.latents, allow_pickle=False)).float()
+        if latents.shape[0] < args.num_samples:
+            raise SystemExit(f"latents={args.latents} holds {latents.shape[0]} rows, fewer than "
+                             f"num_samples={args.num_samples}")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    ids = []
+    for start in range(0, args.num_samples, args.batch_size):
+        n = min(args.batch_size, args.num_samples - start)
+        lat = None if latents is None else latents[start: start + n].to(device)
+        ids.append(objective.generate(num_samples=n, length=length, steps=args.num_denoising_steps,
+                                      temperature=args.temperature, min_p=args.min_p, sampler=args.sampler,
+                                      generator=gen, latents=lat).cpu())
+        print(f"{start + n}/{args.num_samples} samples", flush=True)
+    ids = torch.cat(ids)
+    header = {"checkpoint": str(ckpt), "step": int(load_checkpoint(ckpt)["step"]), "objective": cfg.objective,
+              "sampler": objective.sampler_name(args.sampler), "steps": args.num_denoising_steps,
+              "precision": "float64 categorical draws, float32 model", "seed": args.seed, "length": length,
+              "temperature": args.temperature, "min_p": args.min_p, "ema": objective.ema_weights,
+              "tokenizer": str(cfg.data.tokenizer_name)}
+    text = tok.batch_decode(ids.tolist(), skip_special_tokens=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda f: torch.save({"ids": ids, "text": text, "header": header}, f))
+    print(f"wrote {len(ids)} samples to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
