@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentDLM_mmdit.metrics import roundtrip, token_f1
+from latentDLM_mmdit.metrics import adjacent_repeats, roundtrip, token_f1
 from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
 from mmldlm.data.collate import Collator
 
@@ -32,13 +32,15 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"):
 @torch.no_grad()
 def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64, show: int = 6,
                      seed: int = 0, guidance: float | None = None, latent_root: str | None = None,
-                     allow_outside: bool = False) -> dict:
+                     allow_outside: bool = False, sampler: str | None = None, temperature: float | None = None) -> dict:
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     for accuracy, always predicting the most frequent token of these texts; for F1, each
     reconstruction scored against another record's text (what a decoder that ignores the latent
     gets); for cosines, each latent against another record's latent and against the mean of the
     other records' latents (what a T2L or L2T2L that ignores its input gets). Latent paths resolve
-    under ``latent_root`` (default: the JSON file's directory), never a root read from the checkpoint."""
+    under ``latent_root`` (default: the JSON file's directory), never a root read from the checkpoint.
+    L2T is also decoded with the other sampler (ancestral / confidence) for comparison, with each
+    one's rate of adjacent repeated tokens beside the reference texts'."""
     from mmldlm.data.collate import mean_latent, settle
     from mmldlm.data.loader import read_dataset
 
@@ -49,9 +51,12 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     batch, _ = settle(collated, skip=False)  # a bad latent file is an error naming it, never a silent drop
     ids, mask, z = batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()
     torch.manual_seed(seed)
-    rt = roundtrip(obj, ids, mask, z, guidance)
+    rt = roundtrip(obj, ids, mask, z, guidance, sampler, temperature)
     metrics = rt.metrics
     scored = mask & ~torch.isin(ids, obj.special_ids)
+    used = sampler or obj.sample_cfg.l2t_sampler.name
+    other_sampler = "confidence" if used == "ancestral" else "ancestral"
+    alt = l2t_decode(obj, z, mask, obj.sample_cfg.l2t_steps or None, guidance, other_sampler, temperature)
     top = torch.bincount(ids[scored]).argmax()
     zn = F.normalize(z, dim=-1)
     rows = [{"original": tok.decode(ids[i][mask[i]], skip_special_tokens=True),
@@ -70,7 +75,11 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
             "t2l_cos": F.cosine_similarity(z_enc, z, dim=-1).mean().item(),
             "t2l_cos_mean_latent": F.cosine_similarity(z.sum(0, keepdim=True) - z, z, dim=-1).mean().item(),
             "l2t2l_cos": metrics["l2t2l_cos"].item(),
-            "l2t2l_cos_chance": (zn * other(zn)).sum(-1).mean().item(), "examples": rows[:show]}
+            "l2t2l_cos_chance": (zn * other(zn)).sum(-1).mean().item(),
+            "l2t_sampler": used, "l2t_repeats": adjacent_repeats(rt.l2t_ids, scored),
+            "reference_repeats": adjacent_repeats(ids, scored), "l2t_other_sampler": other_sampler,
+            "l2t_other_f1": token_f1(alt, ids, scored, scored).mean().item(),
+            "l2t_other_repeats": adjacent_repeats(alt, scored), "examples": rows[:show]}
 
 
 def format_report(rep: dict) -> str:
@@ -86,6 +95,9 @@ def format_report(rep: dict) -> str:
              f"the mean latent {mean:.3f})",
              f"  L2T2L cosine         {rep['l2t2l_cos']:.3f}   (chance: another record's latent {other:.3f}; "
              f"the mean latent {mean:.3f})",
+             f"  L2T sampler {rep['l2t_sampler']}: adjacent repeated tokens {rep['l2t_repeats']:.3f}   "
+             f"(the reference texts {rep['reference_repeats']:.3f}); {rep['l2t_other_sampler']}: "
+             f"F1 {rep['l2t_other_f1']:.3f}, repeats {rep['l2t_other_repeats']:.3f}",
              "  (accuracy: same token at the same position; F1: same tokens in any order; L2T: decoded from",
              "   the record's true latent; T2L2T: from the latent the model encodes from the text)",
              ""]
@@ -112,9 +124,14 @@ def main(argv=None) -> None:
                     help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
     ap.add_argument("--guidance", type=float, default=None,
                     help="l2t / roundtrip: classifier-free guidance w (default: the run's sample.l2t_guidance)")
+    ap.add_argument("--sampler", choices=["ancestral", "confidence"], default=None,
+                    help="l2t / roundtrip: MDLM ancestral sampling, or the confidence heuristic (default: the run's "
+                         "sample.l2t_sampler)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="l2t / roundtrip, ancestral: sampling temperature (default: the run's sample.l2t_temperature)")
     ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0, help="t2l: seed of the DDIM start noise")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--latent-data-root", default=None,
                     help="roundtrip: base of the records' latent_path (default: the JSON file's directory)")
@@ -141,6 +158,7 @@ def main(argv=None) -> None:
 def _run(a) -> None:
     if a.direction == "roundtrip":
         rep = roundtrip_report(a.checkpoint, a.input, a.n, guidance=a.guidance, latent_root=a.latent_data_root,
+                               sampler=a.sampler, temperature=a.temperature,
                                allow_outside=a.allow_paths_outside_root)
         print(format_report(rep))
         if a.output:
@@ -167,11 +185,12 @@ def _run(a) -> None:
             raise SystemExit(f"{a.input}: expected latents of shape [N, {D}], got {list(z.shape)}")
         if not 3 <= a.length <= cfg.model.max_seq_len:
             raise SystemExit(f"--length must be in [3, model.max_seq_len={cfg.model.max_seq_len}]")
-        lines = []
+        lines, gen = [], torch.Generator(device=dev).manual_seed(a.seed)
         for sl in _batches(len(z), a.batch_size):
             lat = torch.from_numpy(z[sl]).float().to(dev)
             mask = torch.ones(lat.shape[0], a.length, dtype=torch.bool, device=dev)
-            ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None, a.guidance)
+            ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None, a.guidance, a.sampler,
+                             a.temperature, gen)
             lines += [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in ids.cpu().tolist()]
         Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {a.output}", file=sys.stderr)

@@ -27,6 +27,11 @@ class CycleSampling(Enum):
     categorical = "categorical"
 
 
+class L2TSampler(Enum):
+    ancestral = "ancestral"  # MDLM's: reveal with probability (t - s) / t, tokens drawn from p(x0 | x_t, z)
+    confidence = "confidence"  # a heuristic: commit the most confident argmaxes (repeats tokens)
+
+
 class LatentTMode(Enum):
     full = "full"  # the cycle's T2L starts from pure noise (t = T - 1)
     random = "random"  # t drawn in [cycle_latent_t_min, cycle_latent_t_max] x T
@@ -94,6 +99,8 @@ class MMDiTSampleConfig:
     # classifier-free guidance of L2T decoding: log p = (1 + w) log p(x | z) - w log p(x | null);
     # 0 = off. Needs a model trained with loss.l2t_uncond_prob > 0
     l2t_guidance: float = 0.0
+    l2t_sampler: L2TSampler = L2TSampler.ancestral
+    l2t_temperature: float = 1.0  # ancestral: draws from p^(1/T); 0 = argmax
 
     def check(self) -> None:
         if min(self.t2l_steps, self.roundtrip_t2l_steps) < 1 or self.l2t_steps < 0 or self.eval_roundtrip_batches < 0:
@@ -101,6 +108,8 @@ class MMDiTSampleConfig:
                               "eval_roundtrip_batches >= 0")
         if self.l2t_guidance < 0:
             raise ConfigError(f"sample.l2t_guidance: need w >= 0, got {self.l2t_guidance}")
+        if self.l2t_temperature < 0:
+            raise ConfigError(f"sample.l2t_temperature: need T >= 0, got {self.l2t_temperature}")
 
 
 @dataclass

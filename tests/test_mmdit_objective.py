@@ -248,7 +248,8 @@ def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, p
     batch = make_batch(tokenizer, paragraphs)
     z, mask, w = mean_latent(batch), batch["attention_mask"], 1.5
     torch.manual_seed(1)
-    one_step = l2t_decode(obj, z, mask, steps=1, guidance=w)  # every position committed at once
+    # one step commits every position at once: at temperature 0 the ancestral sampler takes the argmax
+    one_step = l2t_decode(obj, z, mask, steps=1, guidance=w, sampler="ancestral", temperature=0.0)
     torch.manual_seed(1)  # the same null noise, drawn by hand
     null, t_null = obj.null_latent(z.shape[0], z.device)
     ids, zeros, t = obj.text.fully_masked(mask), torch.zeros(z.shape[0]), torch.ones(z.shape[0])
@@ -261,9 +262,35 @@ def test_guided_decoding_commits_the_argmax_of_the_guided_log_probs(tokenizer, p
     guided = (1 + w) * cond - w * uncond
     guided[..., tokenizer.mask_token_id] = -math.inf
     assert torch.equal(one_step[mask], guided.argmax(-1)[mask])
-    plain = l2t_decode(obj, z, mask, steps=1, guidance=0.0)
+    torch.manual_seed(1)
+    assert torch.equal(l2t_decode(obj, z, mask, steps=1, guidance=w, sampler="confidence"), one_step)
+    plain = l2t_decode(obj, z, mask, steps=1, guidance=0.0, sampler="ancestral", temperature=0.0)
     assert torch.equal(plain[mask], cond.argmax(-1)[mask])
     assert not torch.equal(one_step, plain)  # guidance changes the decision somewhere
+
+
+def test_ancestral_l2t_reveals_at_the_mdlm_rate_and_a_seed_fixes_it(tokenizer, paragraphs):
+    from latentDLM_mmdit.sampling import l2t_decode
+
+    obj = MMDiTObjective(make_cfg(**{"loss.loss_type": "l2t"}), tokenizer).eval()
+    batch = make_batch(tokenizer, paragraphs, b=4)
+    z, mask = mean_latent(batch), batch["attention_mask"]
+    runs = [l2t_decode(obj, z, mask, steps=4, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert not (runs[0][mask] == tokenizer.mask_token_id).any() and (runs[0][~mask] == 0).all()
+    # after 1 of 4 steps (t = 1 -> 0.75) each position is revealed with probability 1/4
+    seen = []
+    original = obj.model.forward
+
+    def spy(ids, *args, **kw):
+        seen.append((ids == tokenizer.mask_token_id).float().sum().item() / mask.sum().item())
+        return original(ids, *args, **kw)
+
+    obj.model.forward = spy
+    big = make_batch(tokenizer, paragraphs * 4, b=32)
+    mask = big["attention_mask"]
+    l2t_decode(obj, mean_latent(big), mask, steps=4, generator=torch.Generator().manual_seed(2))
+    assert seen[0] == 1.0 and abs(seen[1] - 0.75) < 0.04, seen
 
 
 def test_sample_cli_rejects_a_negative_guidance_before_loading_anything(capsys):
