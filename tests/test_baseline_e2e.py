@@ -181,6 +181,9 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert outs[0]["ema"] and not outs[2]["ema"] and outs[0]["step"] == 8 and outs[0]["num_t"] == 4
     assert abs(outs[0]["nelbo"] - outs[1]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
     assert outs[0]["nelbo"] != outs[2]["nelbo"] and outs[0]["ppl"] == pytest.approx(math.exp(outs[0]["nelbo"]))
+    p = run_entry(REPO / "baseline" / "eval" / "self_correction.py", [f"path={tmp_path / 'two'}",
+                                                                        f"samples_path={tmp_path / 'none.pt'}"])
+    assert p.returncode != 0 and "model.p_uniform > 0" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_gidd_under_fsdp_resumes_exactly(tmp_path, corpus, tokenizer_path):
@@ -198,6 +201,21 @@ def test_gidd_under_fsdp_resumes_exactly(tmp_path, corpus, tokenizer_path):
     ema, weights = read_ema_weights(tmp_path / "cut" / "checkpoint_step_6"), read_model_weights(tmp_path / "cut" /
                                                                                                  "checkpoint_step_6")
     assert ema.keys() == weights.keys() and any(not torch.equal(ema[k], weights[k]) for k in ema)
+    # a p_uniform > 0 GIDD model corrects its own samples; a mask-only model is refused
+    from baseline.eval.generate_samples import main as generate
+    from baseline.eval.self_correction import main as self_correct
+
+    samples = generate([f"path={tmp_path / 'cut'}", f"samples_path={tmp_path / 's.pt'}", "num_samples=3",
+                        "num_denoising_steps=4", "length=12"])
+    rep = self_correct([f"path={tmp_path / 'cut'}", f"samples_path={samples}", "num_denoising_steps=6",
+                        "tokens_per_step=2", "batch_size=2"])
+    assert rep["n_samples"] == 3 and set(rep["per_sample"][0]) == {"init_acc", "final_acc", "num_changes",
+                                                                   "converged", "early_stopped", "improvement"}
+    fixed = torch.load(tmp_path / "s_corrected.pt", weights_only=True)
+    changed = (fixed["ids"] != torch.load(samples, weights_only=True)["ids"]).sum(1)
+    # a position may be replaced more than once: changed positions <= replacements, some of them real
+    assert all(0 < c <= r["num_changes"] for c, r in zip(changed.tolist(), rep["per_sample"]))
+    assert "self_correction" in fixed["header"]
 
 
 @pytest.mark.parametrize("conditioning", ["mdlm_latent", "mdlm_cross_attention"])

@@ -29,7 +29,9 @@ used or not, so the stream does not depend on which positions happen to need the
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -257,3 +259,63 @@ def ar_sample(model, batch_size: int, length: int, bos_id: int, eos_id: int, *, 
     finally:
         model.train(was_training)
     return ids
+
+
+class Corrected(NamedTuple):
+    ids: torch.LongTensor  # [B, L] the corrected samples
+    init_acc: torch.Tensor  # [B] agreement of the input with the model's argmax at t0
+    final_acc: torch.Tensor  # [B] the same after correction
+    changes: torch.Tensor  # [B] tokens replaced
+    converged: torch.Tensor  # [B] bool: a step proposed no change
+    early_stopped: torch.Tensor  # [B] bool: agreement did not improve for max_patience steps
+
+
+@torch.no_grad()
+def gidd_self_correct(denoise: Denoise, ids: torch.LongTensor, t0: float, *, steps: int = 128, temperature: float = 0.1,
+                      tokens_per_step: int = 1, max_patience: int = 32, excluded: Sequence[int] = (),
+                      mask_id: int | None = None, generator: torch.Generator | None = None) -> Corrected:
+    """GIDD's self-correction (von Rütte et al., 2025, section 5): a model trained with uniform
+    noise (p_uniform > 0) can spot wrong tokens in a clean sample. At the fixed noise level ``t0``,
+    each step proposes a token for every position from p(x0 | z, t0) at ``temperature``, and
+    replaces the ``tokens_per_step`` changed positions the model is most confident of. A row stops
+    when no position changes (converged) or when the agreement of the sample with the model's
+    argmax has not improved for ``max_patience`` steps (early stop)."""
+    B, L = ids.shape
+    ids = ids.clone()
+    t = torch.full((B,), float(t0), device=ids.device)
+    blocked = list(excluded) + ([mask_id] if mask_id is not None else [])
+
+    def predict(x):
+        logits = denoise(x, t).float()  # float32 [B, L, V]; the draws themselves are float64
+        if blocked:
+            logits[..., blocked] = -math.inf
+        return logits
+
+    logits = predict(ids)
+    init_acc = (logits.argmax(-1) == ids).double().mean(1)
+    best, patience = init_acc.clone(), torch.zeros(B, dtype=torch.long, device=ids.device)
+    changes = torch.zeros(B, dtype=torch.long, device=ids.device)
+    converged = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    stopped = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    for _ in range(steps):
+        active = ~(converged | stopped)
+        if not active.any():
+            break
+        proposal = categorical(logits, temperature=temperature, generator=generator)
+        conf = logits.log_softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+        changed = (proposal != ids) & active.unsqueeze(1)
+        converged |= active & ~changed.any(1)
+        conf = torch.where(changed, conf, -math.inf)
+        k = min(tokens_per_step, L)
+        top = conf.topk(k, dim=1)
+        take = torch.zeros_like(changed).scatter_(1, top.indices, True) & changed
+        ids = torch.where(take, proposal, ids)
+        changes += take.sum(1)
+        logits = predict(ids)
+        acc = (logits.argmax(-1) == ids).double().mean(1)
+        improved = acc > best
+        best = torch.where(improved, acc, best)
+        patience = torch.where(improved | ~active, torch.zeros_like(patience), patience + 1)
+        stopped |= active & ~converged & (patience >= max_patience)
+    final_acc = (logits.argmax(-1) == ids).double().mean(1)
+    return Corrected(ids, init_acc, final_acc, changes, converged, stopped)
