@@ -2,7 +2,7 @@
 latent-conditioned MDLM (adaLN or cross-attention), all on the shared loop.
 
 Every diffusion objective is the same recipe around a different forward process
-(``mmldlm.diffusion``): draw t (low-discrepancy within the rank's batch), corrupt the real tokens,
+(``mmldlm.diffusion``): draw t (low-discrepancy over the global batch), corrupt the real tokens,
 run the DiT, and reduce the process's per-token terms over the batch's real tokens
 (``loss`` = the training-weighted terms, ``elbo`` = the NELBO in nats/token, logged as such).
 The model's logits beyond the tokenizer's vocabulary (the rows that round the embedding up to a
@@ -113,9 +113,12 @@ class DiffusionLM(Objective):
 
     @staticmethod
     def mask_uniforms(batch: dict, key: tuple) -> torch.Tensor:
-        """[B, L] uniforms keyed by (key, record, position)."""
+        """[B, L] uniforms keyed by (key, record, position). Packed rows (``data.wrap``) that start in
+        the same record are told apart by their order among those rows."""
         ids, index = batch["input_ids"], batch["index"]
-        counters = index[:, None] * (1 << 24) + torch.arange(ids.shape[1], device=ids.device)
+        occurrence = (index[:, None] == index[None, :]).tril(-1).sum(1)  # 0 unless rows share a record
+        row = index * 1024 + occurrence
+        counters = row[:, None] * (1 << 24) + torch.arange(ids.shape[1], device=ids.device)
         return keyed_uniform(counters, *key, 2).float()
 
     def nelbo(self, batch: dict, t: torch.Tensor, k: int) -> Nelbo:

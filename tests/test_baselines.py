@@ -231,3 +231,13 @@ def test_ar_loss_is_next_token_cross_entropy_over_real_tokens(tokenizer, paragra
         count += n - 1
     assert loss.item() == pytest.approx(total / count, rel=1e-5)
     assert metrics["elbo"] == loss
+
+
+def test_packed_rows_of_one_record_get_their_own_masks():
+    from baseline.objectives import DiffusionLM
+
+    batch = {"input_ids": torch.ones(3, 16, dtype=torch.long), "index": torch.tensor([5, 5, 6])}
+    u = DiffusionLM.mask_uniforms(batch, (0, 1))
+    assert not torch.equal(u[0], u[1]) and not torch.equal(u[1], u[2])
+    alone = DiffusionLM.mask_uniforms({k: v[:1] for k, v in batch.items()}, (0, 1))
+    assert torch.equal(alone[0], u[0])  # the first row of a record keys as an unpacked record does
