@@ -32,7 +32,8 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"):
 @torch.no_grad()
 def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64, show: int = 6,
                      seed: int = 0, guidance: float | None = None, latent_root: str | None = None,
-                     allow_outside: bool = False, sampler: str | None = None, temperature: float | None = None) -> dict:
+                     allow_outside: bool = False, sampler: str | None = None, temperature: float | None = None,
+                     judge: str | None = None) -> dict:
     """T2L2T and L2T2L on the first ``n`` records of a (held-out) dataset, with chance levels:
     for accuracy, always predicting the most frequent token of these texts; for F1, each
     reconstruction scored against another record's text (what a decoder that ignores the latent
@@ -40,7 +41,9 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
     other records' latents (what a T2L or L2T2L that ignores its input gets). Latent paths resolve
     under ``latent_root`` (default: the JSON file's directory), never a root read from the checkpoint.
     L2T is also decoded with the other sampler (ancestral / confidence) for comparison, with each
-    one's rate of adjacent repeated tokens beside the reference texts'."""
+    one's rate of adjacent repeated tokens beside the reference texts'. ``judge`` (``smollm2`` = the
+    offline SmolLM2-135M, or a local model / hub id) adds the generative perplexity of the L2T texts
+    next to that of the held-out texts themselves, under the same judge."""
     from mmldlm.data.collate import mean_latent, settle
     from mmldlm.data.loader import read_dataset
 
@@ -79,7 +82,22 @@ def roundtrip_report(checkpoint: str | Path, data_json: str | Path, n: int = 64,
             "l2t_sampler": used, "l2t_repeats": adjacent_repeats(rt.l2t_ids, scored),
             "reference_repeats": adjacent_repeats(ids, scored), "l2t_other_sampler": other_sampler,
             "l2t_other_f1": token_f1(alt, ids, scored, scored).mean().item(),
-            "l2t_other_repeats": adjacent_repeats(alt, scored), "examples": rows[:show]}
+            "l2t_other_repeats": adjacent_repeats(alt, scored), "examples": rows[:show],
+            **({"gen_ppl": _gen_ppl(judge, tok, rt.l2t_ids, ids, mask)} if judge else {})}
+
+
+def _gen_ppl(judge_name: str, tok, l2t_ids, ids, mask) -> dict:
+    """The judge's perplexity of the L2T texts and of the held-out texts they were decoded for."""
+    from mmldlm.eval.gen_ppl import load_judge, score
+
+    judge = load_judge(None if judge_name == "smollm2" else judge_name)
+
+    def texts(x):
+        return [tok.decode(x[i][mask[i]], skip_special_tokens=True) for i in range(x.shape[0])]
+
+    l2t, ref = score(judge, texts(l2t_ids)), score(judge, texts(ids))
+    return {"judge": judge.name, "judge_sha256": judge.sha256, "l2t": l2t.gen_ppl, "reference": ref.gen_ppl,
+            "l2t_distinct_2": l2t.distinct_2, "reference_distinct_2": ref.distinct_2, "tokens": l2t.tokens}
 
 
 def format_report(rep: dict) -> str:
@@ -98,12 +116,19 @@ def format_report(rep: dict) -> str:
              f"  L2T sampler {rep['l2t_sampler']}: adjacent repeated tokens {rep['l2t_repeats']:.3f}   "
              f"(the reference texts {rep['reference_repeats']:.3f}); {rep['l2t_other_sampler']}: "
              f"F1 {rep['l2t_other_f1']:.3f}, repeats {rep['l2t_other_repeats']:.3f}",
+             *(_gen_ppl_line(rep["gen_ppl"]) if "gen_ppl" in rep else []),
              "  (accuracy: same token at the same position; F1: same tokens in any order; L2T: decoded from",
              "   the record's true latent; T2L2T: from the latent the model encodes from the text)",
              ""]
     for i, r in enumerate(rep["examples"], 1):
         lines += [f"[{i}] original: {r['original']}", f"    T2L2T:    {r['t2l2t']}", ""]
     return "\n".join(lines)
+
+
+def _gen_ppl_line(g: dict) -> list[str]:
+    judge = g["judge"].split(" (")[0]
+    return [f"  gen PPL ({judge} judge) L2T {g['l2t']:.1f}   (the held-out texts {g['reference']:.1f}; "
+            f"distinct bigrams {g['l2t_distinct_2']:.2f} vs {g['reference_distinct_2']:.2f})"]
 
 
 def _batches(n: int, size: int):
@@ -129,6 +154,9 @@ def main(argv=None) -> None:
                          "sample.l2t_sampler)")
     ap.add_argument("--temperature", type=float, default=None,
                     help="l2t / roundtrip, ancestral: sampling temperature (default: the run's sample.l2t_temperature)")
+    ap.add_argument("--judge", default=None,
+                    help="roundtrip: also score the L2T texts' generative perplexity with this judge (smollm2 = the "
+                         "offline SmolLM2-135M-Instruct; not comparable with gpt2-large figures)")
     ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
@@ -158,7 +186,7 @@ def main(argv=None) -> None:
 def _run(a) -> None:
     if a.direction == "roundtrip":
         rep = roundtrip_report(a.checkpoint, a.input, a.n, guidance=a.guidance, latent_root=a.latent_data_root,
-                               sampler=a.sampler, temperature=a.temperature,
+                               sampler=a.sampler, temperature=a.temperature, judge=a.judge,
                                allow_outside=a.allow_paths_outside_root)
         print(format_report(rep))
         if a.output:

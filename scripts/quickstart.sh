@@ -73,7 +73,7 @@ echo "== 6/6 results"
 python -m mmldlm.plot "$RUNS/mmdit_cycle_vae" >/dev/null
 python -m mmldlm.plot "$RUNS/bridge_tiny" >/dev/null
 python -m latentDLM_mmdit.sample roundtrip --checkpoint "$RUNS/mmdit_cycle_vae" \
-  --input "$DATA/validation_data.json" --n 96 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
+  --input "$DATA/validation_data.json" --n 96 --judge smollm2 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
 python - "$RUNS" "$OUT_DIR" <<'PY'
 import sys
 from pathlib import Path
