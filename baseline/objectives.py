@@ -30,7 +30,7 @@ from baseline.schema import (
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
-from mmldlm.diffusion.noise import keyed_uniform
+from mmldlm.diffusion.noise import keyed_uniform, position_uniforms
 from mmldlm.eval.likelihood import Nelbo
 from mmldlm.nn import masked_mean, rank_share
 from mmldlm.objective import Objective, register
@@ -113,13 +113,8 @@ class DiffusionLM(Objective):
 
     @staticmethod
     def mask_uniforms(batch: dict, key: tuple) -> torch.Tensor:
-        """[B, L] uniforms keyed by (key, record, position). Packed rows (``data.wrap``) that start in
-        the same record are told apart by their order among those rows."""
-        ids, index = batch["input_ids"], batch["index"]
-        occurrence = (index[:, None] == index[None, :]).tril(-1).sum(1)  # 0 unless rows share a record
-        row = index * 1024 + occurrence
-        counters = row[:, None] * (1 << 24) + torch.arange(ids.shape[1], device=ids.device)
-        return keyed_uniform(counters, *key, 2).float()
+        """[B, L] uniforms keyed by (key, record, position)."""
+        return position_uniforms(batch["index"], batch["input_ids"].shape[1], *key, 2)
 
     def nelbo(self, batch: dict, t: torch.Tensor, k: int) -> Nelbo:
         """NELBO nats per sequence at ``t``, masks keyed by grid point ``k`` (GIDD/HDLM noise tokens

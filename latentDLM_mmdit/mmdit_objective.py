@@ -32,6 +32,7 @@ from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
+from mmldlm.diffusion.noise import position_uniforms
 from mmldlm.objective import Objective, register
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -114,6 +115,23 @@ class MMDiTObjective(Objective):
         logits, lat_out = self.model(noisy, mask, cond_latent, t, t_lat, text_logits=masked)
         loss, acc = self.text.loss(logits, ids, masked, mask, t)
         return L2TOut(loss, acc, logits, noisy, masked, lat_out)
+
+    def nelbo(self, batch: dict, t: torch.Tensor, k: int):
+        """L2T's likelihood bound: the NELBO of each text given its clean latent at noise level ``t``
+        (MDLM's bound; masks keyed by grid point ``k``, record and position), for the loss CLI."""
+        from mmldlm.eval.likelihood import Nelbo
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        u = position_uniforms(batch["index"], ids.shape[1], self.seed, -2 - k, 2)
+        t = t.float()
+        noisy, masked = self.text.corrupt(ids, mask, t, u)
+        latent = mean_latent(batch).float() * self.latent_scale
+        logits, _ = self.model(noisy, mask, latent, t, torch.zeros_like(t), text_logits=masked)
+        ce = F.cross_entropy(self.text.subs(logits), ids[masked], reduction="none")
+        weighted = ce * self.text.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
+        rows = masked.nonzero()[:, 0]
+        nats = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, weighted)
+        return Nelbo(nats, mask.sum(1), {})
 
     def t2l_pass(self, ids, mask, x0, t_idx=None) -> T2LOut:
         """Latent diffusion conditioned on clean text. The text head is not evaluated (clean text

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmldlm.train.run_log import read_jsonl
-from tests.helpers.common import REPO, run_entry
+from tests.helpers.common import REPO, run_entry, tiny_judge
 
 pytestmark = pytest.mark.slow
 ENTRY = REPO / "baseline" / "train.py"
@@ -181,6 +181,21 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert outs[0]["ema"] and not outs[2]["ema"] and outs[0]["step"] == 8 and outs[0]["num_t"] == 4
     assert abs(outs[0]["nelbo"] - outs[1]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
     assert outs[0]["nelbo"] != outs[2]["nelbo"] and outs[0]["ppl"] == pytest.approx(math.exp(outs[0]["nelbo"]))
+    p = run_entry(loss_cli, [f"path={tmp_path / 'two'}", "batch_size=4", "num_t=4",
+                             f"metrics_path={tmp_path / 'loss_2ranks.json'}"], nproc=2)  # sums over ranks
+    assert p.returncode == 0, p.stderr[-3000:]
+    two_ranks = json.loads((tmp_path / "loss_2ranks.json").read_text())
+    assert abs(two_ranks["nelbo"] - outs[0]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
+    assert two_ranks["tokens"] == outs[0]["tokens"] and two_ranks["sequences"] == outs[0]["sequences"]
+    # generate -> gen PPL on the same checkpoint (a tiny random judge: the chain, not the judge, is tested here)
+    from baseline.eval.generate_samples import main as generate
+    from baseline.eval.generative_ppl import main as gen_ppl
+
+    samples = generate([f"path={tmp_path / 'two'}", f"samples_path={tmp_path / 'mdlm.pt'}", "num_samples=4",
+                        "num_denoising_steps=8", "length=24"])
+    ppl = gen_ppl([f"samples_path={samples}", f"model_tokenizer={tokenizer_path}",
+                   f"metrics_path={tmp_path / 'ppl.json'}"], judge=tiny_judge(tokenizer_path))
+    assert ppl["n_samples"] == 4 and math.isfinite(ppl["gen_ppl"]) and ppl["header"]["sampler"] == "ddpm"
     p = run_entry(REPO / "baseline" / "eval" / "self_correction.py", [f"path={tmp_path / 'two'}",
                                                                         f"samples_path={tmp_path / 'none.pt'}"])
     assert p.returncode != 0 and "model.p_uniform > 0" in p.stderr and "Traceback" not in p.stderr

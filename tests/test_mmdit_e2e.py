@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmldlm.train.run_log import read_jsonl
-from tests.helpers.common import REPO, ok, run_entry
+from tests.helpers.common import REPO, ok, run_entry, tiny_judge
 
 pytestmark = pytest.mark.slow
 TRAIN = REPO / "latentDLM_mmdit" / "train_mmdit.py"
@@ -57,6 +57,18 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     assert z.shape == (2, 384) and np.isfinite(z).all()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.strip() and "[MASK]" not in line for line in lines)
+
+    # generate -> gen PPL -> loss on the MMDiT: the l2t texts scored by a judge, the L2T NELBO by the loss CLI
+    from baseline.eval.generative_ppl import main as gen_ppl
+
+    ppl = gen_ppl([f"samples_path={tmp_path / 'out.txt'}", f"metrics_path={tmp_path / 'ppl.json'}"],
+                  judge=tiny_judge(tokenizer_path))
+    assert ppl["n_samples"] == 2 and math.isfinite(ppl["gen_ppl"]) and ppl["tokens"] > 0
+    p = run_entry(REPO / "baseline" / "eval" / "loss.py", [f"path={tmp_path / 'cyc'}", "num_t=2", "batch_size=8",
+                                                            f"metrics_path={tmp_path / 'loss.json'}"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    loss = json.loads((tmp_path / "loss.json").read_text())
+    assert loss["objective"] == "mmdit" and math.isfinite(loss["nelbo"]) and loss["num_t"] == 2 and loss["tokens"] > 0
 
     # the round-trip report, and a missing latent file named in a message rather than dropped
     roundtrip = lambda data: subprocess.run(  # noqa: E731

@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
     try:
         if not samples_path.is_file():
             raise ConfigError(f"samples_path: not found: {samples_path}")
-        ids, text, header = read_samples(samples_path)
+        if samples_path.suffix in (".txt", ".json", ".jsonl"):  # texts, e.g. latentDLM_mmdit.sample l2t --output
+            ids, text, header = None, read_texts(samples_path), {}
+        else:
+            ids, text, header = read_samples(samples_path)
         removed = 0
         if args.model_tokenizer is None and text is not None:
             samples, decoded_with = text, "text"

@@ -37,3 +37,13 @@ def keyed_uniform(counters: torch.Tensor, *key: int) -> torch.Tensor:
     for part in key:
         k = mix(k ^ int(part))
     return _lsr(mix(counters.long() ^ k), 11).double() * (1.0 / (1 << 53))
+
+
+def position_uniforms(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:
+    """``[B, length]`` float32 uniforms keyed by (key, record ``index [B]``, position): a record's
+    masks whatever batch, rank or run it lands in. Rows that share a record (packed rows starting
+    in one document) are told apart by their order among those rows."""
+    occurrence = (index[:, None] == index[None, :]).tril(-1).sum(1)  # 0 unless rows share a record
+    row = index.long() * 1024 + occurrence
+    counters = row[:, None] * (1 << 24) + torch.arange(length, device=index.device)
+    return keyed_uniform(counters, *key).float()

@@ -77,3 +77,19 @@ def make_batch(tokenizer, texts: list[str], dim: int, k: int = 1, b: int = 4, ma
     items = [{"text": t, "index": i, "latent": np.random.default_rng(i).standard_normal((k, dim)).astype(np.float32)}
              for i, t in enumerate(texts[:b])]
     return settle(Collator(tokenizer, max_len)(items), skip=False)[0]
+
+
+def tiny_judge(tokenizer_path):
+    """A tiny random causal LM over the bert vocabulary as a gen-PPL judge: for tests of the
+    generate -> score chain (the real offline judge is tested in test_gen_ppl.py)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mmldlm.eval.gen_ppl import Judge
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    tok.bos_token = tok.cls_token  # a document starts with [CLS] in this vocabulary
+    return Judge.from_model(model, tok, "tiny random judge")
