@@ -170,19 +170,19 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert losses(tmp_path / "cut") == l2
     e2, ec = read_jsonl(tmp_path / "two" / "eval_log.jsonl"), read_jsonl(tmp_path / "cut" / "eval_log.jsonl")
     assert ec == e2 and e2[0]["loss"] != e2[1]["loss"]
-    # the loss CLI: the same NELBO at any batch size, on the EMA weights the loop evaluated with
+    # the loss CLI: on the EMA weights the loop evaluated with (or not); the same NELBO on 2 ranks
+    # with other batches as on 1
     loss_cli = REPO / "baseline" / "eval" / "loss.py"
     outs = []
-    for bs, ema in ((4, "true"), (7, "true"), (4, "false")):
+    for bs, ema in ((4, "true"), (4, "false")):
         p = run_entry(loss_cli, [f"path={tmp_path / 'two'}", f"batch_size={bs}", "num_t=4", f"ema={ema}",
                                  f"metrics_path={tmp_path / f'loss_{bs}_{ema}.json'}"])
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(json.loads((tmp_path / f"loss_{bs}_{ema}.json").read_text()))
-    assert outs[0]["ema"] and not outs[2]["ema"] and outs[0]["step"] == 8 and outs[0]["num_t"] == 4
-    assert abs(outs[0]["nelbo"] - outs[1]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
-    assert outs[0]["nelbo"] != outs[2]["nelbo"] and outs[0]["ppl"] == pytest.approx(math.exp(outs[0]["nelbo"]))
-    p = run_entry(loss_cli, [f"path={tmp_path / 'two'}", "batch_size=4", "num_t=4",
-                             f"metrics_path={tmp_path / 'loss_2ranks.json'}"], nproc=2)  # sums over ranks
+    assert outs[0]["ema"] and not outs[1]["ema"] and outs[0]["step"] == 8 and outs[0]["num_t"] == 4
+    assert outs[0]["nelbo"] != outs[1]["nelbo"] and outs[0]["ppl"] == pytest.approx(math.exp(outs[0]["nelbo"]))
+    p = run_entry(loss_cli, [f"path={tmp_path / 'two'}", "batch_size=3", "num_t=4",
+                             f"metrics_path={tmp_path / 'loss_2ranks.json'}"], nproc=2)  # other batches, 2 ranks
     assert p.returncode == 0, p.stderr[-3000:]
     two_ranks = json.loads((tmp_path / "loss_2ranks.json").read_text())
     assert abs(two_ranks["nelbo"] - outs[0]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
