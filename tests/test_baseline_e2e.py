@@ -146,6 +146,10 @@ def test_every_shipped_config_trains_under_torchrun_with_falling_loss(tmp_path, 
         ids, header = got["ids"], got["header"]
         assert ids.shape == (3, 12) and len(got["text"]) == 3 and header["seed"] == 3, name
         assert ((ids >= 0) & (ids < 30522) & (ids != 103) & (ids != 0)).all(), (name, ids)  # [MASK] 103, [PAD] 0
+    # a latent model asked for samples without latents: one line that says what to pass
+    p = run_entry(REPO / "baseline" / "eval" / "generate_samples.py", [f"path={tmp_path / 'mdlm_latent'}",
+                                                                        f"samples_path={tmp_path / 'x.pt'}"])
+    assert p.returncode == 2 and "latents=FILE.npy" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
     again = generate([f"path={tmp_path / 'gidd'}", f"samples_dir={tmp_path / 'again'}", "num_samples=3",
                       "num_denoising_steps=4", "batch_size=2", "length=12", "seed=3"])
     assert torch.equal(torch.load(again, weights_only=True)["ids"],

@@ -140,4 +140,6 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mmldlm.eval.cli import run_cli
+
+    run_cli(main)

@@ -67,4 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mmldlm.eval.cli import run_cli
+
+    run_cli(main)

@@ -44,3 +44,14 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def run_cli(main) -> None:
+    """Run an eval CLI's ``main()``: a bad value, file or checkpoint (ConfigError, DataError and
+    other ValueErrors, a refused checkpoint) ends in one line on stderr and exit 2, no traceback."""
+    from mmldlm.train.rebuild import CheckpointPolicyError
+
+    try:
+        main()
+    except (ValueError, CheckpointPolicyError) as e:
+        _fail(str(e))
