@@ -8,26 +8,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from mmldlm.config import DataConfig, TrainingConfig
 from mmldlm.data.collate import Collator, mean_latent
 from mmldlm.data.loader import StepChunkSampler, build_data, held_out, read_dataset
 from mmldlm.data.records import DataError
-from tests.helpers.common import make_dataset
+from tests.helpers.common import data_training_cfgs, make_dataset
 
 D = 16
 
 
 def cfgs(train, **data_kw):
-    data = OmegaConf.structured(DataConfig)
-    data.data_files.train = str(train)
-    data.latent_dim, data.max_seq_len, data.num_workers = D, 64, 0
-    for k, v in data_kw.items():
-        OmegaConf.update(data, k, v)
-    training = OmegaConf.structured(TrainingConfig)
-    training.train_batch_size, training.eval_batch_size = 4, 4
-    return data, training
+    return data_training_cfgs(D, train, **data_kw)
 
 
 def write_json(path, records, jsonl=False):

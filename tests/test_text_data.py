@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from mmldlm.config import ConfigError, DataConfig, TrainingConfig
+from mmldlm.config import ConfigError, DataConfig
 from mmldlm.data.collate import Collator, wrap_tokens
 from mmldlm.data.index import NpyRows
 from mmldlm.data.loader import build_data, read_dataset
 from mmldlm.data.records import DataError
+from tests.helpers.common import data_training_cfgs
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,7 @@ def documents() -> list[str]:
 
 
 def cfgs(**data_kw):
-    data = OmegaConf.structured(DataConfig)
-    data.latent_dim, data.max_seq_len, data.num_workers = None, 64, 0
-    for k, v in data_kw.items():
-        OmegaConf.update(data, k, v)
-    training = OmegaConf.structured(TrainingConfig)
-    training.train_batch_size, training.eval_batch_size = 4, 4
-    return data, training
+    return data_training_cfgs(None, **data_kw)
 
 
 def write_jsonl(path, records):

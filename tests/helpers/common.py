@@ -93,3 +93,19 @@ def tiny_judge(tokenizer_path):
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
     tok.bos_token = tok.cls_token  # a document starts with [CLS] in this vocabulary
     return Judge.from_model(model, tok, "tiny random judge")
+
+
+def data_training_cfgs(latent_dim, train=None, **data_kw):
+    """Structured ``data`` and ``training`` sections for loader tests: max_seq_len 64, no workers,
+    batches of 4, ``data_kw`` dotted overrides of the data section."""
+    from mmldlm.config import DataConfig, TrainingConfig
+
+    data = OmegaConf.structured(DataConfig)
+    if train is not None:
+        data.data_files.train = str(train)
+    data.latent_dim, data.max_seq_len, data.num_workers = latent_dim, 64, 0
+    for k, v in data_kw.items():
+        OmegaConf.update(data, k, v)
+    training = OmegaConf.structured(TrainingConfig)
+    training.train_batch_size, training.eval_batch_size = 4, 4
+    return data, training
