@@ -164,9 +164,13 @@ class DiffusionLM(Objective):
 
     @torch.no_grad()
     def generate(self, num_samples: int, length: int, steps: int, temperature: float = 1.0, min_p: float = 0.0,
-                 sampler: str = "ddpm", generator=None, latents=None, **_) -> torch.Tensor:
+                 sampler: str = "ddpm", generator=None, latents=None, top_p: float = 1.0, **_) -> torch.Tensor:
         """``num_samples`` sequences of ``length`` tokens (``mmldlm.eval.samplers``)."""
         from mmldlm.eval import samplers as S
+
+        if top_p < 1:
+            raise ValueError("top_p is a nucleus for AR sampling; the diffusion samplers take temperature (and GIDD "
+                             "min_p)")
 
         if latents is not None:
             cond = self.conditioning({"latent": latents})
@@ -287,14 +291,15 @@ class AutoregressiveLM(Objective):
         return "ar (kv cache)"
 
     @torch.no_grad()
-    def generate(self, num_samples: int, length: int, temperature: float = 1.0, generator=None, **_) -> torch.Tensor:
+    def generate(self, num_samples: int, length: int, temperature: float = 1.0, top_p: float = 1.0, generator=None,
+                 **_) -> torch.Tensor:
         from mmldlm.eval.samplers import ar_sample
 
         cfg = self.model.config
         bos = _first(cfg.bos_token_id, cfg.eos_token_id)
         excluded = [] if cfg.pad_token_id in (None, cfg.eos_token_id, cfg.bos_token_id) else [cfg.pad_token_id]
         return ar_sample(self.model, num_samples, length, bos, cfg.eos_token_id, temperature=temperature,
-                         generator=generator, excluded=excluded, device=next(self.parameters()).device)
+                         top_p=top_p, generator=generator, excluded=excluded, device=next(self.parameters()).device)
 
 
 def _first(*ids):

@@ -79,6 +79,50 @@ def test_text_ce_without_prefix_equals_the_backbones_labels_loss_and_ignores_pad
         assert with_p.item() == pytest.approx(with_p_wide.item(), rel=1e-5)
 
 
+def test_nelbo_is_the_training_text_loss_and_latent_gain_reads_the_latent(tiny_dir, tokenizer, paragraphs):
+    """The loss CLI's number for the bridge is the training objective's text CE (summed, not averaged),
+    left padding or right; latent_gain is 0 when every record carries the same latent; a t2l bridge refuses."""
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": "l2t"}).eval()
+    obj.eos_id = tokenizer.sep_token_id  # bert has no EOS; a stand-in, so that one is appended and scored
+    b = make_batch(tokenizer, paragraphs)
+    with torch.no_grad():
+        _, metrics = obj(b, 0)
+        out = obj.nelbo(b, None, 0)
+        want_tokens = b["attention_mask"].sum(1) + 1  # every text token (the first from the prefix) and the EOS
+        assert out.tokens.tolist() == want_tokens.tolist()
+        assert (out.nats.sum() / out.tokens.sum()).item() == pytest.approx(metrics["text_loss"].item(), rel=1e-5)
+        same = obj.nelbo({**b, "latent": b["latent"][:1].expand_as(b["latent"])}, None, 0)
+        assert same.extra["latent_gain"].abs().max().item() < 1e-4
+        assert obj.nelbo(b, None, 0).extra["latent_gain"].abs().max().item() > 0
+    with pytest.raises(ValueError, match="t2l bridge"):
+        make_obj(tiny_dir, tokenizer, **{"training.task": "t2l"}).nelbo(b, None, 0)
+
+
+def test_generate_decodes_latents_with_the_shared_sampler(tiny_dir, tokenizer):
+    """Greedy generation from the latent prefix is transformers' greedy generate from the same embeddings;
+    sampling is a function of the generator; no pad is drawn; ids after the stop token stay at it."""
+    from wedlm_bridge.decode import decode
+
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": "l2t"}).eval()
+    z = torch.randn(3, D)
+    greedy = obj.generate(num_samples=3, length=9, temperature=0.0, latents=z)
+    prefix = obj.prefix_embeds(z)
+    ref = obj.backbone.generate(inputs_embeds=prefix, attention_mask=torch.ones(3, 3, dtype=torch.long),
+                                max_new_tokens=9, do_sample=False, eos_token_id=obj.stop_id,
+                                pad_token_id=obj.stop_id, suppress_tokens=[tokenizer.pad_token_id])
+    assert torch.equal(greedy, ref[:, :9])
+    draw = [obj.generate(num_samples=3, length=9, latents=z, generator=torch.Generator().manual_seed(s))
+            for s in (0, 0, 1)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
+    assert not (draw[0] == tokenizer.pad_token_id).any()
+    texts = decode(obj, tokenizer, z, 9, temperature=0.0)
+    for row, text in zip(greedy.tolist(), texts):
+        stop = row.index(obj.stop_id) if obj.stop_id in row else len(row)
+        assert text == " ".join(tokenizer.decode(row[:stop], skip_special_tokens=True).split())
+    with pytest.raises(ValueError, match="latents="):
+        obj.generate(num_samples=1, length=4)
+
+
 def test_prefix_matches_the_embedding_scale(tiny_dir, tokenizer):
     obj = make_obj(tiny_dir, tokenizer)
     p = obj.prefix_embeds(torch.randn(5, D) * 100)

@@ -88,7 +88,28 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     assert z.shape == (2, 384) and np.isfinite(z).all()
     ok(cli("decode", "--latents", tmp_path / "z.npy", "--output", tmp_path / "out.txt", "--max-new-tokens", "8",
            "--device", "cpu"))
-    assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
+    decoded = (tmp_path / "out.txt").read_text().splitlines()
+    assert len(decoded) == 2
+    # the shared eval CLIs read the bridge too (its backbone named on the command line): generate draws
+    # what decode drew (one sampler), the loss CLI gives the exact NLL given the latent, twice the same
+    from baseline.eval.generate_samples import main as generate
+    from baseline.eval.loss import main as loss
+
+    keys = [f"path={tmp_path / 'ref'}", f"backbone_dir={tiny_dir}", "device=cpu"]
+    samples = torch.load(generate([*keys, f"latents={tmp_path / 'z.npy'}", "num_samples=2", "length=8",
+                                   "temperature=0", f"samples_path={tmp_path / 's.pt'}"]), weights_only=True)
+    assert samples["header"]["sampler"].startswith("ar from the latent prefix") and samples["ids"].shape == (2, 8)
+    sep = 102  # bert's [SEP] closes a text: the bridge's stop token
+    rows = [r[: r.index(sep)] if sep in r else r for r in samples["ids"].tolist()]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    assert [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in rows] == decoded
+    scored = [loss([*keys, "batch_size=4", f"metrics_path={tmp_path / f'loss{i}.json'}"]) for i in range(2)]
+    assert scored[0]["nelbo"] == scored[1]["nelbo"] and scored[0]["num_t"] == 0 and "latent_gain" in scored[0]
+    assert scored[0]["ppl"] == pytest.approx(math.exp(scored[0]["nelbo"]))
+    refused = run_entry(REPO / "baseline" / "eval" / "loss.py", keys[:1])
+    assert refused.returncode == 2 and "backbone_dir=DIR" in refused.stderr and "Traceback" not in refused.stderr
     ok(cli("export", "--output", tmp_path / "export"))
     from safetensors.torch import load_file
 

@@ -237,3 +237,28 @@ def test_ar_cache_matches_no_cache_and_fills_after_eos():
         assert len(hits) > 0
         assert (row[1 + hits[0, 0]:] == eos).all()
     assert model.training  # mode restored
+
+
+def test_ar_with_an_embedding_prefix_matches_transformers_greedy_and_its_own_uncached_run():
+    """The bridge's path: input embeddings before the first id, no BOS. Greedy equals transformers'
+    generate from the same inputs_embeds; sampling (tempered, top-p) is the same with and without the cache."""
+    model = llama().eval()
+    eos = 2
+    prefix = torch.randn(3, 4, 32, generator=gen(5))
+    greedy = ar_sample(model, 3, 10, None, eos, temperature=0.0, prefix=prefix)
+    ref = model.generate(inputs_embeds=prefix, attention_mask=torch.ones(3, 4, dtype=torch.long), max_new_tokens=10,
+                         do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    assert torch.equal(greedy, ref[:, :10])  # generate pads with EOS after a row's EOS, as we do
+    kw = {"temperature": 0.7, "top_p": 0.9, "prefix": prefix}
+    a = ar_sample(model, 3, 12, None, eos, generator=gen(0), use_cache=True, **kw)
+    assert torch.equal(a, ar_sample(model, 3, 12, None, eos, generator=gen(0), use_cache=False, **kw))
+
+
+def test_nucleus_keeps_the_smallest_top_set_reaching_top_p():
+    from mmldlm.eval.samplers import nucleus
+
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.15], [0.97, 0.01, 0.01, 0.01]])
+    kept = nucleus(probs.log(), 0.75).isfinite()
+    # row 0: 0.5 + 0.3 passes 0.75 (ids 1, 2); row 1: the top id alone
+    assert kept.tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert nucleus(probs.log(), 1.0).isfinite().all()

@@ -143,6 +143,8 @@ class BridgeObjective(Objective):
         self.tw, self.lw, self.P = t.text_loss_weight, t.latent_loss_weight, m.latent_prefix_len
         self.latent_scale = float(m.latent_scale)
         self.eos_id = tokenizer.eos_token_id
+        # where sampling stops: the EOS the decoder learns (with_eos), else a BERT vocabulary's closing [SEP]
+        self.stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         self.backbone_name = m.pretrained_model_name_or_path
         self.backbone_dir = m.pretrained_local_dir
         h = backbone.config.hidden_size
@@ -233,6 +235,60 @@ class BridgeObjective(Objective):
                            latent_cos=F.cosine_similarity(pred.detach(), z, dim=-1).mean())
         return loss, metrics
 
+    # -- evaluation (mmldlm.eval: the loss and generate CLIs) --------------------------------
+    nelbo_needs_t = False  # the decoder is autoregressive: its NLL is exact
+
+    def _decoder_trained(self) -> None:
+        if self.task == "t2l":
+            raise ValueError("this is a t2l bridge: its latent prefix (the text decoder's input) never trained; "
+                             "score or sample l2t and joint runs")
+
+    def _text_nll(self, ids, mask, latent):
+        """(nats [B], tokens [B]) of each text and its EOS given the latent's prefix."""
+        i2, m2 = self.with_eos(ids, mask)
+        logits, labels = self.lm_logits(self.prefix_embeds(latent), i2, m2)
+        pred, tgt = logits[:, :-1].float(), labels[:, 1:]
+        nll = F.cross_entropy(pred.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+        return nll.sum(1), (tgt != -100).sum(1)
+
+    def nelbo(self, batch: dict, t, k: int):
+        """The exact NLL of each text (with its EOS) given its latent, and ``latent_gain``: the NLL
+        under the previous record's latent minus under its own, nats per token (how much the
+        decoder reads the latent)."""
+        from mmldlm.eval.likelihood import Nelbo
+
+        self._decoder_trained()
+        ids, mask = right_pad(batch["input_ids"], batch["attention_mask"])
+        z = mean_latent(batch).float()
+        nats, tokens = self._text_nll(ids, mask, z)
+        if ids.shape[0] < 2:
+            return Nelbo(nats, tokens, {})
+        other, _ = self._text_nll(ids, mask, z.roll(1, 0))
+        return Nelbo(nats, tokens, {"latent_gain": other - nats})
+
+    def sampler_name(self, requested: str) -> str:
+        return "ar from the latent prefix (kv cache)"
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, length: int, temperature: float = 1.0, top_p: float = 1.0,
+                 generator=None, latents=None, **_) -> torch.Tensor:
+        """``[num_samples, length]`` ids decoded from ``latents [num_samples, D]`` (data units):
+        the prefix, then ancestral draws with the KV cache until EOS (EOS after it)."""
+        from mmldlm.eval.samplers import ar_sample
+
+        self._decoder_trained()
+        if latents is None:
+            raise ValueError("the bridge decodes latents: pass latents=FILE.npy ([N, latent_dim])")
+        if latents.ndim == 3:  # [N, K, D] chunk latents: their mean, as in training (mean_latent)
+            latents = latents.mean(1)
+        if self.stop_id is None:
+            raise ValueError("the tokenizer has neither an EOS nor a SEP token to stop sampling at")
+        pad = self.backbone.config.pad_token_id
+        excluded = [] if pad in (None, self.stop_id) else [pad]
+        return ar_sample(self.backbone, num_samples, length, None, self.stop_id, temperature=temperature, top_p=top_p,
+                         generator=generator, excluded=excluded, prefix=self.prefix_embeds(latents[:num_samples]),
+                         device=latents.device)
+
     def flops_per_token(self) -> float:
         """Model FLOPs per text token: forward 2N everywhere; backward 2N through the backbone
         whenever something before its output trains (the prefix, adapters), + 2N for weights that train."""
@@ -282,7 +338,8 @@ def locate_backbone(cfg, policy, source: str) -> None:
     if not policy.backbone_dir:
         raise CheckpointPolicyError(
             f"{source} holds the bridge's heads, not its backbone ({m.pretrained_model_name_or_path}, trained from "
-            f"{m.pretrained_local_dir}); name a local copy on the command line: --backbone-dir DIR")
+            f"{m.pretrained_local_dir}); name a local copy on the command line: --backbone-dir DIR "
+            "(the eval CLIs' key: backbone_dir=DIR)")
     if cfg.data.tokenizer_name == m.pretrained_local_dir:
         cfg.data.tokenizer_name = policy.backbone_dir
     m.pretrained_local_dir = policy.backbone_dir

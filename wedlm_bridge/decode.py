@@ -4,7 +4,10 @@
         [--max-new-tokens 64] [--temperature 0 (greedy) | 0.8 --top-p 0.95] [--seed 0]
 
 One line per latent row. The prefix the bridge computes from each latent is the prompt; the
-backbone generates until EOS or --max-new-tokens.
+backbone generates until EOS or --max-new-tokens, with the shared AR sampler (mmldlm.eval.samplers:
+KV cache, float64 draws, a function of --seed alone). ``baseline/eval/generate_samples.py
+path=RUN backbone_dir=DIR latents=z.npy`` draws with the same sampler and writes ids + a header for the
+gen-PPL CLI (with the same seed, temperature and top_p: the same tokens).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from wedlm_bridge.bridge import (
     add_load_policy_args,
@@ -23,16 +27,15 @@ from wedlm_bridge.bridge import (
 
 @torch.no_grad()
 def decode(obj, tok, latents: torch.Tensor, max_new_tokens: int = 64, temperature: float = 0.0,
-           top_p: float = 1.0) -> list[str]:
-    prefix = obj.prefix_embeds(latents)
-    embeds = prefix.to(obj.backbone.get_input_embeddings().weight.dtype)
-    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-    sample = temperature > 0
-    out = obj.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=sample, temperature=temperature if sample else None,
-                                top_p=top_p if sample else None, top_k=None,
-                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id or tok.sep_token_id)
-    return [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in out.tolist()]
+           top_p: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
+    """One text per latent row: the objective's sampler (``generate``), cut at the stop token."""
+    ids = obj.generate(num_samples=latents.shape[0], length=max_new_tokens, temperature=temperature, top_p=top_p,
+                       generator=generator, latents=latents)
+    texts = []
+    for row in ids.tolist():
+        end = row.index(obj.stop_id) if obj.stop_id in row else len(row)
+        texts.append(" ".join(tok.decode(row[:end], skip_special_tokens=True).split()))
+    return texts
 
 
 def main(argv=None) -> None:
@@ -54,11 +57,11 @@ def main(argv=None) -> None:
     z = z[None] if z.ndim == 1 else z
     if z.ndim != 2 or z.shape[1] != cfg.model.latent_dim:
         raise SystemExit(f"{a.latents}: expected [N, {cfg.model.latent_dim}], got {list(z.shape)}")
-    torch.manual_seed(a.seed)
+    gen = torch.Generator(device=a.device).manual_seed(a.seed)
     lines = []
-    for i in range(0, len(z), a.batch_size):
+    for i in tqdm(range(0, len(z), a.batch_size), desc="decode", unit="batch", disable=len(z) <= a.batch_size):
         lat = torch.from_numpy(z[i : i + a.batch_size]).float().to(a.device)
-        lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p)
+        lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p, gen)
     Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {len(lines)} texts to {a.output}")
 

@@ -1,10 +1,11 @@
-"""Samples from a baseline checkpoint (the users' command, the original's keys):
+"""Samples from a baseline or bridge checkpoint (the users' command, the original's keys):
 
     python baseline/eval/generate_samples.py path=RUN_OR_CKPT samples_path=samples.pt num_samples=256 \\
         num_denoising_steps=512 batch_size=16 [seed=0] [length=...] [temperature=1.0] [sampler=ddpm]
 
 MDLM: ancestral (ddpm) or ddpm_cache (only for models trained without time conditioning); GIDD:
-its posterior sampler (min_p); HDLM: the two-stage sampler; AR: ancestral with a KV cache. Latent
+its posterior sampler (min_p); HDLM: the two-stage sampler; AR: ancestral with a KV cache (top_p);
+the WeDLM bridge: AR from each latent's prefix (backbone_dir=DIR names its frozen backbone). Latent
 models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row). Draws are float64.
 The file (torch.save; read with torch.load(weights_only=True), no pickled objects) holds ids [N, L],
 the decoded text (special tokens kept) and a header: checkpoint, step, objective, sampler, steps,
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mmldlm.eval.cli import CheckpointKeys
+
 
 @dataclass
-class GenerateArgs:
+class GenerateArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
     samples_path: str = field(default="samples.pt", metadata={"help": "output file (samples_dir= accepted)"})
     num_samples: int = field(default=16, metadata={"help": "sequences to draw"})
@@ -28,30 +31,27 @@ class GenerateArgs:
     seed: int = field(default=0, metadata={"help": "the generator's seed: same seed, same samples"})
     length: Optional[int] = field(default=None, metadata={"help": "tokens per sample (default model.max_seq_len)"})
     temperature: float = field(default=1.0, metadata={"help": "0 = argmax"})
+    top_p: float = field(default=1.0, metadata={"help": "AR and the bridge: draw from the top-p nucleus"})
     min_p: float = field(default=0.0, metadata={"help": "GIDD: drop tokens below min_p x the top probability"})
     sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache"})
     latents: Optional[str] = field(default=None, metadata={"help": "latent models: a .npy of latents, one per sample"})
-    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
 
 def main(argv: list[str] | None = None) -> Path:
     import numpy as np
     import torch
 
-    from mmldlm.eval.cli import parse_keys
+    from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.io import write_atomic
     from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
-    from mmldlm.train.rebuild import rebuild_from_checkpoint
 
     args = parse_keys(GenerateArgs, argv, __doc__, aliases={"samples_dir": "samples_path"})
     out = Path(args.samples_path)
     if out.is_dir() or not out.suffix:
         out = out / "samples.pt"
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.path)
-    objective, tok, cfg = rebuild_from_checkpoint(ckpt, device, ema=args.ema)
+    objective, tok, cfg = args.rebuild(ckpt, device)
     length = args.length or cfg.model.max_seq_len
     latents = None
     if args.latents:
@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> Path:
         n = min(args.batch_size, args.num_samples - start)
         lat = None if latents is None else latents[start: start + n].to(device)
         ids.append(objective.generate(num_samples=n, length=length, steps=args.num_denoising_steps,
-                                      temperature=args.temperature, min_p=args.min_p, sampler=args.sampler,
-                                      generator=gen, latents=lat).cpu())
+                                      temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                                      sampler=args.sampler, generator=gen, latents=lat).cpu())
         print(f"{start + n}/{args.num_samples} samples", flush=True)
     ids = torch.cat(ids)
+    model_dtypes = "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in objective.parameters()}))
     header = {"checkpoint": str(ckpt), "step": int(load_checkpoint(ckpt)["step"]), "objective": cfg.objective,
               "sampler": objective.sampler_name(args.sampler), "steps": args.num_denoising_steps,
-              "precision": "float64 categorical draws, float32 model", "seed": args.seed, "length": length,
-              "temperature": args.temperature, "min_p": args.min_p, "ema": objective.ema_weights,
+              "precision": f"float64 categorical draws, {model_dtypes} model", "seed": args.seed, "length": length,
+              "temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p, "ema": objective.ema_weights,
               "tokenizer": str(cfg.data.tokenizer_name)}
     text = tok.batch_decode(ids.tolist(), skip_special_tokens=False)
     out.parent.mkdir(parents=True, exist_ok=True)

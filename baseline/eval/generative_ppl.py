@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
 
     from mmldlm.config import ConfigError
     from mmldlm.data.tokenizer import load_tokenizer
-    from mmldlm.eval.cli import parse_keys
+    from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.eval.gen_ppl import GenPPLError, decode_samples, load_judge, read_texts, score
     from mmldlm.io import write_json_atomic
 
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
             samples, removed = decode_samples(ids, tok)
             decoded_with = name
         if judge is None:
-            device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-                ("cpu" if args.device == "auto" else args.device)
-            judge = load_judge(args.pretrained_model, device)
+            judge = load_judge(args.pretrained_model, resolve_device(args.device))
         if args.torch_compile:
             judge.model = torch.compile(judge.model)
         result = score(judge, samples, args.batch_size, args.max_length).as_dict()

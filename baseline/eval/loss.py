@@ -1,11 +1,12 @@
-"""Validation NELBO of a baseline checkpoint, the same number twice (the users' command):
+"""Validation NELBO of a baseline, MMDiT (L2T) or bridge checkpoint, the same number twice (the users' command):
 
     python baseline/eval/loss.py path=RUN_OR_CKPT batch_size=32 [num_t=16] [metrics_path=F.json]
     torchrun --nproc_per_node N baseline/eval/loss.py path=RUN ...   (sums all-reduced over ranks)
 
 Every validation sequence is scored at num_t fixed noise levels with fixed masks (mmldlm.eval.likelihood);
-AR models report their exact NLL under the same names. Prints and writes one JSON object:
-nelbo (nats/token), ppl = exp(nelbo), tokens, sequences, num_t, latent_gain for latent models.
+AR models and the bridge's decoder (backbone_dir=DIR) report their exact NLL under the same names.
+Prints and writes one JSON object: nelbo (nats/token), ppl = exp(nelbo), tokens, sequences, num_t,
+latent_gain for latent models (the NELBO under another record's latent minus under its own).
 The validation data is the run's own (data.data_files.validation or its held-out split) unless
 data_files.validation=PATH names another file. EMA weights are used where the run kept them.
 """
@@ -15,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mmldlm.eval.cli import CheckpointKeys
+
 
 @dataclass
-class LossArgs:
+class LossArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
     batch_size: int = field(default=32, metadata={"help": "sequences per batch and rank"})
     num_t: int = field(default=16, metadata={"help": "noise levels of the t-grid"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "where the JSON goes (default: "
                                                                         "loss_step_N.json beside the checkpoint)"})
     data_files: dict = field(default_factory=dict, metadata={"help": "data_files.validation=PATH: another file"})
-    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,13 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     from mmldlm.io import write_json_atomic
     from mmldlm.train import distributed as D
     from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
-    from mmldlm.train.rebuild import rebuild_from_checkpoint
 
     args = parse_keys(LossArgs, argv, __doc__)
     dist = D.setup(args.device)
     try:
         ckpt = resolve_checkpoint(args.path)
-        objective, tok, cfg = rebuild_from_checkpoint(ckpt, str(dist.device), ema=args.ema)
+        objective, tok, cfg = args.rebuild(ckpt, str(dist.device))
         if args.data_files.get("validation"):
             cfg.data.data_files.validation = str(Path(args.data_files["validation"]).resolve())
             cfg.data.val_split_ratio = 0.0

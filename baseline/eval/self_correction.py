@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mmldlm.eval.cli import CheckpointKeys
+
 
 @dataclass
-class CorrectionArgs:
+class CorrectionArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a GIDD run directory or checkpoint (p_uniform > 0)"})
     samples_path: str = field(metadata={"help": "samples written by generate_samples.py"})
     corrected_samples_path: Optional[str] = field(default=None, metadata={"help": "default: <samples>_corrected.pt"})
@@ -31,8 +33,6 @@ class CorrectionArgs:
     batch_size: int = field(default=16, metadata={"help": "samples per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the proposals"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "default: <samples>_correction.json"})
-    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,15 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from mmldlm.eval.cli import parse_keys
+    from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.eval.samplers import gidd_self_correct
     from mmldlm.io import write_atomic, write_json_atomic
-    from mmldlm.train.rebuild import rebuild_from_checkpoint
 
     args = parse_keys(CorrectionArgs, argv, __doc__)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
-    objective, tok, cfg = rebuild_from_checkpoint(args.path, device, ema=args.ema)
+    device = resolve_device(args.device)
+    objective, tok, cfg = args.rebuild(args.path, device)
     if cfg.objective != "gidd" or not cfg.model.p_uniform > 0:
         what = f"a {cfg.objective} checkpoint" if cfg.objective != "gidd" else "a mask-only GIDD (p_uniform=0)"
         raise SystemExit(f"error: {args.path} is {what}; self-correction needs a GIDD model trained with "

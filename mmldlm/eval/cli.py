@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -39,6 +40,35 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         _fail(str(e).splitlines()[0])
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when there is one, else cpu; anything else as given."""
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(kw_only=True)
+class CheckpointKeys:
+    """The keys of every eval CLI that rebuilds a model from a checkpoint. What a checkpoint may
+    not decide (remote code, downloads, where a frozen backbone comes from) comes from these."""
+
+    ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    backbone_dir: Optional[str] = field(default=None, metadata={
+        "help": "the bridge: local directory of its frozen backbone (checkpoints hold only heads and adapters)"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "let the backbone directory's own Python code run (only if you trust it)"})
+
+    def rebuild(self, checkpoint, device: str):
+        """(objective in eval mode, tokenizer, config) under this command line's load policy."""
+        from mmldlm.train.rebuild import LoadPolicy, rebuild_from_checkpoint
+
+        policy = LoadPolicy(trust_remote_code=self.trust_remote_code, backbone_dir=self.backbone_dir)
+        return rebuild_from_checkpoint(checkpoint, device, policy, ema=self.ema)
 
 
 def _fail(msg: str) -> None:

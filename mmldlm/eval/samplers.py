@@ -25,7 +25,8 @@ used or not, so the stream does not depend on which positions happen to need the
   summed per cluster; a cluster token becomes a word with prob (alpha_s - alpha_t) / c_t (clipped at 1;
   upstream's first-order rate), the word drawn from x_hat restricted to its cluster. In the last step every
   [MASK] draws a cluster and then, as every cluster token, a word (upstream takes the argmax there).
-* AR: BOS, then x_i ~ p(x_i | x_<i) with or without the KV cache (same uniforms, same tokens); EOS after EOS.
+* AR: BOS (or a prefix of input embeddings: the bridge's latent), then x_i ~ p(x_i | x_<i) with or without the
+  KV cache (same uniforms, same tokens); EOS after EOS; optionally from the top-p nucleus.
 """
 from __future__ import annotations
 
@@ -227,31 +228,57 @@ def hdlm_sample(denoise: Denoise, process, batch_size: int, length: int, steps: 
     return z
 
 
+def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits [B, V]`` with every id outside the smallest set of probability >= ``top_p`` at -inf
+    (the most likely id always stays); ``top_p >= 1`` returns them unchanged."""
+    if top_p >= 1:
+        return logits
+    sorted_logits, order = logits.double().sort(-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    above = probs.cumsum(-1) - probs  # the mass of the ids ranked above each
+    drop = torch.empty_like(above, dtype=torch.bool).scatter_(-1, order, above >= top_p)
+    return logits.masked_fill(drop, -torch.inf)
+
+
 @torch.no_grad()
-def ar_sample(model, batch_size: int, length: int, bos_id: int, eos_id: int, *, temperature: float = 1.0,
-              generator: torch.Generator | None = None, use_cache: bool = True, excluded: Sequence[int] = (),
-              device=None) -> torch.LongTensor:
-    """Ancestral sampling from a transformers causal LM: ``[batch_size, length]`` ids, BOS first, EOS after a
-    row's EOS. ``use_cache=False`` runs the whole prefix per token (O(L^2)), the reference the cache must match.
-    ``excluded`` ids (e.g. padding) are never drawn. The model runs in eval mode (restored afterwards)."""
+def ar_sample(model, batch_size: int, length: int, bos_id: int | None, eos_id: int, *, temperature: float = 1.0,
+              top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
+              excluded: Sequence[int] = (), prefix: torch.Tensor | None = None, device=None) -> torch.LongTensor:
+    """Ancestral sampling from a transformers causal LM: ``[batch_size, length]`` ids, EOS after a row's EOS.
+    Without ``prefix`` the first id is ``bos_id``; ``prefix [B, P, H]`` (input embeddings, e.g. the bridge's
+    latent prefix) comes before the first id instead, and every one of the ``length`` ids is drawn.
+    ``use_cache=False`` runs the whole prefix per token (O(L^2)), the reference the cache must match.
+    ``excluded`` ids (e.g. padding) are never drawn; ``top_p`` < 1 draws from the nucleus (:func:`nucleus`).
+    The model runs in eval mode (restored afterwards)."""
     ids = torch.full((batch_size, length), eos_id, dtype=torch.long, device=device)
-    ids[:, 0] = bos_id
+    first = 0 if prefix is not None else 1
+    if prefix is None:
+        ids[:, 0] = bos_id
+    else:
+        prefix = prefix.to(model.get_input_embeddings().weight.dtype)
     done = torch.zeros(batch_size, dtype=torch.bool, device=ids.device)
     was_training = model.training
     model.eval()
+
+    def inputs(i: int, past) -> dict:
+        """The model's input to predict ids[:, i]: everything so far, or with the cache the last id."""
+        if past is not None:
+            return {"input_ids": ids[:, i - 1:i]}
+        if prefix is None:
+            return {"input_ids": ids[:, :i]}
+        return {"inputs_embeds": torch.cat([prefix, model.get_input_embeddings()(ids[:, :i])], 1)}
+
     try:
         past = None
-        for i in range(1, length):
-            if use_cache:
-                out = model(input_ids=ids[:, :i] if past is None else ids[:, i - 1:i], past_key_values=past,
-                            use_cache=True)
-                past = out.past_key_values
-            else:
-                out = model(input_ids=ids[:, :i], use_cache=False)
+        for i in range(first, length):
+            out = model(**inputs(i, past), past_key_values=past, use_cache=use_cache)
+            past = out.past_key_values if use_cache else None
             logits = out.logits[:, -1].float()
             logits[:, list(excluded)] = -torch.inf
             u = _uniform(batch_size, generator, ids.device)  # one per row and position, in both modes
-            nxt = torch.where(done, eos_id, _pick(logits, u, temperature))
+            if temperature > 0:  # tempered before the nucleus is cut, as transformers' generate does
+                logits = nucleus(logits / temperature, top_p)
+            nxt = torch.where(done, eos_id, _pick(logits, u, 1.0 if temperature > 0 else 0.0))
             ids[:, i] = nxt
             done |= nxt == eos_id
             if bool(done.all()):
