@@ -51,6 +51,12 @@ class OnBadRecord(Enum):
     skip = "skip"
 
 
+class OptimizerName(Enum):
+    adamw = "adamw"
+    adamw_8bit = "adamw_8bit"
+    paged_adamw_8bit = "paged_adamw_8bit"
+
+
 class Parallelism(Enum):
     ddp = "ddp"  # replicated weights, all-reduced gradients
     fsdp = "fsdp"  # FSDP2 fully_shard over the objective's shard units; sharded checkpoints (DCP)
@@ -121,6 +127,9 @@ class OptimizerConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     grad_clip_norm: float = 1.0  # <= 0 disables clipping (the norm is still logged)
+    # adamw: torch's AdamW; adamw_8bit / paged_adamw_8bit: bitsandbytes' 8-bit AdamW (QLoRA's
+    # optimizer; on CPU the paged one falls back to the non-paged one, with bitsandbytes' warning)
+    name: OptimizerName = OptimizerName.adamw
 
     def check(self) -> None:
         _require(self.lr > 0, "optimizer.lr", f"must be > 0, got {self.lr}")

@@ -135,7 +135,8 @@ def test_a_checkpoint_never_turns_on_remote_code_or_chooses_the_backbone(tmp_pat
     configuration_*.py: rebuilding refuses (naming the flag) and the code never runs."""
     ok(run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={tiny_dir}",
                          f"data.data_files.train={minilm_data}", f"logging.save_dir={tmp_path}",
-                         "training.num_train_steps=1", "logging.run_name=r", "logging.eval_freq=0"]))
+                         "training.num_train_steps=1", "logging.run_name=r", "logging.eval_freq=0",
+                         "training.task=l2t"]))
     evil = tmp_path / "evil"
     shutil.copytree(tiny_dir, evil)
     ran = tmp_path / "code_ran"

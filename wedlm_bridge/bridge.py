@@ -32,13 +32,14 @@ from torch import nn
 
 from mmldlm.config import ConfigError, RunConfig, TrainingConfig
 from mmldlm.data.collate import mean_latent
-from mmldlm.nn import DTYPES, pool
+from mmldlm.nn import pool
 from mmldlm.objective import Objective, register
 from mmldlm.train.rebuild import (
     CheckpointPolicyError,
     LoadPolicy,
     rebuild_from_checkpoint,
 )
+from wedlm_bridge.backbone import BackboneConfig, backbone_source, load_backbone, locate_backbone
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -57,13 +58,7 @@ class Pooling(Enum):
 
 
 @dataclass
-class BridgeModelConfig:
-    pretrained_model_name_or_path: str = "tencent/WeDLM-8B-Base"
-    trust_remote_code: bool = False
-    pretrained_model_dtype: str = "bfloat16"  # bfloat16 | float16 | float32
-    local_files_only: bool = True
-    pretrained_local_dir: Optional[str] = "./local_models/wedlm-8b"
-    download_pretrained_local_dir: bool = False  # prefetch into pretrained_local_dir when missing
+class BridgeModelConfig(BackboneConfig):
     latent_dim: int = 1024
     latent_prefix_len: int = 8
     prefix_match_embedding_scale: bool = True
@@ -76,11 +71,9 @@ class BridgeModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    activation_checkpointing: bool = False
 
     def check(self) -> None:
-        if self.pretrained_model_dtype not in DTYPES:
-            raise ConfigError(f"model.pretrained_model_dtype: {self.pretrained_model_dtype!r} ({' | '.join(DTYPES)})")
+        super().check()
         for key in ("latent_dim", "latent_prefix_len", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
@@ -318,32 +311,9 @@ class BridgeObjective(Objective):
 
 
 def build(cfg, tokenizer) -> BridgeObjective:
-    from mmldlm.prefetch import check_if_prefetched, prefetch
-    from wedlm_bridge.backbone import load_backbone
-
     m = cfg.model
-    if m.pretrained_local_dir:
-        if m.download_pretrained_local_dir and not Path(m.pretrained_local_dir).is_dir():
-            prefetch(m.pretrained_model_name_or_path, m.pretrained_local_dir)
-        check_if_prefetched(m.pretrained_local_dir)
-    backbone = load_backbone(m.pretrained_local_dir or m.pretrained_model_name_or_path, m.pretrained_model_dtype,
-                             m.trust_remote_code, m.local_files_only)
+    backbone = load_backbone(backbone_source(m), m.pretrained_model_dtype, m.trust_remote_code, m.local_files_only)
     return BridgeObjective(cfg, tokenizer, backbone)
-
-
-def locate_backbone(cfg, policy, source: str) -> None:
-    """The backbone is not in a bridge checkpoint; the user names a local copy (``--backbone-dir``),
-    never the file. The tokenizer follows it when the run used the backbone's own."""
-    m = cfg.model
-    if not policy.backbone_dir:
-        raise CheckpointPolicyError(
-            f"{source} holds the bridge's heads, not its backbone ({m.pretrained_model_name_or_path}, trained from "
-            f"{m.pretrained_local_dir}); name a local copy on the command line: --backbone-dir DIR "
-            "(the eval CLIs' key: backbone_dir=DIR)")
-    if cfg.data.tokenizer_name == m.pretrained_local_dir:
-        cfg.data.tokenizer_name = policy.backbone_dir
-    m.pretrained_local_dir = policy.backbone_dir
-    m.download_pretrained_local_dir = False
 
 
 def load_bridge(checkpoint: str, device: str = "cpu", policy=None):

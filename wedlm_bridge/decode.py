@@ -61,7 +61,10 @@ def main(argv=None) -> None:
     lines = []
     for i in tqdm(range(0, len(z), a.batch_size), desc="decode", unit="batch", disable=len(z) <= a.batch_size):
         lat = torch.from_numpy(z[i : i + a.batch_size]).float().to(a.device)
-        lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p, gen)
+        try:
+            lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p, gen)
+        except ValueError as e:  # a t2l run (no trained decoder), a tokenizer without a stop token
+            raise SystemExit(f"error: {e}") from None
     Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {len(lines)} texts to {a.output}")
 

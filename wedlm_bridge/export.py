@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from wedlm_bridge.backbone import save_for_engine
 from wedlm_bridge.bridge import add_load_policy_args, load_bridge_for_cli
 
 
@@ -30,17 +30,9 @@ def export(obj, tok, cfg, out: str | Path) -> Path:
     meta = {"model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
             "task": cfg.training.task.name, **obj.checkpoint_metadata()}
     (out / "bridge_config.json").write_text(json.dumps(meta, indent=2))
-    if cfg.model.lora_r:
-        merged = obj.backbone.merge_and_unload()
-        d = out / "merged_model"
-        merged.save_pretrained(d)
-        src = Path(cfg.model.pretrained_local_dir or "")
-        raw = dict(getattr(merged, "source_config_json", {}) or json.loads((d / "config.json").read_text()))
-        raw["torch_dtype"] = cfg.model.pretrained_model_dtype
-        (d / "config.json").write_text(json.dumps(raw, indent=2))
-        tok.save_pretrained(d)
-        for f in src.glob("*.py") if src.is_dir() else []:  # WeDLM's remote code, for trust_remote_code users
-            shutil.copy2(f, d / f.name)
+    if cfg.model.lora_r:  # the backbone with the adapters merged, as a WeDLM checkpoint
+        save_for_engine(obj.backbone.merge_and_unload(), cfg.model.pretrained_local_dir, out / "merged_model",
+                        cfg.model.pretrained_model_dtype)
     return out
 
 

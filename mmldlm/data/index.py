@@ -31,12 +31,20 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from mmldlm.data.records import DataError, LatentError, LatentShard, RecordRules, record_problem, regular_file_problem
+from mmldlm.data.records import (
+    DataError,
+    LatentError,
+    LatentShard,
+    RecordRules,
+    normalized,
+    record_problem,
+    regular_file_problem,
+)
 from mmldlm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: *.jsonl is always JSON Lines
 RECORD_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("record", "<u4")])
 # The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
 # so with one hash a ratio on an extracted train file would hold out nothing (every text there
@@ -169,7 +177,9 @@ def _raw_records(json_path: Path, f, fmt: str = "json"):
         return
     head = f.read(4096)
     f.seek(0)
-    if head.lstrip()[:1] == b"[":
+    # .jsonl is JSON Lines whatever its lines hold (an SFT line may be an array of messages);
+    # any other name is a JSON list when it opens with '['
+    if json_path.suffix.lower() not in (".jsonl", ".ndjson") and head.lstrip()[:1] == b"[":
         yield from _json_list_records(f, json_path)
     else:
         yield from _jsonl_records(f, json_path)
@@ -287,7 +297,9 @@ class RecordReader:
                                                           "index); restart to re-index it")
         if self.text:
             return {"text": raw.decode("utf-8")}
-        return json.loads(raw.decode("utf-8"))  # a str skips json's encoding detection
+        obj = json.loads(raw.decode("utf-8"))  # a str skips json's encoding detection
+        normalize = self.index.rules.fields.normalize
+        return obj if normalize is None else normalize(obj)  # checked when indexed: cannot fail here
 
 
 def _stat_key(path: Path) -> dict:
@@ -353,7 +365,10 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
         with open(json_path, "rb") as f, open(tmp / "records.raw", "wb") as rec_out, \
                 open(tmp / "split.raw", "wb") as split_out:
             for record_no, (offset, length, line, obj) in enumerate(_raw_records(json_path, f, rules.format)):
-                reason = obj.reason if isinstance(obj, DataError) else record_problem(obj, rules)
+                reason = obj.reason if isinstance(obj, DataError) else None
+                if reason is None:
+                    obj, reason = normalized(obj, rules.fields)
+                reason = reason or record_problem(obj, rules)
                 if reason is None and rules.latent_dim is not None and obj.get("latent_row") is not None:
                     reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_row"], rules.latent_dim,
                                             shards)

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 class RecordDataset(Dataset):
     """The records at ``positions`` of a source (all of them when None, the first ``limit`` when
-    set); an item is ``{index, record, text?, latent?}`` (``latent`` float32 ``[K, D]`` when records
-    carry one), or the :class:`DataError` of a record that turned out to be bad when read.
+    set); an item is ``{index, record, file, text?, latent?}`` (``file``: the data file, for a family
+    collate's errors; ``latent`` float32 ``[K, D]`` when records carry one), or the
+    :class:`DataError` of a record that turned out to be bad when read.
 
     The source is a :class:`RecordIndex` (a JSON / JSONL / text file) or a :class:`HubTexts` (a
     split of a hub dataset): both are read by position, through their ``reader()``."""
@@ -72,7 +73,7 @@ class RecordDataset(Dataset):
         return self.reader.read(where if self.positions is None else self.positions.take(where))
 
     def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any]:
-        item = {"index": number, "record": obj}
+        item = {"index": number, "record": obj, "file": self.index.json_path}
         if "text" in obj:
             item["text"] = obj["text"]
         if latent is not None:

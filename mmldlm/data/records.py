@@ -51,6 +51,10 @@ class RecordFields:
     required: tuple[str, ...] = ()
     check: Callable[[dict], str | None] | None = None
     needs_text: bool = True  # records must carry a non-empty ``text``
+    # the family's reading of a parsed JSON value into its record (e.g. an SFT line that is a bare
+    # array of messages -> {"messages": [...]}); raises ValueError with the reason for a bad one.
+    # Applied when the index is built and whenever a record is read, so both see the same record.
+    normalize: Callable[[object], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,16 @@ def outside_root(latent_path: str) -> bool:
     """True when a record's ``latent_path`` is absolute or climbs out of its root with ``..``."""
     norm = os.path.normpath(latent_path)
     return os.path.isabs(latent_path) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def normalized(obj, fields: RecordFields):
+    """``(record, None)``, or ``(None, reason)`` when the family's ``normalize`` rejects ``obj``."""
+    if fields.normalize is None:
+        return obj, None
+    try:
+        return fields.normalize(obj), None
+    except ValueError as e:
+        return None, str(e)
 
 
 def record_problem(obj, rules: RecordRules) -> str | None:

@@ -312,18 +312,29 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _of_frozen(key: str, frozen: set[str]) -> bool:
+    """``key`` is a frozen parameter or state attached to one (bitsandbytes' 4-bit weights carry
+    their quantisation state as ``<param>.absmax``, ``<param>.quant_state...``)."""
+    while True:
+        if key in frozen:
+            return True
+        if "." not in key:
+            return False
+        key = key.rsplit(".", 1)[0]
+
+
 def saved_keys(module: torch.nn.Module, carried: set[str] | frozenset = frozenset()) -> set[str]:
     """The state a checkpoint keeps: everything but frozen parameters (a pretrained backbone, which
-    the objective records by name in ``checkpoint_metadata``), except frozen ones ``carried`` over
-    from a previous stage (``training.init_from``), which no other place holds."""
+    the objective records by name in ``checkpoint_metadata``) and their state, except frozen ones
+    ``carried`` over from a previous stage (``training.init_from``), which no other place holds."""
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad} - set(carried)
-    return {k for k in module.state_dict() if k not in frozen}
+    return {k for k in module.state_dict() if not _of_frozen(k, frozen)}
 
 
 def load_trainable_state_dict(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
     missing, unexpected = module.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in frozen]
+    missing = [k for k in missing if not _of_frozen(k, frozen)]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

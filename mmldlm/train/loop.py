@@ -117,9 +117,11 @@ def train(cfg: DictConfig) -> dict:
         log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
     except DataError as e:
+        core = lookup(cfg.objective).records.name == "core"  # the checker knows the core fields only
         hint = "" if e.record is None else (
-            f"\nList every bad record with: python -m latentDLM_mmdit.data_simple check {e.json_path} "
-            f"--latent-dim {cfg.data.latent_dim} (or set data.on_bad_record=skip to skip and count them)")
+            (f"\nList every bad record with: python -m latentDLM_mmdit.data_simple check {e.json_path} "
+             f"--latent-dim {cfg.data.latent_dim} (or" if core else "\n(Or") +
+            " set data.on_bad_record=skip to skip and count them)")
         log.error("bad data: %s%s", e, hint)
         raise SystemExit(1) from None
     finally:

@@ -7,15 +7,20 @@ import torch
 
 
 def build_optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg, device: torch.device):
-    """``optimizer.{lr, weight_decay, beta1, beta2, eps}``; biases, norms and embeddings' 1-D
-    parameters get no weight decay."""
+    """``optimizer.{name, lr, weight_decay, beta1, beta2, eps}``; biases, norms and embeddings' 1-D
+    parameters get no weight decay. ``name``: torch's AdamW, or bitsandbytes' 8-bit (paged) AdamW."""
     decay = [p for _, p in params if p.dim() >= 2]
     no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=device.type == "cuda")
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    name = getattr(cfg.name, "name", cfg.name)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                 fused=device.type == "cuda")
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:

@@ -62,7 +62,7 @@ def apply_load_policy(cfg, policy: LoadPolicy, source: str) -> None:
 
 
 def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy: LoadPolicy | None = None,
-                            expect: str | None = None, ema: bool = True):
+                            expect: str | None = None, ema: bool = True, adjust=None):
     """(objective in eval mode, tokenizer, config) rebuilt from a checkpoint of the shared loop:
     the family its ``objective`` names, its saved config under the user's :class:`LoadPolicy`
     (plus the family's ``on_rebuild`` hook, e.g. the bridge's ``--backbone-dir``), the tokenizer,
@@ -70,7 +70,9 @@ def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy:
     as at training time (same seed, same source). ``expect``: the family a CLI handles (a
     checkpoint of another family is refused; one written before checkpoints named their family is
     taken to be it). ``ema``: the EMA weights where the run kept them (``training.ema``), as the
-    loop's eval used them; the objective's ``ema_weights`` says whether they were."""
+    loop's eval used them; the objective's ``ema_weights`` says whether they were. ``adjust(cfg)``:
+    a CLI's own change to the saved config before the build (e.g. the fine-tune export reloads the
+    base in full precision); it may not touch what the policy decides."""
     from omegaconf import OmegaConf
 
     from mmldlm.data.tokenizer import load_tokenizer
@@ -87,6 +89,9 @@ def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy:
     apply_load_policy(cfg, policy, str(path))
     if entry.on_rebuild is not None:
         entry.on_rebuild(cfg, policy, str(path))
+    if adjust is not None:
+        adjust(cfg)
+        apply_load_policy(cfg, policy, str(path))
     if policy.tokenizer:
         cfg.data.tokenizer_name = policy.tokenizer
     tok = load_tokenizer(cfg.data.tokenizer_name, policy.trust_remote_code, policy.local_files_only)
