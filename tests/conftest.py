@@ -75,3 +75,21 @@ def tiny_wedlm_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wedlm") / "tiny"
     make_tiny_wedlm(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_wedlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3 in WeDLM form with a ChatML tokenizer and a <|mask|> token, once per session."""
+    from wedlm_bridge.tiny import make_tiny_wedlm
+
+    d = tmp_path_factory.mktemp("wedlm_chat") / "tiny"
+    make_tiny_wedlm(d, chat=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def sft_jsonl(tmp_path_factory) -> Path:
+    """60 conversations of real prose in the three SFT record forms (JSONL)."""
+    from wedlm_bridge.finetune.demo_data import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("sft") / "sft.jsonl", n=60, answer_words=40)

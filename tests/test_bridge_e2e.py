@@ -101,9 +101,9 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     assert samples["header"]["sampler"].startswith("ar from the latent prefix") and samples["ids"].shape == (2, 8)
     sep = 102  # bert's [SEP] closes a text: the bridge's stop token
     rows = [r[: r.index(sep)] if sep in r else r for r in samples["ids"].tolist()]
-    from transformers import AutoTokenizer
+    from mmldlm.data.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    tok = load_tokenizer(str(tiny_dir))
     assert [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in rows] == decoded
     scored = [loss([*keys, "batch_size=4", f"metrics_path={tmp_path / f'loss{i}.json'}"]) for i in range(2)]
     assert scored[0]["nelbo"] == scored[1]["nelbo"] and scored[0]["num_t"] == 0 and "latent_gain" in scored[0]

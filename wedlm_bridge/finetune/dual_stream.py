@@ -36,6 +36,7 @@ class DualStream(NamedTuple):
     masked: torch.Tensor  # [R, L] bool, xt order: the slot holds [MASK]
     target: torch.Tensor  # [R, L] long, xt order: the token the slot had
     gamma: torch.Tensor  # [R, L] float64, xt order: the mask ratio of the slot's block
+    source: torch.Tensor  # [R, L] long: xt slot j holds the row's token source[j]
 
 
 def _same(seg_q: torch.Tensor, seg_k: torch.Tensor) -> torch.Tensor:
@@ -106,4 +107,4 @@ def build_dual_stream(ids, labels, segment, positions, records, mask_id: int, bl
     mask = torch.cat([top, torch.cat([xt_x0, xt_xt], 2)], 1)
     mask = _with_pad_diagonal(mask, torch.cat([segment, xt_seg], 1))
     return DualStream(torch.cat([ids, xt_ids], 1), torch.cat([positions, take(positions)], 1), mask[:, None],
-                      xt_masked, take(ids), take(gamma))
+                      xt_masked, take(ids), take(gamma), perm)
