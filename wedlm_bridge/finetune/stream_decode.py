@@ -83,12 +83,14 @@ def main(argv=None) -> None:
     tok = load_tokenizer(a.model, local_files_only=True, key="--model")
     model = load_backbone(a.model, "float32").eval()
     text = tok.apply_chat_template([{"role": "user", "content": a.prompt}], tokenize=False, add_generation_prompt=True)
-    stops = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if t not in (None, tok.unk_token_id)}
+    candidates = (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
+    stops = {t for t in candidates if t not in (None, tok.unk_token_id)}
     out = stream_decode(model, tok.encode(text, add_special_tokens=False), mask_token_id(model.config, len(tok)),
                         stops, a.window, a.max_new_tokens, a.entropy_threshold, a.pos_penalty, a.temperature,
                         torch.Generator().manual_seed(a.seed))
     print(tok.decode(out.ids, skip_special_tokens=True))
-    print(f"[{len(out.ids)} tokens in {out.forwards} forwards: {len(out.ids) / max(out.forwards, 1):.2f} tokens/forward]")
+    rate = len(out.ids) / max(out.forwards, 1)
+    print(f"[{len(out.ids)} tokens in {out.forwards} forwards: {rate:.2f} tokens/forward]")
 
 
 if __name__ == "__main__":
