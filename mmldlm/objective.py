@@ -71,6 +71,18 @@ class Objective(nn.Module):
         validation NELBO of the loss CLI)."""
         raise NotImplementedError(f"{type(self).__name__} defines no nelbo()")
 
+    def example_batch(self, cfg, device="meta") -> dict:
+        """A training batch's tensors at the configured size (values unset), for the estimator: the
+        core schema (``training.train_batch_size`` x ``data.max_seq_len`` ids and mask, the latent
+        when records carry one). A family with its own batch schema overrides it."""
+        B, L = cfg.training.train_batch_size, cfg.data.max_seq_len
+        batch = {"input_ids": torch.empty(B, L, dtype=torch.long, device=device),
+                 "attention_mask": torch.empty(B, L, dtype=torch.bool, device=device),
+                 "index": torch.empty(B, dtype=torch.long, device=device)}
+        if cfg.data.get("latent_dim") is not None:
+            batch["latent"] = torch.empty(B, cfg.data.latent_dim, device=device)
+        return batch
+
     def generate(self, **kwargs) -> Any:
         """Samples for the generate CLI."""
         raise NotImplementedError(f"{type(self).__name__} defines no generate()")

@@ -71,6 +71,10 @@ def load_backbone(path: str, dtype: str = "bfloat16", trust_remote_code: bool = 
     from transformers import AutoModelForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
     torch_dtype = DTYPES[dtype]
+    from mmldlm.estimate.shapes import is_shape_only
+
+    if is_shape_only():  # the estimator: the architecture on the meta device, no weights read
+        return shape_model(path, torch_dtype)
     if trust_remote_code:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=True,
                                                     local_files_only=local_files_only,
@@ -120,11 +124,37 @@ class BackboneConfig:
             raise ConfigError(f"model.pretrained_model_dtype: {self.pretrained_model_dtype!r} ({' | '.join(DTYPES)})")
 
 
+# WeDLM-8B's config.json values (Qwen3-8B), for estimates on a machine without the checkpoint
+WEDLM_8B_SHAPE = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=16384,
+                      rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, mask_token_id=WEDLM_MASK_TOKEN_ID)
+
+
+def shape_model(path: str, torch_dtype):
+    """The backbone's architecture on the meta device: from its config.json when the directory is
+    here, else (any other name) WeDLM-8B's shape. Nothing is allocated."""
+    import torch
+    from transformers import Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    d = Path(path)
+    if (d / "config.json").is_file():
+        family, cfg, _ = stock_config(d)
+        cls = Qwen3ForCausalLM if family == "qwen3" else Qwen2ForCausalLM
+    else:
+        cfg, cls = Qwen3Config(**WEDLM_8B_SHAPE), Qwen3ForCausalLM
+    cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        return cls(cfg).to(torch_dtype)
+
+
 def backbone_source(m: BackboneConfig) -> str:
     """The backbone's local directory (prefetched first when the config asks; a directory without
     the completion marker is refused) or, without one, its hub name."""
+    from mmldlm.estimate.shapes import is_shape_only
     from mmldlm.prefetch import check_if_prefetched, prefetch
 
+    if is_shape_only():
+        return m.pretrained_local_dir or m.pretrained_model_name_or_path
     if m.pretrained_local_dir:
         if m.download_pretrained_local_dir and not Path(m.pretrained_local_dir).is_dir():
             prefetch(m.pretrained_model_name_or_path, m.pretrained_local_dir)

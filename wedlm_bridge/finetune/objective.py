@@ -115,6 +115,12 @@ class FinetuneObjective(Objective):
         convs = sum(len(torch.unique(row[row >= 0])) for row in segment)
         return BatchCount(convs, (segment >= 0).sum())
 
+    def example_batch(self, cfg, device="meta") -> dict:
+        B, L = cfg.training.train_batch_size, cfg.data.max_seq_len
+        batch = {k: torch.empty(B, L, dtype=torch.long, device=device)
+                 for k in ("input_ids", "labels", "segment", "positions", "records")}
+        return {**batch, "index": torch.empty(B, dtype=torch.long, device=device)}
+
     def flops_per_token(self) -> float:
         """Per real token: forward 2N, backward 2N through the whole backbone (to the adapters or
         weights below) + 2N for the weights that train; the dual stream doubles it (2L positions).
@@ -153,8 +159,13 @@ def load_for_method(cfg, dtype: str | None = None):
     lm = load_backbone(backbone_source(m), dtype or m.pretrained_model_dtype, m.trust_remote_code,
                        m.local_files_only, quantization_config=quant if dtype is None else None)
     ckpt = {"use_reentrant": False}
+    from mmldlm.estimate.shapes import is_shape_only
+
     if method == "full":
         lm.requires_grad_(True)
+    elif method == "qlora" and is_shape_only():  # the estimator counts the Linear weights at 4 bits itself
+        lm.requires_grad_(False)
+        lm.quantized_bits = 4.127 if f.qlora_double_quant else 4.5  # nf4 + absmax (8-bit with double quant)
     elif method == "qlora" and dtype is None:
         from peft import prepare_model_for_kbit_training
 

@@ -1,0 +1,161 @@
+"""Will it fit, and how fast? GPU memory and FLOPs of any config, computed on a CPU.
+
+    python -m mmldlm.estimate --config-name NAME [key=value ...] [--world-size N] [--json] [--mfu 0.35]
+
+The objective is built at its real size from the config alone (no weights: a pretrained backbone
+from its config values; no data: a batch of the configured shape) and one training step is traced:
+FLOPs on the meta device, the memory peak on fake CPU tensors (mmldlm/estimate/trace.py). Per rank:
+parameters, FLOPs per step and per token, the peak split into params / grads / optimizer state /
+activations / temporaries, whether it fits an 80 GB H100 and a 141 GB H200 (the peak + 10% for
+allocator fragmentation + 1.5 GiB of CUDA context and workspaces), and tokens/s per GPU at an
+assumed MFU (an assumption, labelled). Masked-position selections count every position (the peak
+when nearly everything is masked). docs/estimates.md has the table of the shipped configs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from mmldlm.estimate.estimate import GIB, GPUS, PEAK_FLOPS, Estimate, distribute, needed_bytes
+
+
+def build_meta(cfg):
+    import torch
+
+    from mmldlm.estimate.shapes import shapes_only, tokenizer_for
+    from mmldlm.objective import lookup
+
+    entry = lookup(cfg.objective)
+    tok = tokenizer_for(str(cfg.data.tokenizer_name))
+    with shapes_only(), torch.device("meta"):
+        torch.manual_seed(0)
+        return entry.build(cfg, tok)
+
+
+def _quantized(obj, notes: list) -> tuple[int, int]:
+    """(bytes saved on the frozen Linear weights a QLoRA base holds in 4 bits, the largest one's
+    bf16 copy dequantised during its matmul)."""
+    from torch import nn
+
+    bits = next((m.quantized_bits for m in obj.modules() if hasattr(m, "quantized_bits")), None)
+    if bits is None:
+        return 0, 0
+    linears = [m.weight for name, m in obj.named_modules() if isinstance(m, nn.Linear) and "lora_" not in name
+               and not name.endswith("lm_head") and not m.weight.requires_grad]
+    saved = sum(int(w.numel() * (w.element_size() - bits / 8)) for w in linears)
+    notes.append(f"QLoRA: traced with a bf16 base, then its {len(linears)} frozen Linear weights counted at {bits} "
+                 "bits (nf4 + absmax); + one dequantised bf16 weight at a time")
+    return saved, max((w.numel() * 2 for w in linears), default=0)
+
+
+def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35, step: int | None = None) -> Estimate:
+    from mmldlm.config import compose
+    from mmldlm.estimate.trace import Peak, count_flops, trace_memory
+
+    if not any(o.startswith("data.data_files.train=") for o in overrides):
+        overrides = [*overrides, "data.data_files.train=no-data-is-read-by-the-estimate"]
+    cfg = compose(name, overrides)
+    t = cfg.training
+    bf16 = t.dtype.name == "bf16"
+    step = t.num_train_steps - 1 if step is None else step  # every ramp on (cycle terms counted)
+    notes: list[str] = []
+    obj = build_meta(cfg)
+    params_total = sum(p.numel() for p in obj.parameters())
+    params_trainable = sum(p.numel() for p in obj.parameters() if p.requires_grad)
+    flops = count_flops(obj, obj.example_batch(cfg), step, bf16)
+    obj = build_meta(cfg)  # fresh: no meta gradients from the FLOP pass
+    peak = trace_memory(obj, lambda device: obj.example_batch(cfg, device), step, bf16, cfg.optimizer)
+    saved, dequantised = _quantized(obj, notes)
+    opt_bytes = peak.optimizer
+    if cfg.optimizer.name.name != "adamw":
+        opt_bytes //= 4  # 8-bit moments: 2 bytes per parameter instead of 8
+        notes.append(f"optimizer {cfg.optimizer.name.name}: traced as AdamW, its state counted at 8 bits")
+    peak = Peak(peak.params - saved, peak.grads, opt_bytes, peak.activations, peak.temporaries + dequantised,
+                peak.other)
+    fsdp = t.parallelism.name == "fsdp"
+    peak = distribute(peak, obj, world, fsdp, bf16, notes)
+    tokens = t.train_batch_size * cfg.data.max_seq_len
+    per_token = flops / tokens
+    need = needed_bytes(peak.total)
+    return Estimate(
+        config=name, objective=cfg.objective, world_size=world, parallelism=t.parallelism.name,
+        batch_per_rank=t.train_batch_size, tokens_per_step_per_rank=tokens, params_total=params_total,
+        params_trainable=params_trainable, flops_per_step=flops, flops_per_token=per_token,
+        peak_bytes_per_rank=peak.total, params_bytes=peak.params, grads_bytes=peak.grads,
+        optimizer_bytes=peak.optimizer, activations_bytes=peak.activations, temporaries_bytes=peak.temporaries,
+        other_bytes=peak.other, fits_80gb=need <= GPUS["80gb"][1], fits_141gb=need <= GPUS["141gb"][1],
+        assumed_mfu=mfu, tokens_per_s_per_gpu_at_assumed_mfu=mfu * PEAK_FLOPS["bf16" if bf16 else "fp32"] / per_token,
+        notes=notes)
+
+
+def verdict(e: Estimate) -> str:
+    """One line: the peak and where it fits (the launchers' preflight prints it)."""
+    need = needed_bytes(e.peak_bytes_per_rank) / GIB
+    where = [label for key, (label, _) in GPUS.items() if getattr(e, f"fits_{key}")]
+    fits = f"fits {' and '.join(where)}" if where else "fits neither an 80 GB H100 nor a 141 GB H200"
+    return (f"estimate: peak {e.peak_bytes_per_rank / GIB:.1f} GiB per rank (~{need:.1f} GiB with CUDA context and "
+            f"fragmentation): {fits}; {e.flops_per_step / 1e12:.1f} TFLOP per step")
+
+
+def suggestion(e: Estimate) -> str:
+    if e.fits_80gb:
+        return ""
+    return ("  to fit: a smaller training.train_batch_size with more training.gradient_accumulation_steps, "
+            "model.activation_checkpointing=true (where the model has it), or training.parallelism=fsdp over more ranks")
+
+
+def report(e: Estimate) -> str:
+    g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+    lines = [
+        f"{e.config} ({e.objective}), {e.parallelism} x {e.world_size}, batch {e.batch_per_rank} per rank, "
+        f"{e.tokens_per_step_per_rank} tokens per rank and step",
+        f"parameters       {e.params_total / 1e6:12.2f} M total, {e.params_trainable / 1e6:.2f} M trainable",
+        f"FLOPs            {e.flops_per_step / 1e12:12.2f} TFLOP per step and rank, {e.flops_per_token / 1e9:.2f} "
+        "GFLOP per token (forward + backward)",
+        "peak per rank:",
+        f"  params         {g(e.params_bytes)}", f"  grads          {g(e.grads_bytes)}",
+        f"  optimizer      {g(e.optimizer_bytes)}", f"  activations    {g(e.activations_bytes)}",
+        f"  temporaries    {g(e.temporaries_bytes)}", f"  other          {g(e.other_bytes)}",
+        f"  total          {g(e.peak_bytes_per_rank)}",
+        verdict(e),
+        f"tokens/s per GPU at an ASSUMED {e.assumed_mfu:.0%} MFU (989 TFLOP/s bf16 peak): "
+        f"{e.tokens_per_s_per_gpu_at_assumed_mfu:,.0f} (an assumption, not a measurement)",
+        *(f"note: {n}" for n in e.notes),
+    ]
+    hint = suggestion(e)
+    return "\n".join(lines + ([hint] if hint else []))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m mmldlm.estimate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-name", required=True, help="a shipped config (mmdit, mdlm, wedlm8b_ar_bridge, ...)")
+    ap.add_argument("--world-size", type=int, default=1, help="ranks (FSDP divides what it shards)")
+    ap.add_argument("--mfu", type=float, default=0.35, help="the ASSUMED model FLOPs utilisation for tokens/s")
+    ap.add_argument("--step", type=int, default=None, help="the step traced (default: the last, ramps on)")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of the report")
+    ap.add_argument("--verdict", action="store_true", help="only the one-line verdict (the launchers' preflight)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
+    a = ap.parse_args(argv)
+    logging.disable(logging.WARNING)
+    from mmldlm.config import ConfigError
+
+    started = time.perf_counter()
+    try:
+        e = estimate(a.config_name, a.overrides, a.world_size, a.mfu, a.step)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    if a.json:
+        print(json.dumps(e.as_dict()))
+    elif a.verdict:
+        print(verdict(e) + ("\n" + suggestion(e) if suggestion(e) else ""))
+    else:
+        print(report(e))
+        print(f"({time.perf_counter() - started:.0f} s on this CPU)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
