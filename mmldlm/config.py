@@ -470,7 +470,7 @@ def compose(name: str, overrides: list[str] | tuple = (), config_dir: str | Path
     dirs = [Path(config_dir)] if config_dir else [e.config_dir for e in entries.values()]
     found = next((d for d in dirs if (d / f"{name}.yaml").is_file()), None)
     if found is None:
-        raise ConfigError(f"no config {name!r} in {', '.join(map(str, dirs))}")
+        raise ConfigError(f"no config {name!r} in {', '.join(dict.fromkeys(map(str, dirs)))}")
     all_dirs = [found, *(e.config_dir for e in entries.values())]
     obj = objective_of(name, [*all_dirs, SHARED_CONFIGS])
     if obj not in entries:

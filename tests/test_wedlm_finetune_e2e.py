@@ -81,8 +81,11 @@ def test_fsdp_full_wedlm_resumes_exactly_and_exports_from_its_sharded_checkpoint
 def test_qlora_through_the_entrypoint_and_launcher_then_export(tmp_path, tiny_chat_wedlm_dir, sft_jsonl):
     env = env_for(tmp_path, None, METHOD="qlora", DRY_RUN="1", TRAIN_JSON=str(sft_jsonl),
                   LOCAL_MODEL_DIR=str(tiny_chat_wedlm_dir), MODEL_ID="mmldlm/tiny")
-    dry = ok(bash(REPO / "wedlm_bridge" / "run_wedlm8b_finetune.sh", env)).stdout
+    p = ok(bash(REPO / "wedlm_bridge" / "run_wedlm8b_finetune.sh", {**env, "ESTIMATE": "1"}, "model=tiny"))
+    dry = p.stdout
     assert "finetune.method=qlora" in dry and "optimizer.name=paged_adamw_8bit" in dry and "train_wedlm_finetune" in dry
+    # the preflight: the estimator's verdict for this exact command (QLoRA's 4-bit base on the tiny shape)
+    assert "estimate: peak" in p.stderr and "fits H100 80 GB" in p.stderr, p.stderr[-2000:]
     full = ok(bash(REPO / "wedlm_bridge" / "run_wedlm8b_finetune.sh", {**env, "METHOD": "full"})).stdout
     assert "training.parallelism=fsdp" in full and "optimizer.lr=3e-6" in full and "float32" in full
     args = base_args(tiny_chat_wedlm_dir, sft_jsonl, tmp_path, "finetune.method=qlora", "training.dtype=bf16",

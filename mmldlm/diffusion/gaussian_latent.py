@@ -23,14 +23,15 @@ MAX_FINAL_ALPHA_BAR = 1e-3
 
 
 def make_alpha_bar(schedule: str, timesteps: int) -> torch.Tensor:
+    """On the CPU whatever the default device (a model built on meta still gets its schedule checked)."""
     if schedule == "cosine":
         s = 0.008
-        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        steps = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
     elif schedule == "linear":
         scale = 1000 / timesteps
-        betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64).clamp(max=0.999)
+        betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64, device="cpu").clamp(max=0.999)
     else:
         raise ValueError(f"unknown latent beta schedule {schedule!r} (cosine | linear)")
     alpha_bar = torch.cumprod(1 - betas, 0)

@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 from mmldlm.estimate.estimate import GIB, GPUS, PEAK_FLOPS, Estimate, distribute, needed_bytes
 
@@ -32,7 +33,8 @@ def build_meta(cfg):
     tok = tokenizer_for(str(cfg.data.tokenizer_name))
     with shapes_only(), torch.device("meta"):
         torch.manual_seed(0)
-        return entry.build(cfg, tok)
+        obj = entry.build(cfg, tok)
+    return obj.to("meta")  # buffers computed on the CPU at build (schedules) join the rest
 
 
 def _quantized(obj, notes: list) -> tuple[int, int]:
@@ -51,13 +53,14 @@ def _quantized(obj, notes: list) -> tuple[int, int]:
     return saved, max((w.numel() * 2 for w in linears), default=0)
 
 
-def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35, step: int | None = None) -> Estimate:
+def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35, step: int | None = None,
+             config_dir: str | None = None) -> Estimate:
     from mmldlm.config import compose
     from mmldlm.estimate.trace import Peak, count_flops, trace_memory
 
     if not any(o.startswith("data.data_files.train=") for o in overrides):
         overrides = [*overrides, "data.data_files.train=no-data-is-read-by-the-estimate"]
-    cfg = compose(name, overrides)
+    cfg = compose(name, overrides, config_dir)
     t = cfg.training
     bf16 = t.dtype.name == "bf16"
     step = t.num_train_steps - 1 if step is None else step  # every ramp on (cycle terms counted)
@@ -67,16 +70,18 @@ def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35,
     params_trainable = sum(p.numel() for p in obj.parameters() if p.requires_grad)
     flops = count_flops(obj, obj.example_batch(cfg), step, bf16)
     obj = build_meta(cfg)  # fresh: no meta gradients from the FLOP pass
-    peak = trace_memory(obj, lambda device: obj.example_batch(cfg, device), step, bf16, cfg.optimizer)
+    peaks = trace_memory(obj, lambda device: obj.example_batch(cfg, device), step, bf16, cfg.optimizer)
     saved, dequantised = _quantized(obj, notes)
-    opt_bytes = peak.optimizer
-    if cfg.optimizer.name.name != "adamw":
-        opt_bytes //= 4  # 8-bit moments: 2 bytes per parameter instead of 8
+    eight_bit = cfg.optimizer.name.name != "adamw"
+    if eight_bit:
         notes.append(f"optimizer {cfg.optimizer.name.name}: traced as AdamW, its state counted at 8 bits")
-    peak = Peak(peak.params - saved, peak.grads, opt_bytes, peak.activations, peak.temporaries + dequantised,
-                peak.other)
     fsdp = t.parallelism.name == "fsdp"
-    peak = distribute(peak, obj, world, fsdp, bf16, notes)
+    candidates = []
+    for peak in peaks:  # per rank, the larger of the two moments once sharding and 4/8 bits apply
+        peak = Peak(peak.params - saved, peak.grads, peak.optimizer // 4 if eight_bit else peak.optimizer,
+                    peak.activations, peak.temporaries + dequantised, peak.other)
+        candidates.append(distribute(peak, obj, world, fsdp, bf16, notes if not candidates else []))
+    peak = max(candidates, key=lambda p: p.total)
     tokens = t.train_batch_size * cfg.data.max_seq_len
     per_token = flops / tokens
     need = needed_bytes(peak.total)
@@ -104,7 +109,8 @@ def suggestion(e: Estimate) -> str:
     if e.fits_80gb:
         return ""
     return ("  to fit: a smaller training.train_batch_size with more training.gradient_accumulation_steps, "
-            "model.activation_checkpointing=true (where the model has it), or training.parallelism=fsdp over more ranks")
+            "model.activation_checkpointing=true (where the model has it), or training.parallelism=fsdp over more "
+            "ranks")
 
 
 def report(e: Estimate) -> str:
@@ -133,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmldlm.estimate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-name", required=True, help="a shipped config (mmdit, mdlm, wedlm8b_ar_bridge, ...)")
+    ap.add_argument("--config-dir", default=None, help="a config directory outside the families' own "
+                    "(e.g. cycle_vae_impl/configs for mmdit_cycle_vae_cluster)")
     ap.add_argument("--world-size", type=int, default=1, help="ranks (FSDP divides what it shards)")
     ap.add_argument("--mfu", type=float, default=0.35, help="the ASSUMED model FLOPs utilisation for tokens/s")
     ap.add_argument("--step", type=int, default=None, help="the step traced (default: the last, ramps on)")
@@ -141,11 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
     a = ap.parse_args(argv)
     logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")  # libraries' deprecation notes say nothing about the estimate
     from mmldlm.config import ConfigError
 
     started = time.perf_counter()
     try:
-        e = estimate(a.config_name, a.overrides, a.world_size, a.mfu, a.step)
+        e = estimate(a.config_name, a.overrides, a.world_size, a.mfu, a.step, a.config_dir)
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     if a.json:

@@ -118,6 +118,25 @@ mmldlm_prefetch() {
   fi
 }
 
+# mmldlm_preflight --config-name NAME [overrides...]: the estimator's one-line verdict (GPU memory per
+# rank, whether it fits an 80 GB H100 / a 141 GB H200) for the exact command, before the job starts;
+# a config predicted not to fit gets the suggested fix. ESTIMATE=0 skips it; it never blocks a launch.
+mmldlm_preflight() {
+  [ "${ESTIMATE:-1}" != 0 ] || return 0
+  local name="" rest=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --config-name ]; then name=$2; shift 2; else rest+=("$1"); shift; fi
+  done
+  [ -n "$name" ] || return 0  # argparse entrypoints: no Hydra config to estimate
+  local out
+  if out=$("$MMLDLM_PYTHON" -m mmldlm.estimate --verdict --world-size $((NNODES * NPROC_PER_NODE)) \
+             --config-name "$name" "${rest[@]}" 2>&1); then
+    mmldlm_log "$out"
+  else
+    mmldlm_log "estimate unavailable (ESTIMATE=0 skips it): $(echo "$out" | tail -1)"
+  fi
+}
+
 # mmldlm_launch ENTRY.py [fixed args...] -- [user args...]: prefetch, go offline, exec torchrun
 # ENTRY fixed-args env-overrides user-args (the user's own arguments come last and win).
 mmldlm_launch() {
@@ -134,6 +153,7 @@ mmldlm_launch() {
   fi
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
   mmldlm_topology
+  mmldlm_preflight "${fixed[@]}" "${MMLDLM_OVERRIDES[@]}" "$@"
   local run=("$MMLDLM_PYTHON" -m torch.distributed.run)
   if [ "$NNODES" -eq 1 ]; then
     run+=(--standalone --nproc_per_node "$NPROC_PER_NODE")

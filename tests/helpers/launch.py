@@ -16,6 +16,7 @@ def env_for(tmp_path, hub=None, **extra):
     env.update({"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "HF_HUB_OFFLINE": "0",
                 "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
                 "HF_HUB_DISABLE_TELEMETRY": "1", "PREFETCH_BACKOFF": "0.05",
+                "ESTIMATE": "0",  # the preflight estimate is tested once (test_wedlm_finetune_e2e), not at every launch
                 "HF_ENDPOINT": hub.url if hub else "http://127.0.0.1:9", "MODEL_ID": REPO_ID,
                 "LOCAL_MODEL_DIR": str(tmp_path / "models" / "tiny-bert"), "MODEL_ALLOW_PATTERNS": "*"})
     env.update(extra)
