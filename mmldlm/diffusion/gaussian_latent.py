@@ -31,7 +31,8 @@ def make_alpha_bar(schedule: str, timesteps: int) -> torch.Tensor:
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
     elif schedule == "linear":
         scale = 1000 / timesteps
-        betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64, device="cpu").clamp(max=0.999)
+        betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64, device="cpu")
+        betas = betas.clamp(max=0.999)
     else:
         raise ValueError(f"unknown latent beta schedule {schedule!r} (cosine | linear)")
     alpha_bar = torch.cumprod(1 - betas, 0)
