@@ -231,3 +231,17 @@ def test_smoke_script_skips_without_weights_and_checks_shapes_with_them(tmp_path
     assert p.returncode == 0 and p.stdout.startswith("SKIP: no WeDLM weights")
     p = run("--model-dir", str(tiny_dir), "--latent-dim", "24")
     assert p.returncode == 0 and "OK: l2t logits [2, " in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("task,reaches", [("t2l", False), ("l2t", True)])
+def test_checkpointed_backward_enters_the_frozen_backbone_only_when_something_below_trains(
+        tiny_dir, tokenizer, paragraphs, task, reaches):
+    """transformers' activation checkpointing makes the input embeddings require grad (for adapters);
+    a t2l head on a frozen backbone must not pay a backward pass through the whole backbone for it."""
+    obj = make_obj(tiny_dir, tokenizer, **{"training.task": task, "model.activation_checkpointing": True})
+    layer = [m for m in obj.backbone.modules() if type(m).__name__.endswith("DecoderLayer")][0]
+    entered = []
+    layer.register_full_backward_hook(lambda *a: entered.append(1))
+    loss, _ = obj(make_batch(tokenizer, paragraphs), 0)
+    loss.backward()
+    assert bool(entered) == reaches
