@@ -233,7 +233,7 @@ def test_smoke_script_skips_without_weights_and_checks_shapes_with_them(tmp_path
     assert p.returncode == 0 and "OK: l2t logits [2, " in p.stdout, p.stderr[-2000:]
 
 
-@pytest.mark.parametrize("task,reaches", [("t2l", False), ("l2t", True)])
+@pytest.mark.parametrize("task,reaches", [("t2l", False), ("l2t", True), ("joint", True)])
 def test_checkpointed_backward_enters_the_frozen_backbone_only_when_something_below_trains(
         tiny_dir, tokenizer, paragraphs, task, reaches):
     """transformers' activation checkpointing makes the input embeddings require grad (for adapters);
