@@ -1,6 +1,6 @@
 """The table of docs/estimates.md: every shipped config at its real size, through the estimator.
 
-    python scripts/estimate_table.py > /tmp/rows.md     (about 5 minutes on 2 cores)
+    python scripts/estimate_table.py [bridge] [finetune] [others] > /tmp/rows.md   (all: ~5 min on 2 cores)
 
 Each row is ``python -m mmldlm.estimate --config-name NAME [--world-size N] OVERRIDES``; the
 columns are its per-rank peak, the verdict for an 80 GB H100 and a 141 GB H200, and FLOPs.
@@ -58,14 +58,18 @@ def row(label: str, name: str, world: int, overrides: list[str], config_dir: str
 
 
 def main() -> None:
+    import sys
+
+    groups = set(sys.argv[1:]) or {"bridge", "finetune", "others"}
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     print("| config (per rank) | peak GiB | params/grads/optim/act/temp GiB | needs GiB | 80 GB H100 | "
           "141 GB H200 | TFLOP/step |")
     print("|---|---|---|---|---|---|---|")
-    for label, name, world, overrides in BRIDGE + FINETUNE:
-        print(row(label, name, world, overrides), flush=True)
-    for label, name, world, overrides, config_dir in OTHERS:
+    for group, rows in (("bridge", BRIDGE), ("finetune", FINETUNE)):
+        for label, name, world, overrides in rows if group in groups else []:
+            print(row(label, name, world, overrides), flush=True)
+    for label, name, world, overrides, config_dir in OTHERS if "others" in groups else []:
         print(row(label, name, world, overrides, config_dir), flush=True)
 
 

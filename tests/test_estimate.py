@@ -70,5 +70,7 @@ def test_cli_json_has_every_field_and_fsdp_divides_the_state():
         assert key in got, key
     one = estimate("mdlm", ["model=tiny", *SHAPE])
     assert got["params_bytes"] < one.params_bytes / 3 and got["fits_80gb"]
+    e5 = json.loads(run_module("mmldlm.estimate", "--encoder", "e5", "--batch", "8", "--seq", "64", "--json").stdout)
+    assert 5.5e8 < e5["params_total"] < 5.7e8 and e5["fits_80gb"]  # multilingual-e5-large: XLM-R large, 560M
     bad = run_module("mmldlm.estimate", "--config-name", "mdlm", "model.no_such_key=1")
     assert bad.returncode != 0 and "no_such_key" in bad.stderr and "Traceback" not in bad.stderr

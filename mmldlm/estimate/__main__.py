@@ -1,6 +1,7 @@
 """Will it fit, and how fast? GPU memory and FLOPs of any config, computed on a CPU.
 
     python -m mmldlm.estimate --config-name NAME [key=value ...] [--world-size N] [--json] [--mfu 0.35]
+    python -m mmldlm.estimate --encoder e5 [--batch 256] [--seq 512]      (latent extraction: inference)
 
 The objective is built at its real size from the config alone (no weights: a pretrained backbone
 from its config values; no data: a batch of the configured shape) and one training step is traced:
@@ -135,10 +136,31 @@ def report(e: Estimate) -> str:
     return "\n".join(lines + ([hint] if hint else []))
 
 
+def encoder_report(name: str, batch: int, seq: int, mfu: float, as_json: bool) -> str:
+    from mmldlm.estimate.encoder import estimate_encoder
+
+    r = estimate_encoder(name, batch, seq)
+    peak, need = r["peak"].total, needed_bytes(r["peak"].total)
+    texts_s = mfu * PEAK_FLOPS["bf16"] / r["flops_per_batch"] * batch
+    out = {"encoder": name, "batch": batch, "seq": seq, "params_total": r["params"],
+           "flops_per_batch": r["flops_per_batch"], "peak_bytes": peak, "params_bytes": r["peak"].params,
+           "activations_bytes": r["peak"].activations, "fits_80gb": need <= GPUS["80gb"][1],
+           "fits_141gb": need <= GPUS["141gb"][1], "assumed_mfu": mfu, "texts_per_s_at_assumed_mfu": texts_s}
+    if as_json:
+        return json.dumps(out)
+    return (f"{name} encoder, batch {batch} x {seq} tokens, bf16, inference: {r['params'] / 1e6:.1f} M params, "
+            f"{r['flops_per_batch'] / 1e12:.1f} TFLOP per batch, peak {peak / GIB:.2f} GiB (params "
+            f"{r['peak'].params / GIB:.2f}, activations {r['peak'].activations / GIB:.2f}); "
+            f"{texts_s:,.0f} texts/s per GPU at an ASSUMED {mfu:.0%} MFU (an assumption, not a measurement)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmldlm.estimate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config-name", required=True, help="a shipped config (mmdit, mdlm, wedlm8b_ar_bridge, ...)")
+    ap.add_argument("--config-name", help="a shipped config (mmdit, mdlm, wedlm8b_ar_bridge, wedlm8b_sft, ...)")
+    ap.add_argument("--encoder", choices=["e5"], help="latent extraction's encoder instead of a training config")
+    ap.add_argument("--batch", type=int, default=256, help="--encoder: texts per forward")
+    ap.add_argument("--seq", type=int, default=512, help="--encoder: tokens per text (padded)")
     ap.add_argument("--config-dir", default=None, help="a config directory outside the families' own "
                     "(e.g. cycle_vae_impl/configs for mmdit_cycle_vae_cluster)")
     ap.add_argument("--world-size", type=int, default=1, help="ranks (FSDP divides what it shards)")
@@ -153,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     from mmldlm.config import ConfigError
 
     started = time.perf_counter()
+    if a.encoder:
+        print(encoder_report(a.encoder, a.batch, a.seq, a.mfu, a.json))
+        return
+    if not a.config_name:
+        ap.error("--config-name NAME (or --encoder e5) is required")
     try:
         e = estimate(a.config_name, a.overrides, a.world_size, a.mfu, a.step, a.config_dir)
     except ConfigError as err:
