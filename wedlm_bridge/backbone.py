@@ -131,8 +131,8 @@ WEDLM_8B_SHAPE = dict(vocab_size=151936, hidden_size=4096, intermediate_size=122
 
 
 def shape_model(path: str, torch_dtype):
-    """The backbone's architecture on the meta device: from its config.json when the directory is
-    here, else (any other name) WeDLM-8B's shape. Nothing is allocated."""
+    """The backbone's architecture on the shape device (meta: nothing is allocated): from its
+    config.json when the directory is here, else (any other name) WeDLM-8B's shape."""
     import torch
     from transformers import Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -143,7 +143,9 @@ def shape_model(path: str, torch_dtype):
     else:
         cfg, cls = Qwen3Config(**WEDLM_8B_SHAPE), Qwen3ForCausalLM
     cfg._attn_implementation = "sdpa"
-    with torch.device("meta"):
+    from mmldlm.estimate.shapes import shape_device
+
+    with torch.device(shape_device()):
         return cls(cfg).to(torch_dtype)
 
 

@@ -11,16 +11,22 @@ import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-_SHAPES_ONLY: ContextVar[bool] = ContextVar("mmldlm_shapes_only", default=False)
+_SHAPES_ONLY: ContextVar[str | None] = ContextVar("mmldlm_shapes_only", default=None)
 
 
 def is_shape_only() -> bool:
-    return _SHAPES_ONLY.get()
+    return _SHAPES_ONLY.get() is not None
+
+
+def shape_device() -> str:
+    """Where shape-only models are built: meta (the estimator), or a real device with random
+    weights (``scripts/bench/gpu_check.py`` measuring a config at real size without its checkpoint)."""
+    return _SHAPES_ONLY.get() or "meta"
 
 
 @contextlib.contextmanager
-def shapes_only():
-    token = _SHAPES_ONLY.set(True)
+def shapes_only(device: str = "meta"):
+    token = _SHAPES_ONLY.set(device)
     try:
         yield
     finally:

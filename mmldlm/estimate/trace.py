@@ -51,9 +51,9 @@ class SelectAll(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def train_step(obj, batch: dict, step: int, autocast: bool, optimizer=None) -> None:
+def train_step(obj, batch: dict, step: int, autocast: bool, optimizer=None, device_type: str = "cpu") -> None:
     """Forward, backward and (with an optimizer) the update, as the loop runs them."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
         loss, _ = obj(batch, step)
     loss.backward()
