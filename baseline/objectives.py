@@ -71,7 +71,8 @@ class MDLMProcess:
         logits = self.text.subs(logits)
         logits[..., self.excluded] = -torch.inf
         masked = noisy == self.text.mask_id
-        ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+        # rows of V (not the [B, V, L] transpose): the kernels' own layout, no strided softmax
+        ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids)
         elbo = torch.where(masked, ce * self.text.loss_weight(t)[:, None], 0.0)
         acc = ((logits.argmax(-1) == ids) & masked).sum() / masked.sum().clamp_min(1)
         return Terms(elbo, elbo, {"masked_acc": acc})
@@ -281,7 +282,7 @@ class AutoregressiveLM(Objective):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
         real = mask[:, 1:] & mask[:, :-1]
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(real)
         return Nelbo((nll * real).sum(1), real.sum(1), {})
 
     def shard_units(self) -> list[nn.Module]:
