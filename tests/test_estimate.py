@@ -39,12 +39,17 @@ def measured_peak(tmp_path, name, overrides) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,model", [("ar", "tiny"), ("mdlm", "tiny"), ("mdlm", "small")])
-def test_traced_peak_is_within_15_percent_of_a_real_cpu_step(tmp_path, name, model):
-    overrides = [f"model={model}", *SHAPE] + (["training.train_batch_size=2"] if model == "small" else [])
+@pytest.mark.parametrize("name,model,extra,tolerance", [
+    ("ar", "tiny", [], 0.03),
+    # 8 x 256: large enough that a hidden vocabulary-sized temporary (the cross-entropy over a
+    # transposed [B, V, L] layout, 12% of the step's peak) would show
+    ("mdlm", "tiny", ["training.train_batch_size=8", "data.max_seq_len=256"], 0.03),
+    ("mdlm", "small", ["training.train_batch_size=2"], 0.15)])
+def test_traced_peak_matches_a_real_cpu_step(tmp_path, name, model, extra, tolerance):
+    overrides = [f"model={model}", *SHAPE, *extra]
     e = estimate(name, overrides)
     real = measured_peak(tmp_path, name, overrides)
-    assert abs(e.peak_bytes_per_rank - real) <= 0.15 * real, (e.peak_bytes_per_rank / 2**20, real / 2**20)
+    assert abs(e.peak_bytes_per_rank - real) <= tolerance * real, (e.peak_bytes_per_rank / 2**20, real / 2**20)
 
 
 def test_flops_match_the_analytic_count_of_a_dense_transformer():
