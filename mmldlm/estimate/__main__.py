@@ -59,7 +59,7 @@ def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35,
     from mmldlm.config import compose
     from mmldlm.estimate.trace import Peak, count_flops, trace_memory
 
-    if not any(o.startswith("data.data_files.train=") for o in overrides):
+    if not any(o.startswith(("data.data_files.train=", "data.dataset_name=")) for o in overrides):
         overrides = [*overrides, "data.data_files.train=no-data-is-read-by-the-estimate"]
     cfg = compose(name, overrides, config_dir)
     t = cfg.training
