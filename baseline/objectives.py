@@ -335,7 +335,12 @@ def build_hdlm(cfg, tokenizer) -> DiffusionLM:
     if lo.loss_weighting is LossWeighting.dynamic:
         raise ConfigError("loss.loss_weighting: HDLM's training weights are its ELBO weights, clipped (clip) or not "
                           "(none); dynamic is GIDD's")
-    clusters = _config_errors(load_clusters, m.cluster_dict_path, len(tokenizer), key="model.cluster_dict_path")
+    from mmldlm.estimate.shapes import is_shape_only
+
+    if is_shape_only() and not Path(m.cluster_dict_path).is_file():  # the estimator: sizes, not the clusters
+        clusters = torch.arange(len(tokenizer), device="cpu") % m.cluster_size
+    else:
+        clusters = _config_errors(load_clusters, m.cluster_dict_path, len(tokenizer), key="model.cluster_dict_path")
     n = int(clusters.max()) + 1
     if n != m.cluster_size:
         raise ConfigError(f"model.cluster_size={m.cluster_size} but {m.cluster_dict_path} holds {n} clusters")

@@ -79,3 +79,11 @@ def test_cli_json_has_every_field_and_fsdp_divides_the_state():
     assert 5.5e8 < e5["params_total"] < 5.7e8 and e5["fits_80gb"]  # multilingual-e5-large: XLM-R large, 560M
     bad = run_module("mmldlm.estimate", "--config-name", "mdlm", "model.no_such_key=1")
     assert bad.returncode != 0 and "no_such_key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_configs_that_need_files_or_a_hub_dataset_are_estimated_without_them():
+    """GIDD (build-time id tables), HDLM without its cluster file (only the cluster count shapes the
+    model), LM1B (a hub dataset: no data file is invented for it)."""
+    for name in ("gidd", "hdlm-small-cluster_64-gamma_1.0-xi_1.0", "lm1b-hdlm-small-cluster_64-gamma_1.0-xi_1.0"):
+        e = estimate(name, ["training.train_batch_size=1", "data.max_seq_len=64"])
+        assert e.params_total > 1e8 and e.fits_80gb, name

@@ -75,9 +75,9 @@ class GiddDiffusion:
         self.p_uniform, self.loss_weighting = p_uniform, loss_weighting
         self.min_loss_weight, self.max_loss_weight = min_loss_weight, max_loss_weight
         blocked = sorted({mask_id, *excluded_ids})
-        self.allowed = torch.ones(vocab_size, dtype=torch.bool)
+        self.allowed = torch.ones(vocab_size, dtype=torch.bool, device="cpu")  # CPU under any default device
         self.allowed[blocked] = False
-        self.blocked_ids = torch.tensor(blocked)
+        self.blocked_ids = torch.tensor(blocked, device="cpu")
         self.allowed_ids = self.allowed.nonzero().squeeze(1)
         self.num_allowed = len(self.allowed_ids)  # N
         if self.num_allowed == 0:

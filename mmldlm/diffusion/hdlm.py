@@ -110,18 +110,18 @@ class HierarchicalDiffusion:
                              f"got {min_loss_weight} / {max_loss_weight}")
         if not 0 <= mask_id < vocab_size:
             raise ValueError(f"mask_id {mask_id} is not a token id < vocab_size {vocab_size}")
-        blocked = torch.zeros(vocab_size, dtype=torch.bool)
+        blocked = torch.zeros(vocab_size, dtype=torch.bool, device=cluster_of.device)  # beside the clusters (CPU)
         blocked[mask_id] = True
         for i in excluded_ids:
             if not 0 <= int(i) < vocab_size:
                 raise ValueError(f"excluded id {i} is not a token id < vocab_size {vocab_size}")
             blocked[int(i)] = True
-        cluster_of = torch.as_tensor(cluster_of)
+        cluster_of = torch.as_tensor(cluster_of, device=blocked.device)  # not moved by a default-device context
         if cluster_of.shape != (vocab_size,) or cluster_of.is_floating_point():
             raise ValueError(f"cluster_of must be an integer tensor [{vocab_size}], got {cluster_of.dtype} "
                              f"{tuple(cluster_of.shape)}")
         # mask / pad entries of the dict are ignored: those tokens are never noised and never predicted
-        cluster_of = torch.where(blocked, -1, cluster_of.long())
+        cluster_of = torch.where(blocked, torch.full_like(cluster_of, -1), cluster_of.long())
         live = cluster_of[~blocked]
         if live.numel() == 0 or live.min() < 0:
             raise ValueError("every token id except mask_id and excluded_ids needs a cluster id >= 0")
