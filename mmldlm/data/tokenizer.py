@@ -1,4 +1,5 @@
-"""Loading a tokenizer from a local directory or a hub name, with errors that say what to do."""
+"""Loading a tokenizer from a local directory or a hub name, with errors that say what to do; training
+a small WordPiece tokenizer for the CPU demos."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,25 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, local_fil
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def train_wordpiece(texts: list[str], out_dir: str | Path, vocab_size: int = 4096) -> Path:
+    """A WordPiece tokenizer (bert-style: lowercase, [CLS] ... [SEP], [MASK]) trained on ``texts``.
+    For CPU demos: a 4k vocabulary (or a caption set's few dozen words) instead of bert's 30,522
+    shrinks the text head, which is most of a tiny model's compute, and leaves fewer classes to learn."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(str(out_dir))
+    return Path(out_dir)
