@@ -75,3 +75,12 @@ def tiny_wedlm_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wedlm") / "tiny"
     make_tiny_wedlm(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """The captioned-shapes set, 32 px: 64 training + 16 validation records, its own tokenizer."""
+    from latentIMG_mmdit import datasets, shapes
+
+    images, captions = shapes.generate(80, 32, seed=0)
+    return datasets.write(tmp_path_factory.mktemp("shapes"), images, captions, n_val=16)
