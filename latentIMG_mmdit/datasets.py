@@ -1,6 +1,6 @@
 """Offline image/caption sets for tests and the demo, written as the loader reads them.
 
-    python -m latentIMG_mmdit.datasets shapes --out DIR [--n 4000 --val 256 --size 32 --seed 0]
+    python -m latentIMG_mmdit.datasets shapes --out DIR [--n 4000 --val 256 --size 32 --objects 2 --seed 0]
     python -m latentIMG_mmdit.datasets digits --out DIR [--size 32]
 
 ``shapes``: the procedural captioned-shapes set (``latentIMG_mmdit/shapes.py``: "a red circle above
@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=4000, help="shapes: number of images (digits: always 1,797)")
     p.add_argument("--val", type=int, default=256, help="held out as validation_data.json")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--objects", type=int, default=2, choices=[1, 2], help="shapes: objects per image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tokenizer", action="store_true", help="do not train the captions' WordPiece tokenizer")
     a = p.parse_args(argv)
-    images, captions = shapes.generate(a.n, a.size, a.seed) if a.kind == "shapes" else digits(a.size, a.seed)
+    images, captions = shapes.generate(a.n, a.size, a.seed, a.objects) if a.kind == "shapes" else digits(a.size, a.seed)
     out = write(a.out, images, captions, a.val, not a.no_tokenizer)
     print(f"wrote {len(images) - a.val} training and {a.val} validation records ({a.size}x{a.size}) to {out}")
 

@@ -19,8 +19,20 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the dependency
     raise ImportError("the image MMDiT needs the `mmdit` package: pip install 'mmdit==0.3.0'") from e
 
-from latentIMG_mmdit.schema import num_patches, patch_dim
+from latentIMG_mmdit.schema import patch_dim
 from mmldlm.nn import TimeMLP
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """``[grid * grid, dim]`` fixed 2-D sine-cosine position codes (row-major patches, as patchify
+    orders them): half the channels encode the row, half the column."""
+    quarter = max(1, dim // 4)
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    pos = torch.arange(grid, dtype=torch.float32)
+    enc = torch.cat([torch.sin(pos[:, None] * freqs), torch.cos(pos[:, None] * freqs)], 1)  # [grid, 2 quarter]
+    rows, cols = enc.repeat_interleave(grid, 0), enc.repeat(grid, 1)
+    out = torch.cat([rows, cols], 1)
+    return torch.nn.functional.pad(out, (0, max(0, dim - out.shape[1])))[:, :dim].contiguous()
 
 
 class ImageMMDiT(nn.Module):
@@ -35,7 +47,10 @@ class ImageMMDiT(nn.Module):
         else:
             self.image_in = nn.Linear(patch_dim(m), m.dim_image)
             out = patch_dim(m)
-        self.image_pos = nn.Parameter(torch.randn(num_patches(m), m.dim_image) * 0.02)
+        # 2-D sine-cosine positions (learnable from there), at the scale of the patch projection: at
+        # high noise an image token's content is noise, and where it sits is all it knows; a 0.02-scale
+        # random start left that unreadable for hundreds of steps
+        self.image_pos = nn.Parameter(sincos_2d(m.image_size // m.patch_size, m.dim_image))
         self.time_text, self.time_image = TimeMLP(256, m.dim_cond), TimeMLP(256, m.dim_cond)
         self.drop = nn.Dropout(m.dropout)
         self.backbone = MMDiT(depth=m.depth, dim_modalities=(m.dim_text, m.dim_image), dim_cond=m.dim_cond,
@@ -43,6 +58,8 @@ class ImageMMDiT(nn.Module):
                               flash_attn=m.flash_attn, ff_kwargs=dict(dropout=m.dropout))
         self.text_head = nn.Linear(m.dim_text, vocab_size)
         self.image_head = nn.Linear(m.dim_image, out)
+        nn.init.zeros_(self.image_head.weight)  # DiT's zero-initialised output: training starts at "predict 0"
+        nn.init.zeros_(self.image_head.bias)
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 

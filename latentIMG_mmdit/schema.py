@@ -82,7 +82,9 @@ def patch_dim(m) -> int:
 
 
 def _default_weights() -> dict[str, float]:
-    return {"t2i": 0.4, "i2t": 0.4, "joint": 0.2}
+    # caption -> image is the slow direction (on shapes, image -> caption reaches F1 0.9 in 250 steps
+    # while caption -> image needs ~1000); joint rows train unconditional generation of both
+    return {"t2i": 0.6, "i2t": 0.3, "joint": 0.1}
 
 
 @dataclass
