@@ -5,8 +5,9 @@ centroid back in place (``unpatchify``). The codebook is fixed before training, 
 objective predicts codes of the image, never "its own input plus noise" (the original's
 identity map). Built deterministically: a seeded choice of images and patches, k-means++
 seeding from a seeded generator, Lloyd iterations in float64 on the CPU (equal inputs and seed
-give an equal codebook on any machine). The file is a ``.npz`` read with ``allow_pickle=False``:
-``centroids [K, p*p*3]`` float32, ``patch_size``, ``image_size``, ``seed``.
+give an equal codebook on a given machine and library build; the test checks it). The file is a
+``.npz`` read with ``allow_pickle=False``: ``centroids [K, p*p*3]`` float32, ``patch_size``,
+``image_size``, ``seed``.
 """
 from __future__ import annotations
 
