@@ -7,9 +7,10 @@
 a blue square"), which the pixel probe can check. ``digits``: scikit-learn's 1,797 8x8
 handwritten digits upscaled (bicubic) with template captions ("a handwritten digit seven").
 Each writes ``DIR/images/*.png``, ``DIR/train_data.json`` and ``DIR/validation_data.json``
-(``{image_path, caption, image_id}``, paths relative to DIR) and ``DIR/tokenizer/``, a WordPiece
-tokenizer of the captions' few dozen words (``--tokenizer DIR/tokenizer``: bert's 30,522-token
-vocabulary would be most of a CPU-sized model).
+(``{image_path, caption, image_id}``, paths relative to DIR) and ``DIR/tokenizer/``, a bert-style
+tokenizer of the captions' few dozen words, each whole (``--tokenizer DIR/tokenizer``: bert's
+30,522-token vocabulary would be most of a CPU-sized model; the same captions always give the
+same ids).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def write(out: str | Path, images: list[np.ndarray], captions: list[str], n_val:
     """PNGs + ``train_data.json`` (all but the last ``n_val``) + ``validation_data.json`` + tokenizer."""
     from PIL import Image
 
-    from mmldlm.data.tokenizer import train_wordpiece
+    from mmldlm.data.tokenizer import word_tokenizer
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def write(out: str | Path, images: list[np.ndarray], captions: list[str], n_val:
     (out / "train_data.json").write_text(json.dumps(records[:n_train], indent=0))
     (out / "validation_data.json").write_text(json.dumps(records[n_train:], indent=0))
     if tokenizer:
-        train_wordpiece(sorted(set(captions)), out / "tokenizer", vocab_size=128)
+        word_tokenizer(captions, out / "tokenizer")
     return out
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--objects", type=int, default=2, choices=[1, 2], help="shapes: objects per image")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-tokenizer", action="store_true", help="do not train the captions' WordPiece tokenizer")
+    p.add_argument("--no-tokenizer", action="store_true", help="do not write the captions' tokenizer")
     a = p.parse_args(argv)
     images, captions = shapes.generate(a.n, a.size, a.seed, a.objects) if a.kind == "shapes" else digits(a.size, a.seed)
     out = write(a.out, images, captions, a.val, not a.no_tokenizer)

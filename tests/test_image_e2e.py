@@ -85,11 +85,13 @@ def test_discrete_readme_command_builds_its_codebook_and_the_sampling_cli_writes
 
 
 def test_a_short_cpu_run_on_shapes_samples_above_chance_both_ways(tmp_path):
-    """The quickstart's recipe (image_shapes_cpu) on one-object shapes, 500 steps: the probe reads
+    """The quickstart's recipe (image_shapes_cpu) on one-object shapes, 500 steps at a constant LR
+    (a 500-step cosine decay starves the steps where caption -> image takes off): the probe reads
     the caption's colour, shape and half in caption -> image samples far more often than another
     record's caption, and image -> caption samples share more tokens with their own caption than
-    with another's. Measured on two data seeds: probe 0.67 / 0.44 vs chance 0.20 / 0.21, F1 0.88 /
-    0.89 vs 0.54 / 0.52 (the 96 x 3 probed attributes put chance's standard error near 0.03)."""
+    with another's. Measured on data seeds 0 / 1 / 2: probe 0.59 / 0.61 / 0.81 vs chance 0.23 /
+    0.21 / 0.22, F1 0.88 / 0.89 / 0.89 vs 0.54 / 0.51 / 0.54 (the 96 x 3 probed attributes put
+    chance's standard error near 0.03)."""
     from latentIMG_mmdit import datasets, shapes
     from latentIMG_mmdit.data import load_batch, read_records
     from latentIMG_mmdit.metrics import sampled_metrics
@@ -100,12 +102,13 @@ def test_a_short_cpu_run_on_shapes_samples_above_chance_both_ways(tmp_path):
     data = datasets.write(tmp_path / "data", *shapes.generate(2000, 32, seed=0, objects=1), n_val=96)
     cfg = compose("image_shapes_cpu", [f"data.data_files.train={data / 'train_data.json'}",
                                        f"data.tokenizer_name={data / 'tokenizer'}", f"logging.save_dir={tmp_path}",
-                                       "training.num_train_steps=500", "logging.eval_freq=0", QUIET])
+                                       "training.num_train_steps=500", "training.lr_schedule=constant",
+                                       "logging.eval_freq=0", QUIET])
     train(cfg)
     obj, tok, _ = rebuild_from_checkpoint(tmp_path / "image_shapes_cpu")
     batch = load_batch(read_records(str(data / "validation_data.json")), list(range(96)), tok, 24, 32)
     m = sampled_metrics(obj, batch, i2t_steps=10, generator=torch.Generator().manual_seed(0)).metrics
     assert m["probe_real_acc"] == 1.0
-    assert m["t2i_probe_acc"] > m["t2i_probe_chance"] + 0.15, m
+    assert m["t2i_probe_acc"] > m["t2i_probe_chance"] + 0.2, m
     assert m["i2t_f1"] > m["i2t_f1_chance"] + 0.2 and m["i2t_probe_acc"] > m["i2t_probe_chance"] + 0.3, m
     assert m["t2i_mse"] < m["t2i_mse_chance"], m
