@@ -66,16 +66,19 @@ def parser(variant: str) -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, default=4, help="data loader processes")
     g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, else fp32")
     g.add_argument("--resume", default=None, help="auto (continue the run in --output-dir) or a checkpoint path")
+    g.add_argument("--allow-paths-outside-root", action="store_true",
+                   help="accept image paths outside --data-root (the original's files hold absolute paths)")
     if variant == "discrete":
         g.add_argument("--codebook", default=None, help="codebook .npz (default: OUT/codebook.npz, built on first use)")
         g.add_argument("--codebook-size", type=int, default=512, help="k-means codes K")
     return p
 
 
-def _count_records(path: Path) -> int:
+def _count_records(path: Path, allow_outside: bool) -> int:
+    """Good records of the training file (bad ones are the loop's to report, or skip)."""
     from latentIMG_mmdit.data import read_records
 
-    return len(read_records(str(path)))
+    return len(read_records(str(path), allow_outside=allow_outside, skip=True))
 
 
 def overrides_from(variant: str, a: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -85,7 +88,7 @@ def overrides_from(variant: str, a: argparse.Namespace, extra: list[str]) -> lis
     root, out = Path(a.data_root), Path(a.output_dir).resolve()
     train, val = root / f"{a.split}_data.json", root / "validation_data.json"
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n = _count_records(train)
+    n = _count_records(train, a.allow_paths_outside_root)
     n = min(n, a.max_samples) if a.max_samples else n
     steps = a.epochs * max(1, n // (a.batch_size * world))
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
@@ -105,6 +108,8 @@ def overrides_from(variant: str, a: argparse.Namespace, extra: list[str]) -> lis
          f"loss.image_weight={a.image_loss_weight}"]
     if a.max_samples:
         o.append(f"data.max_samples={a.max_samples}")
+    if a.allow_paths_outside_root:
+        o.append("data.allow_paths_outside_root=true")
     if val.is_file():
         o += [f"data.data_files.validation={val}", f"logging.eval_freq={a.val_every}",
               f"data.max_val_samples={min(1000, a.max_samples or 1000)}"]
@@ -132,7 +137,8 @@ def codebook_for(a: argparse.Namespace, train: Path, out: Path) -> Path:
         if not path.is_file():
             print(f"building the codebook ({a.codebook_size} codes of {a.patch_size}x{a.patch_size} patches) from "
                   f"{train} into {path} (once)", file=sys.stderr)
-            build_from_records(train, path, a.image_size, a.patch_size, a.codebook_size, a.seed)
+            build_from_records(train, path, a.image_size, a.patch_size, a.codebook_size, a.seed,
+                               allow_outside=a.allow_paths_outside_root)
     return path
 
 
