@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentDLM_mmdit.metrics import adjacent_repeats, roundtrip, token_f1
+from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
 from mmldlm.data.collate import Collator
+from mmldlm.eval.text_metrics import adjacent_repeats, token_f1
 
 
 # -- loading a trained model ----------------------------------------------------------------

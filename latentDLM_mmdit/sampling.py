@@ -29,14 +29,13 @@ def t2l_encode(obj: MMDiTObjective, input_ids: torch.Tensor, attention_mask: tor
                generator: torch.Generator | None = None) -> torch.Tensor:
     g, B = obj.latent, input_ids.shape[0]
     D = obj.model.latent_head.out_features
-    ts = torch.unique(torch.linspace(g.timesteps - 1, 0, steps).round().long(), sorted=True).flip(0).tolist()
     x = torch.randn(B, D, generator=generator).to(input_ids.device)
     zeros = torch.zeros(B, device=input_ids.device)
-    for i, t in enumerate(ts):
-        tt = torch.full((B,), t, device=input_ids.device)
-        _, out = obj.model(input_ids, attention_mask, x, zeros, g.time_code(tt), text_logits=False)
-        prev = ts[i + 1] if i + 1 < len(ts) else -1
-        x = g.ddim_step(out.float(), x, tt, torch.full((B,), prev, device=input_ids.device))
+
+    def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return obj.model(input_ids, attention_mask, x_t, zeros, g.time_code(t), text_logits=False)[1]
+
+    x = g.ddim_sample(net, x, steps)
     return x / obj.latent_scale
 
 

@@ -1,7 +1,11 @@
-"""Small tensor helpers every family needs: pooling over a padding mask, dtype names."""
+"""Small tensor helpers every family needs: pooling over a padding mask, dtype names, the
+sinusoidal time embedding + MLP of the diffusion transformers."""
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 # every spelling a config or CLI may use for a floating-point dtype
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -42,3 +46,25 @@ def rank_share(count: torch.Tensor) -> torch.Tensor:
     total = count.detach().float().clone()
     dist.all_reduce(total)
     return total / dist.get_world_size()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``1000 * t`` for t in [0, 1]; ``[B] -> [B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float().unsqueeze(1) * freqs.unsqueeze(0)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return emb if dim % 2 == 0 else torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)
+
+
+class TimeMLP(nn.Module):
+    """A noise level t in [0, 1] -> the conditioning vector of a DiT's adaptive norms: the
+    sinusoidal embedding, then a two-layer MLP."""
+
+    def __init__(self, freq_dim: int, out_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.net = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(timestep_embedding(t, self.freq_dim))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmldlm.data.tokenizer import train_wordpiece
+
 
 def pydoc_paragraphs(min_chars: int = 80, max_chars: int = 600) -> list[str]:
     """Unique prose paragraphs (whitespace-normalised), in a fixed order."""
@@ -37,28 +39,6 @@ def minilm_encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     return model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                         show_progress_bar=True).astype(np.float32)
-
-
-def train_demo_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 4096) -> Path:
-    """A WordPiece tokenizer (bert-style: lowercase, [CLS] ... [SEP], [MASK]) trained on ``texts``.
-    For CPU demos: a 4k vocabulary instead of bert's 30,522 shrinks the text head, which is most
-    of a tiny model's compute, and leaves fewer classes to learn."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
-    fast.save_pretrained(str(out_dir))
-    return Path(out_dir)
 
 
 def write_dataset(out_dir: str | Path, texts: list[str], latents: np.ndarray,
@@ -89,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     texts = pydoc_paragraphs()[: args.max_samples]
     if args.tokenizer_out:
-        train_demo_tokenizer(texts, args.tokenizer_out, args.vocab_size)
+        train_wordpiece(texts, args.tokenizer_out, args.vocab_size)
         print(f"wrote a {args.vocab_size}-token WordPiece tokenizer to {args.tokenizer_out}")
     if args.text_out:
         Path(args.text_out).parent.mkdir(parents=True, exist_ok=True)

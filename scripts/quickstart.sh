@@ -12,8 +12,12 @@
 #   5. the WeDLM bridge's tiny variant (a random tiny Qwen3 in WeDLM form, with the corpus
 #      tokenizer), task=joint
 #   6. loss curves (PNG), the held-out round-trip table, where everything was written
+#   IMAGE=1 adds a last stage, IMAGE=only runs just it: the image<->caption MMDiT (continuous
+#   variant, image_shapes_cpu recipe) on the captioned-shapes set, a few minutes on the CPU, then
+#   a PNG grid of caption -> image samples under their captions and the probe table with chance levels
 # Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (2000),
-# BRIDGE_STEPS (100), MAX_TEXTS (all). Rerunning reuses finished work and resumes training.
+# BRIDGE_STEPS (100), MAX_TEXTS (all), IMAGE (0 | 1 | only), IMAGE_STEPS (3000).
+# Rerunning reuses finished work and resumes training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-demo_output}
@@ -21,11 +25,37 @@ NPROC=${NPROC:-2}
 MMDIT_STEPS=${MMDIT_STEPS:-2000}
 BRIDGE_STEPS=${BRIDGE_STEPS:-100}
 MAX_TEXTS=${MAX_TEXTS:-}
+IMAGE=${IMAGE:-0}
+IMAGE_STEPS=${IMAGE_STEPS:-3000}
 every() { local n=$(( $1 / $2 )); echo $(( n > 0 ? n : 1 )); }
 source scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1  # nothing below downloads
 DATA="$OUT_DIR/data"
 RUNS="$OUT_DIR/runs"
+
+image_stage() {
+  local shapes="$OUT_DIR/shapes" run="$RUNS/image_shapes_cpu" out="$OUT_DIR/image"
+  echo "== image 1/3 captioned shapes (32 px, two objects: \"a red circle above a blue square\") -> $shapes"
+  [ -f "$shapes/train_data.json" ] ||
+    python -m latentIMG_mmdit.datasets shapes --out "$shapes" --n 4000 --val 256 --size 32 --seed 0
+  echo "== image 2/3 the continuous image MMDiT, image_shapes_cpu recipe, $IMAGE_STEPS steps"
+  python latentIMG_mmdit/train_image.py --config-name image_shapes_cpu \
+    data.data_files.train="$shapes/train_data.json" data.data_files.validation="$shapes/validation_data.json" \
+    data.tokenizer_name="$shapes/tokenizer" training.num_train_steps="$IMAGE_STEPS" training.resume=auto \
+    logging.save_dir="$RUNS" logging.log_freq="$(every "$IMAGE_STEPS" 40)" \
+    logging.eval_freq="$(every "$IMAGE_STEPS" 4)" logging.save_freq="$(every "$IMAGE_STEPS" 4)"
+  echo "== image 3/3 samples both ways on 128 held-out records, the probe table"
+  python -m mmldlm.plot "$run" >/dev/null
+  mkdir -p "$out"
+  python -m latentIMG_mmdit.sample report --checkpoint "$run" --data "$shapes/validation_data.json" --n 128 \
+    --out "$out" | tee "$out/report.txt"
+  echo "caption -> image grid: $out/t2i_grid.png   image -> caption grid: $out/i2t_grid.png   curves: $run/curves.png"
+}
+
+if [ "$IMAGE" = only ]; then
+  image_stage
+  exit 0
+fi
 
 echo "== 1/6 corpus: pydoc prose -> $OUT_DIR/corpus.txt, its tokenizer -> $OUT_DIR/tokenizer"
 if [ -f "$OUT_DIR/tokenizer/tokenizer.json" ]; then  # a rerun keeps the tokenizer its checkpoints use
@@ -92,3 +122,7 @@ written under {out}:
   round trips: {out / 'roundtrip.txt'} ({out / 'roundtrip.json'})
 next: python -m latentDLM_mmdit.sample t2l|l2t --checkpoint {runs / 'mmdit_cycle_vae'} ...  (README.md)""")
 PY
+
+if [ "$IMAGE" != 0 ]; then
+  image_stage
+fi

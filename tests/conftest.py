@@ -93,3 +93,12 @@ def sft_jsonl(tmp_path_factory) -> Path:
     from wedlm_bridge.finetune.demo_data import write_demo
 
     return write_demo(tmp_path_factory.mktemp("sft") / "sft.jsonl", n=60, answer_words=40)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """The captioned-shapes set, 32 px: 64 training + 16 validation records, its own tokenizer."""
+    from latentIMG_mmdit import datasets, shapes
+
+    images, captions = shapes.generate(80, 32, seed=0)
+    return datasets.write(tmp_path_factory.mktemp("shapes"), images, captions, n_val=16)

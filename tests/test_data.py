@@ -300,10 +300,9 @@ def test_batched_shard_reads_equal_per_item_reads(tmp_path, paragraphs):
 
 
 def test_demo_tokenizer_is_bert_shaped_and_the_fast_path_gives_its_ids(tmp_path, paragraphs):
-    from mmldlm.data.tokenizer import load_tokenizer
-    from preprocessed_data.demo_corpus import train_demo_tokenizer
+    from mmldlm.data.tokenizer import load_tokenizer, train_wordpiece
 
-    tok = load_tokenizer(str(train_demo_tokenizer(paragraphs[:300], tmp_path / "tok", vocab_size=1000)))
+    tok = load_tokenizer(str(train_wordpiece(paragraphs[:300], tmp_path / "tok", vocab_size=1000)))
     assert len(tok) == 1000 and tok.mask_token == "[MASK]" and tok.pad_token_id is not None
     texts = paragraphs[300:340]
     ids, mask, _ = Collator(tok, 48).tokenize(texts)

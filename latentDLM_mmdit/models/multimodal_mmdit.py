@@ -11,7 +11,6 @@ vector from the mean of the latent tokens.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,6 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
                       "(or pip install -e . in this repository, which lists it)") from e
 
 from mmldlm.config import ConfigError
+from mmldlm.nn import TimeMLP
 
 
 @dataclass
@@ -73,25 +73,6 @@ class MMDiTModelConfig:
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
             raise ConfigError("model.t_eps: must be in (0, 1)")
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding of ``1000 * t`` for t in [0, 1]; ``[B] -> [B, dim]``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float().unsqueeze(1) * freqs.unsqueeze(0)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    return emb if dim % 2 == 0 else torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)
-
-
-class TimeMLP(nn.Module):
-    def __init__(self, freq_dim: int, out_dim: int):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.net = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.net(timestep_embedding(t, self.freq_dim))
 
 
 class MultimodalMMDiT(nn.Module):

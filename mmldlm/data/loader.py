@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 
 class RecordDataset(Dataset):
     """The records at ``positions`` of a source (all of them when None, the first ``limit`` when
-    set); an item is ``{index, record, file, text?, latent?}`` (``file``: the data file, for a family
-    collate's errors; ``latent`` float32 ``[K, D]`` when records carry one), or the
-    :class:`DataError` of a record that turned out to be bad when read.
+    set); an item is ``{index, record, file, text?, latent?, files?}`` (``file`` the data file,
+    for a family collate's errors; ``latent`` float32 ``[K, D]`` when records carry one; ``files``
+    the family's path fields resolved under the root), or the :class:`DataError` of a record that
+    turned out to be bad when read.
 
     The source is a :class:`RecordIndex` (a JSON / JSONL / text file) or a :class:`HubTexts` (a
     split of a hub dataset): both are read by position, through their ``reader()``."""
@@ -62,6 +63,7 @@ class RecordDataset(Dataset):
         self.length = total if limit is None else min(total, limit)
         self.latent_dim = index.rules.latent_dim
         self.reader = index.reader()
+        self.path_fields = index.rules.fields.paths
         self._shards: dict[str, LatentShard] = {}  # per process; reopened by each worker
 
     def __len__(self) -> int:
@@ -76,6 +78,8 @@ class RecordDataset(Dataset):
         item = {"index": number, "record": obj, "file": self.index.json_path}
         if "text" in obj:
             item["text"] = obj["text"]
+        if self.path_fields:  # only file sources have path fields (a hub dataset's records cannot)
+            item["files"] = {k: os.path.join(self.index.root, obj[k]) for k in self.path_fields}
         if latent is not None:
             item["latent"] = latent
         return item

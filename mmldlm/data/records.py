@@ -55,6 +55,10 @@ class RecordFields:
     # array of messages -> {"messages": [...]}); raises ValueError with the reason for a bad one.
     # Applied when the index is built and whenever a record is read, so both see the same record.
     normalize: Callable[[object], dict] | None = None
+    # fields holding a file path (an image): a non-empty string relative to the records' root (the
+    # JSON file's directory or data.latent_data_root), confined to it as latent_path is; the
+    # dataset hands each item the resolved paths (``item["files"]``)
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class RecordRules:
         """What a cached index must have been built with to be reused."""
         key = {"latent_dim": self.latent_dim, "latent_root": self.latent_root, "allow_outside": self.allow_outside,
                "fields": [self.fields.name, self.fields.version, list(self.fields.required), self.fields.needs_text]}
+        if self.fields.paths:  # absent without path fields: existing indexes stay valid
+            key["fields"].append(list(self.fields.paths))
         if self.format != "json":  # absent for JSON: indexes built before text files existed stay valid
             key["format"] = self.format
         return key
@@ -91,10 +97,11 @@ def regular_file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def outside_root(latent_path: str) -> bool:
-    """True when a record's ``latent_path`` is absolute or climbs out of its root with ``..``."""
-    norm = os.path.normpath(latent_path)
-    return os.path.isabs(latent_path) or norm == ".." or norm.startswith(".." + os.sep)
+def outside_root(path: str) -> bool:
+    """True when a record's relative path (``latent_path``, a family's path field) is absolute or
+    climbs out of its root with ``..``."""
+    norm = os.path.normpath(path)
+    return os.path.isabs(path) or norm == ".." or norm.startswith(".." + os.sep)
 
 
 def normalized(obj, fields: RecordFields):
@@ -133,6 +140,12 @@ def record_problem(obj, rules: RecordRules) -> str | None:
     for key in f.required:
         if key not in obj:
             return f"record has no {key!r} field"
+    for key in f.paths:
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            return f"{key} must be a non-empty string"
+        if not rules.allow_outside and outside_root(obj[key]):
+            return (f"{key} {obj[key]!r} points outside its root (absolute, or climbing out with '..'); set "
+                    "data.allow_paths_outside_root=true to allow it")
     return f.check(obj) if f.check else None
 
 

@@ -120,6 +120,19 @@ class GaussianLatentDiffusion(torch.nn.Module):
         done = (t_prev < 0).view(-1, *([1] * (x_t.dim() - 1)))
         return torch.where(done, x0, sa * x0 + s1a * eps)
 
+    @torch.no_grad()
+    def ddim_sample(self, net, x: torch.Tensor, steps: int) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from ``x`` (pure noise at T - 1) to the clean sample, on
+        ``steps`` evenly spaced timesteps; ``net(x_t, t [B]) -> out`` in the trained parameterisation."""
+        grid = torch.linspace(self.timesteps - 1, 0, steps).round().long()
+        ts = torch.unique(grid, sorted=True).flip(0).tolist()
+        B = x.shape[0]
+        for i, t in enumerate(ts):
+            tt = torch.full((B,), t, device=x.device)
+            prev = ts[i + 1] if i + 1 < len(ts) else -1
+            x = self.ddim_step(net(x, tt).float(), x, tt, torch.full((B,), prev, device=x.device))
+        return x
+
     def time_code(self, t: torch.Tensor) -> torch.Tensor:
         """The model's time input for latent index t in [0, T-1]: (t + 1) / T in (0, 1]. 0 is kept
         for the clean latent (a condition), so index 0, still noisy, never looks clean."""

@@ -55,15 +55,19 @@ class MaskedTextDiffusion:
         return out
 
     def loss(self, logits: torch.Tensor, input_ids: torch.Tensor, masked: torch.Tensor,
-             attention_mask: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             attention_mask: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None = None,
+             denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO loss, accuracy on masked tokens). ``logits [B, L, V]``, or ``[N, V]`` for just the
-        N masked positions in row-major order (what the model returns for ``text_logits=masked``)."""
+        N masked positions in row-major order (what the model returns for ``text_logits=masked``).
+        ``weight [B]`` replaces the ELBO weight ``loss_weight(t)`` (a t drawn from another
+        schedule carries its own), ``denom`` the number of real tokens (e.g. the global batch's
+        share per rank, ``mmldlm.nn.rank_share``)."""
         if logits.dim() == 3:
             logits = logits[masked]
         tgt = input_ids[masked]
         logits = self.subs(logits)
         ce = F.cross_entropy(logits, tgt, reduction="none")  # masked positions only
-        w = self.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
-        loss = (ce * w).sum() / attention_mask.sum().clamp_min(1)
+        w = (self.loss_weight(t) if weight is None else weight).unsqueeze(1).expand_as(masked)[masked]
+        loss = (ce * w).sum() / (attention_mask.sum() if denom is None else denom).clamp_min(1)
         acc = (logits.argmax(-1) == tgt).sum() / masked.sum().clamp_min(1)
         return loss, acc

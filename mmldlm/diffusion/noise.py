@@ -39,11 +39,25 @@ def keyed_uniform(counters: torch.Tensor, *key: int) -> torch.Tensor:
     return _lsr(mix(counters.long() ^ k), 11).double() * (1.0 / (1 << 53))
 
 
-def position_uniforms(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:
-    """``[B, length]`` float32 uniforms keyed by (key, record ``index [B]``, position): a record's
-    masks whatever batch, rank or run it lands in. Rows that share a record (packed rows starting
-    in one document) are told apart by their order among those rows."""
+def _position_counters(index: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B, length]`` int64 counters of (record, position). Rows that share a record (packed rows
+    starting in one document) are told apart by their order among those rows."""
     occurrence = (index[:, None] == index[None, :]).tril(-1).sum(1)  # 0 unless rows share a record
     row = index.long() * 1024 + occurrence
-    counters = row[:, None] * (1 << 24) + torch.arange(length, device=index.device)
-    return keyed_uniform(counters, *key).float()
+    return row[:, None] * (1 << 24) + torch.arange(length, device=index.device)
+
+
+def position_uniforms(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:
+    """``[B, length]`` float32 uniforms keyed by (key, record ``index [B]``, position): a record's
+    masks whatever batch, rank or run it lands in."""
+    return keyed_uniform(_position_counters(index, length), *key).float()
+
+
+def position_normals(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:
+    """``[B, length]`` float32 standard normals keyed like :func:`position_uniforms` (Box-Muller on
+    two float64 streams, so the log never sees 0): the Gaussian noise of a record's image, the
+    same on any number of ranks and after a resume. ``length`` < 2^24 per record."""
+    counters = _position_counters(index, length)
+    u1 = 1.0 - keyed_uniform(counters, *key, 0)  # (0, 1]
+    u2 = keyed_uniform(counters, *key, 1)
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).float()

@@ -16,6 +16,7 @@ checkpoints. The loop reads nothing from a batch but what the objective's ``coun
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -108,11 +109,13 @@ def train(cfg: DictConfig) -> dict:
     """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fsdp = cfg.training.parallelism.name == "fsdp"
-    dist, loop = D.setup(cfg.training.device, need_group=fsdp), None
+    dist, loop, finished = D.setup(cfg.training.device, need_group=fsdp), None, False
     try:
         loop = _Loop(cfg, dist)
         with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
-            return loop.run()
+            out = loop.run()
+        finished = True
+        return out
     except ONE_LINE_ERRORS as e:
         log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
@@ -127,6 +130,15 @@ def train(cfg: DictConfig) -> dict:
     finally:
         if loop is not None:
             loop.close()
+        # The DDP reducer holds the gloo process group. Were its release the group's last, the group's
+        # destructor would join gloo's threads holding the GIL while one of them waits for the GIL to
+        # free a finished broadcast's tensors: a deadlock at exit (seen on loaded 2-core machines).
+        # So the model goes first, while the group is still referenced, and a last collective (its
+        # wait releases the GIL) lets gloo's threads finish before the group goes.
+        loop = None
+        gc.collect()
+        if finished:
+            D.barrier()
         D.teardown()
 
 
