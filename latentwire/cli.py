@@ -191,4 +191,21 @@ def train_main(argv: list[str] | None = None) -> dict:
     write_records(records, cfg.data.data_files.train)  # every rank writes the same bytes, atomically
     from mmldlm.train import train
 
-    return train(cfg)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_training_stats(Path(result["run_dir"]))
+    return result
+
+
+def write_training_stats(run_dir: Path) -> Path:
+    """``RUN_DIR/training_stats.json``: per LLM, the embedding RMS the prefix is calibrated to and
+    the running mean of the adapter's raw output RMS (eval's ``--calibration train_stats``), plus
+    the input each LLM was trained on (anchor, BOS), from the latest checkpoint."""
+    from mmldlm.io import write_json_atomic
+    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(run_dir)
+    meta = load_checkpoint(path).get("objective", {})
+    out = run_dir / "training_stats.json"
+    write_json_atomic(out, {"checkpoint": path.name, **meta}, indent=2)
+    return out

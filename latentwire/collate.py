@@ -6,7 +6,8 @@ Batch (every value a tensor; ``{name}`` is each LLM's name):
   bytes within ``model.max_bytes`` (:func:`~latentwire.encoder.fit_bytes` keeps the question), right-padded;
   or ``st_ids`` / ``st_mask``: the source in the MiniLM tokenizer (simple-st);
 - ``{name}.answer [B, T]`` + ``{name}.answer_mask``: the first gold answer's tokens (no special
-  tokens, so BOS is never a target), at most ``model.max_answer_tokens``, then EOS when the answer
+  tokens, so BOS is never a target; led by the anchor's trailing space, see ``TokenInfo``), at
+  most ``model.max_answer_tokens``, then EOS when the answer
   fitted (the original appended none, so its models never learned to stop);
 - ``{name}.answer_len [B]``: the answer's tokens without EOS (read only by adapters with metadata);
 - ``{name}.teacher [B, S + T]`` + ``{name}.teacher_mask`` (only when the KD or state terms are
@@ -47,7 +48,7 @@ def prompt_then_answer(prompts: list[list[int]], answers: torch.Tensor, answer_m
 
 def answer_ids(tok, info: TokenInfo, answers: list[str], max_tokens: int) -> tuple[list[list[int]], list[int]]:
     """(each answer's target ids: content + EOS when it fitted, content lengths)."""
-    content = tok(answers, add_special_tokens=False)["input_ids"]
+    content = tok([info.answer_prefix + a for a in answers], add_special_tokens=False)["input_ids"]
     rows = [c[:max_tokens] + ([info.eos_id] if len(c) <= max_tokens else []) for c in content]
     return rows, [min(len(c), max_tokens) for c in content]
 

@@ -177,7 +177,8 @@ def evaluate_qa(obj: LatentWireObjective, tokenizers: dict, batcher, records: li
             for c, cand in enumerate(obj.names):
                 for scorer in obj.names:
                     tok, info = tokenizers[scorer], obj.infos[scorer]
-                    cand_ids = [tok(t, add_special_tokens=False)["input_ids"] or [info.eos_id] for t in out[cand][0]]
+                    cand_ids = [tok(info.answer_prefix + t, add_special_tokens=False)["input_ids"] or [info.eos_id]
+                                for t in out[cand][0]]
                     ans, amask = (t.to(dev) for t in _pad(cand_ids, info.pad_id))
                     logits = obj.answer_logits(scorer, out[scorer][1], ans, amask)[0]
                     scores[:, c] -= _per_row_nll(logits, ans, amask).cpu()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from mmldlm.config import ConfigError, DataConfig, OptimizerConfig, RunConfig, TrainingConfig
+from mmldlm.config import PATH_OR_NAME, ConfigError, DataConfig, OptimizerConfig, RunConfig, TrainingConfig
 from mmldlm.nn import DTYPES
 
 ENCODERS = ("byte", "simple-st")
@@ -22,10 +22,16 @@ class AnchorMode(Enum):
     none = "none"
 
 
-class BosPolicy(Enum):
-    yes = "yes"
-    no = "no"
-    auto = "auto"  # a BOS after the prefix only when there is no anchor
+BOS_POLICIES = ("yes", "no", "auto")  # auto: a BOS after the prefix only when there is no anchor
+
+
+def bos_policy(value) -> str:
+    """yes | no | auto. A string key, not an enum: YAML and key=value overrides read a bare yes / no
+    as a boolean, which arrives here as "True" / "False" and means what was typed."""
+    v = {"true": "yes", "false": "no"}.get(str(value).lower(), str(value).lower())
+    if v not in BOS_POLICIES:
+        raise ConfigError(f"model.bos_after_prefix: {value!r} (yes | no | auto)")
+    return v
 
 
 class Calibration(Enum):
@@ -80,7 +86,7 @@ class LatentWireModelConfig:
     anchor_text: str = ""  # a trailing space is added when missing (as the original)
     max_anchor_tokens: int = 32
     use_chat_template: bool = False  # anchor_mode=auto without anchor_text: the chat header
-    bos_after_prefix: BosPolicy = BosPolicy.no  # the same at train and eval (saved in the checkpoint)
+    bos_after_prefix: str = "no"  # yes | no | auto; the same at train and eval (saved in the checkpoint)
     calibration: Calibration = Calibration.embed_rms
     prefix_target_rms: float = 0.015  # calibration=fixed
     prefix_gain: float = 1.0
@@ -111,6 +117,7 @@ class LatentWireModelConfig:
         if self.encoder_type == "simple-st" and (self.latent_private_len or self.latent_shared_len is not None):
             raise ConfigError("model.latent_private_len / latent_shared_len: the simple-st encoder has shared "
                               "slots only (model.latent_len)")
+        bos_policy(self.bos_after_prefix)
         if self.anchor_mode == AnchorMode.text and not self.anchor_text:
             raise ConfigError("model.anchor_mode=text needs model.anchor_text (--warm_anchor_text)")
         if not (self.prefix_gain > 0 and self.prefix_target_rms > 0):
@@ -169,6 +176,8 @@ class LatentWireOptimizerConfig(OptimizerConfig):
 class QADataConfig(DataConfig):
     latent_dim: Optional[int] = None  # QA records carry no latent: the encoder makes it
     dataset_name: Optional[str] = "json"
+    # the loop's tokenizer: the first LLM's (each LLM loads its own as well)
+    tokenizer_name: str = field(default="${model.llms[0].path}", metadata=PATH_OR_NAME)
 
 
 @dataclass
