@@ -121,6 +121,12 @@ def _abs(path: str) -> str:
 
 def train_config(args, overrides: list[str], world: int = 1):
     """(validated config, the QA records) of a command line."""
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:  # e.g. the original's --load_4bit / --use_lora, which this trainer does not implement
+        raise ConfigError(f"unrecognised arguments: {' '.join(bad)} (flags: --help; other config keys: key=value)")
+    unknown = unknown_override(LatentWireRunConfig, overrides)
+    if unknown:
+        raise ConfigError(unknown)
     cuda = _cuda()
     if args.batch_size % world:
         raise ConfigError(f"--batch_size {args.batch_size} is not divisible by the {world} ranks")
@@ -161,12 +167,6 @@ def train_config(args, overrides: list[str], world: int = 1):
         "data": {"data_files": {"train": str(out / "data" / "train.jsonl")}},
     }
     schema = LatentWireRunConfig
-    unknown = unknown_override(schema, overrides)
-    if unknown:
-        raise ConfigError(unknown)
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"unrecognised arguments: {' '.join(bad)} (flags: --help; config keys: key=value)")
     body = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(RECIPE)).items() if k not in ("defaults", "hydra")}
     cfg = OmegaConf.merge(OmegaConf.structured(schema), body, values, OmegaConf.from_dotlist(overrides))
     validate(cfg, schema)

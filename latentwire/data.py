@@ -176,8 +176,10 @@ def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> lis
     if dataset not in DATASETS:
         raise ValueError(f"--dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
     if not data_file:
-        raise ValueError(f"--dataset {dataset} needs --data_file PATH (a local {dataset} JSON file: nothing is "
-                         "downloaded; e.g. SQuAD's train-v1.1.json / dev-v1.1.json)")
+        example = "SQuAD's train-v1.1.json / dev-v1.1.json" if dataset == "squad" else \
+            "hotpot_train_v1.1.json / hotpot_dev_distractor_v1.json"
+        raise ValueError(f"--dataset {dataset} needs --data_file PATH (a local {dataset} JSON file, e.g. {example}; "
+                         "nothing is downloaded)")
     if not Path(data_file).is_file():
         raise ValueError(f"--data_file: not found: {data_file}")
     reader = read_squad if dataset == "squad" else read_hotpot
