@@ -365,7 +365,7 @@ def test_cli_smoke_two_tiny_llms_fit_8_examples_and_eval_writes_metrics(tiny, tm
     stats = json.loads((run / "training_stats.json").read_text())
     assert set(stats["llms"]) == {"llama", "qwen"} and stats["llms"]["qwen"]["raw_prefix_rms_mean"] > 0
     p = ok(run_entry(REPO / "latentwire" / "eval.py", ["--ckpt", str(run), "--dataset", "squad", "--data_file",
-                                                        str(sq), "--samples", "8"]))
+                                                        str(sq), "--samples", "8", "--max_new_tokens", "4"]))
     m = json.loads((run / "eval" / "metrics.json").read_text())
     for n in ("llama", "qwen"):
         for path in ("text", "latent", "token_budget"):
