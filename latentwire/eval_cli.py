@@ -1,0 +1,111 @@
+"""The command line of ``latentwire/eval.py`` (its docstring has the usage)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from latentwire.data import DATASETS, load_qa
+from latentwire.evaluate import EvalOptions, evaluate_qa
+from latentwire.metrics import GROUP
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python latentwire/eval.py", description=(
+        "QA evaluation of a LatentWire run: per LLM, the text baseline, the latent path and the token-budget "
+        "baseline (EM/F1 with SQuAD normalisation, max over references), first-token top-1/5, gold NLL; joint "
+        "rescoring and oracle across LLMs; payload bytes and compression. Greedy decoding."))
+    ap.add_argument("--ckpt", required=True, help="a run directory (its latest checkpoint) or a checkpoint file")
+    ap.add_argument("--dataset", choices=DATASETS, required=True)
+    ap.add_argument("--data_file", default=None, help="local SQuAD v1.1 / HotpotQA JSON (e.g. dev-v1.1.json)")
+    ap.add_argument("--samples", type=int, default=-1, help="examples after a seeded shuffle (-1: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of that shuffle (the training run's --data_seed "
+                    "reproduces its training set)")
+    ap.add_argument("--max_new_tokens", type=int, default=12)
+    ap.add_argument("--min_new_tokens", type=int, default=1, help="stop ids are banned for this many steps")
+    ap.add_argument("--chunk_size", type=int, default=8)
+    ap.add_argument("--token_budget_k", type=int, default=None, help="token budget (default: M, the latent length)")
+    ap.add_argument("--calibration", choices=("embed_rms", "fixed", "train_stats", "none"), default=None,
+                    help="prefix calibration (default: the run's)")
+    ap.add_argument("--prefix_target_rms", type=float, default=None, help="calibration=fixed (default: the run's)")
+    ap.add_argument("--prefix_gain", type=float, default=None, help="default: the run's")
+    ap.add_argument("--latent_quant_bits", type=int, choices=(16, 8, 6, 4), default=None,
+                    help=f"decode from the latent sent with these bits (fp16, or ints with an fp16 scale per {GROUP})")
+    ap.add_argument("--gold_length_cap", action="store_true",
+                    help="the ORIGINAL's decode cap: the longest gold answer of each chunk (uses gold lengths; "
+                         "labelled in the report)")
+    ap.add_argument("--llm", action="append", default=[], metavar="NAME=DIR",
+                    help="where an LLM of the run is on this machine (default: the path its training named)")
+    ap.add_argument("--trust_remote_code", action="store_true")
+    ap.add_argument("--allow_download", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="default: RUN_DIR/eval/metrics.json")
+    return ap
+
+
+def _summary(m: dict) -> str:
+    lines = [f"{m['samples']} examples; latent {m['latent_shape'][0]} x {m['latent_shape'][1]}"
+             + ("; USES GOLD ANSWER LENGTH (adapter metadata)" if m["uses_gold_answer_length"] else "")
+             + ("; decode cap from GOLD lengths (--gold_length_cap)" if m["gold_length_cap"] else "")]
+    for n, r in m["models"].items():
+        lines.append(f"{n:>8}: text EM {r['text']['em']:.3f} F1 {r['text']['f1']:.3f} | latent EM "
+                     f"{r['latent']['em']:.3f} F1 {r['latent']['f1']:.3f} (first-token top1 "
+                     f"{r['latent']['first_token_top1']:.3f}) | token budget k={r['token_budget']['k']} F1 "
+                     f"{r['token_budget']['f1']:.3f} | {r['token_compression']:.1f}x fewer positions")
+        bc = r["byte_compression"]
+        worse = [enc for enc, v in bc.items() if v < 1]
+        lines.append(f"{'':>10}byte compression " + ", ".join(f"{enc} {v:.3f}" for enc, v in bc.items())
+                     + (f" -- below 1 ({', '.join(worse)}): the latent is LARGER than the text" if worse else ""))
+    if "joint" in m:
+        lines.append(f"   joint: EM {m['joint']['em']:.3f} F1 {m['joint']['f1']:.3f} agreement "
+                     f"{m['joint']['agreement']:.3f} | oracle F1 {m['oracle']['f1']:.3f}")
+    return "\n".join(lines)
+
+
+def eval_main(argv: list[str] | None = None) -> dict:
+    from mmldlm.eval.cli import resolve_device, run_cli
+
+    args = eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    result = {}
+
+    def main():
+        import torch
+
+        from latentwire.collate import LatentWireCollator
+        from latentwire.objective import LatentWirePolicy
+        from mmldlm.io import write_json_atomic, write_text_atomic
+        from mmldlm.train.checkpointing import resolve_checkpoint
+        from mmldlm.train.rebuild import rebuild_from_checkpoint
+
+        dirs = {}
+        for spec in args.llm:
+            name, eq, path = spec.partition("=")
+            if not eq:
+                raise ValueError(f"--llm: expected NAME=DIR, got {spec!r}")
+            dirs[name] = path
+        records = load_qa(args.dataset, args.data_file, args.samples, args.seed)
+        ckpt = resolve_checkpoint(args.ckpt)
+        policy = LatentWirePolicy(trust_remote_code=args.trust_remote_code,
+                                  local_files_only=not args.allow_download, llm_dirs=dirs)
+        obj, _, cfg = rebuild_from_checkpoint(ckpt, resolve_device(args.device), policy, expect="latentwire")
+        if args.prefix_target_rms is not None:
+            obj.target_fixed = args.prefix_target_rms
+        opts = EvalOptions(args.max_new_tokens, args.min_new_tokens, args.chunk_size, args.token_budget_k,
+                           args.calibration, args.prefix_gain, args.latent_quant_bits, args.gold_length_cap)
+        batcher = LatentWireCollator(cfg.model, cfg.loss, obj.tokenizers, obj.infos)
+        with torch.inference_mode():
+            metrics, examples = evaluate_qa(obj, obj.tokenizers, batcher, records, opts)
+        metrics = {"checkpoint": str(ckpt), "dataset": args.dataset, "data_file": args.data_file,
+                   "calibration": args.calibration or cfg.model.calibration.name,
+                   "max_new_tokens": args.max_new_tokens, "latent_quant_bits": args.latent_quant_bits, **metrics}
+        out = Path(args.out) if args.out else ckpt.parent / "eval" / "metrics.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, metrics, indent=2)
+        write_text_atomic(out.with_name("predictions.jsonl"), "".join(json.dumps(e) + "\n" for e in examples))
+        print(_summary(metrics))
+        print(f"wrote {out}")
+        result.update(metrics)
+
+    run_cli(main)
+    return result

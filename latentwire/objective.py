@@ -1,0 +1,262 @@
+"""The LatentWire objective: one interlingua, read by every frozen LLM through its own adapter.
+
+Per LLM ``n`` (``model.llms``), per batch:
+
+    prefix_n = calibrate(adapter_n(z_n))                              z_n = encoder(source)[n]
+    student  = LLM_n([prefix_n][BOS if the policy says][anchor_n][answer tokens + EOS])
+    teacher  = LLM_n([source + anchor_n as text][answer tokens])      (no_grad; only for kd / state)
+
+``logits[:, t]`` (the output one position before answer token t) is scored against token t: the
+single shift the original got wrong (``latentwire/losses.py``). Terms (each logged as
+``{term}/{n}``, and their mean over models as ``{term}``):
+
+- ``tf``: teacher-forced CE over the answer and its EOS (``loss.tf_weight``);
+- ``first``: CE of the first answer token, weight ``first_weight`` (schedule) x the auto-scale;
+- ``kce``: the mean CE over the first ``loss.K`` steps (``loss.k_ce_weight``);
+- ``kd``: ``KL(teacher || student) tau^2`` over the first K steps (``loss.kd_first_k_weight``);
+- ``state``: hidden-state MSE at those steps, layers ``loss.state_kd_layers`` (``loss.state_kd_weight``, 0 = off);
+- ``scale_pen``: ``(adapter.scale - 1)^2`` summed over adapters, times ``loss.scale_l2``.
+
+loss = mean over models of their weighted terms + ``scale_l2`` x scale_pen. Only the encoder and
+the adapters train; the LLMs are frozen and stay out of checkpoints (recorded by path).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from latentwire import losses as L
+from latentwire.adapter import Adapter, calibrate, embedding_stats, prefix_rms
+from latentwire.collate import LatentWireCollator
+from latentwire.data import QA_FIELDS
+from latentwire.encoder import build_encoder
+from latentwire.llm import load_llm, token_info
+from latentwire.schema import LatentWireRunConfig, total_latent_len
+from mmldlm.config import ConfigError
+from mmldlm.objective import BatchCount, Objective, register
+from mmldlm.train.rebuild import CheckpointPolicyError, LoadPolicy
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+GOLD_LENGTH_WARNING = "uses gold answer length (model.adapter_metadata=true): the adapter reads the label's length"
+log = logging.getLogger("mm_ldlm.latentwire")
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left padding leaves positions unshifted)."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class LatentWireObjective(Objective):
+    def __init__(self, cfg, tokenizers: dict, llms: dict[str, nn.Module]):
+        super().__init__()
+        m, self.lcfg = cfg.model, cfg.loss
+        self.names = [s.name for s in m.llms]
+        self.paths = {s.name: s.path for s in m.llms}
+        self.total_steps = cfg.training.num_train_steps
+        self.sequential, self.metadata = m.sequential_models, m.adapter_metadata
+        self.calibration, self.target_fixed, self.gain = m.calibration.name, m.prefix_target_rms, m.prefix_gain
+        self.llms = nn.ModuleDict(llms)
+        self.tokenizers = tokenizers  # per LLM (the eval reads them too)
+        self.infos = {n: token_info(tokenizers[n], m, getattr(llms[n].generation_config, "eos_token_id", None))
+                      for n in self.names}
+        self.M, self.encoder_dim = total_latent_len(m), m.d_z
+        self.encoder = build_encoder(m, self.names)
+        self.adapters = nn.ModuleDict()
+        self.emb_rms: dict[str, float] = {}
+        for n in self.names:
+            emb = llms[n].get_input_embeddings().weight
+            rms, mean, std = embedding_stats(emb)
+            self.emb_rms[n] = rms
+            self.adapters[n] = Adapter(m.d_z, emb.shape[1], self.M, m.adapter_hidden_mult, m.adapter_dropout,
+                                       m.adapter_metadata, m.max_answer_tokens,
+                                       (mean, std) if m.adapter_colorize else None)
+            # running (sum, count) of the adapter's raw output RMS: eval's calibration=train_stats
+            self.register_buffer(f"raw_rms_{n}", torch.zeros(2, dtype=torch.float64))
+            self.register_buffer(f"anchor_{n}", torch.tensor(self.infos[n].anchor_ids, dtype=torch.long),
+                                 persistent=False)
+        if self.metadata:
+            log.warning("LatentWire %s", GOLD_LENGTH_WARNING)
+
+    # -- the input ------------------------------------------------------------------------------
+    def target_rms(self, n: str, mode: str | None = None) -> float | None:
+        mode = mode or self.calibration
+        if mode == "embed_rms":
+            return self.emb_rms[n]
+        if mode == "fixed":
+            return self.target_fixed
+        if mode == "train_stats":
+            total, count = getattr(self, f"raw_rms_{n}").tolist()
+            if not count:
+                raise ValueError("calibration=train_stats: this checkpoint holds no training statistics")
+            return total / count
+        return None
+
+    def prefix(self, n: str, z: torch.Tensor, answer_len=None, mode: str | None = None, gain: float | None = None):
+        """(calibrated prefix [B, M, d_model], raw adapter output) for LLM ``n``."""
+        raw = self.adapters[n](z, answer_len if self.metadata else None)
+        return calibrate(raw, self.target_rms(n, mode), self.gain if gain is None else gain), raw
+
+    def head(self, n: str, prefix: torch.Tensor) -> torch.Tensor:
+        """``[prefix][BOS?][anchor]`` input embeddings: what precedes the answer, at train and eval."""
+        info, emb = self.infos[n], self.llms[n].get_input_embeddings()
+        ids = getattr(self, f"anchor_{n}")
+        if info.append_bos:
+            ids = torch.cat([ids.new_tensor([info.bos_id]), ids])
+        tail = emb(ids).unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        return torch.cat([prefix.to(tail.dtype), tail], 1)
+
+    def answer_logits(self, n: str, head: torch.Tensor, ans: torch.Tensor, mask: torch.Tensor,
+                      hidden_layers=None):
+        """(logits [B, T, V] where [:, t] predicts ans[:, t], hidden states at those positions or None)."""
+        T, P = ans.shape[1], head.shape[1]
+        embeds = torch.cat([head, self.llms[n].get_input_embeddings()(ans)], 1)
+        full = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)
+        out = self.llms[n](inputs_embeds=embeds, attention_mask=full.long(), use_cache=False, logits_to_keep=T + 1,
+                           output_hidden_states=hidden_layers is not None)
+        hidden = None if hidden_layers is None else [out.hidden_states[i][:, P - 1: P - 1 + T] for i in hidden_layers]
+        return out.logits[:, :T], hidden
+
+    def text_logits(self, n: str, ids: torch.Tensor, mask: torch.Tensor, T: int, hidden_layers=None):
+        """The same for ``[left-padded text prompt][T answer tokens]`` rows (the teacher / text path)."""
+        out = self.llms[n](input_ids=ids, attention_mask=mask.long(), position_ids=positions(mask), use_cache=False,
+                           logits_to_keep=T + 1, output_hidden_states=hidden_layers is not None)
+        S = ids.shape[1] - T
+        hidden = None if hidden_layers is None else [out.hidden_states[i][:, S - 1: S - 1 + T] for i in hidden_layers]
+        return out.logits[:, :T], hidden
+
+    # -- training -------------------------------------------------------------------------------
+    def model_terms(self, n: str, z: torch.Tensor, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        lc, K = self.lcfg, self.lcfg.K
+        ans, mask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
+        prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
+        layers = list(lc.state_kd_layers) if lc.state_kd_weight > 0 else None
+        logits, hidden = self.answer_logits(n, self.head(n, prefix), ans, mask, layers)
+        ce = L.token_ce(logits, ans, mask)
+        t = {"tf": L.tf_loss(ce), "first": L.first_loss(ce), "kce": L.kce_loss(ce, K)}
+        w_first = L.first_weight(step, self.total_steps, lc)
+        if lc.first_token_autoscale:
+            w_first = L.autoscale(w_first, t["first"], t["tf"])
+        loss = lc.tf_weight * t["tf"] + w_first * t["first"] + lc.k_ce_weight * t["kce"]
+        if lc.kd_first_k_weight > 0 or layers:
+            k = min(K, ans.shape[1])
+            with torch.no_grad():
+                teacher, t_hidden = self.text_logits(n, batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"],
+                                                     ans.shape[1], layers)
+            if lc.kd_first_k_weight > 0:
+                t["kd"] = L.kd_loss(logits[:, :k], teacher[:, :k], mask[:, :k], lc.kd_tau)
+                loss = loss + lc.kd_first_k_weight * t["kd"]
+            if layers:
+                t["state"] = L.state_loss([h[:, :k] for h in hidden], [h[:, :k] for h in t_hidden], mask[:, :k])
+                loss = loss + lc.state_kd_weight * t["state"]
+        with torch.no_grad():
+            top1 = (logits[:, 0].argmax(-1) == ans[:, 0]).float().mean()
+        return {"loss": loss, "first_weight": torch.as_tensor(w_first, dtype=torch.float32), "first_acc": top1,
+                "raw_rms": prefix_rms(raw.detach()).mean(), **t}
+
+    def forward(self, batch: dict, step: int):
+        z = self.encoder(batch)
+        per: dict[str, dict[str, torch.Tensor]] = {}
+        for n in self.names:
+            if self.sequential and torch.is_grad_enabled():  # this model's activations: recomputed in backward
+                per[n] = checkpoint(self.model_terms, n, z[n], batch, step, use_reentrant=False)
+            else:
+                per[n] = self.model_terms(n, z[n], batch, step)
+            if self.training:
+                stats = getattr(self, f"raw_rms_{n}")
+                stats += torch.stack([per[n]["raw_rms"].double(), stats.new_ones(())])
+        scale_pen = sum((a.scale - 1).pow(2).sum() for a in self.adapters.values())
+        loss = torch.stack([per[n]["loss"] for n in self.names]).mean() + self.lcfg.scale_l2 * scale_pen
+        metrics = {"scale_pen": scale_pen.detach()}
+        for key in per[self.names[0]]:
+            if key == "loss":
+                continue
+            vals = [per[n][key].detach().float() for n in self.names]
+            metrics.update({f"{key}/{n}": v for n, v in zip(self.names, vals)})
+            metrics[key] = torch.stack(vals).mean()
+        return loss, metrics
+
+    def count(self, batch: dict) -> BatchCount:
+        """Samples, and the LLM positions of the batch (student + teacher, every model)."""
+        tokens = 0
+        for n in self.names:
+            ans = batch[f"{n}.answer_mask"]
+            tokens = tokens + ans.shape[0] * (self.M + len(self.infos[n].anchor_ids) + 1) + ans.sum()
+            if f"{n}.teacher_mask" in batch:
+                tokens = tokens + batch[f"{n}.teacher_mask"].sum()
+        return BatchCount(batch["index"].shape[0], tokens)
+
+    def flops_per_token(self) -> float:
+        """4 x the mean LLM size per position (forward + backward through activations): exact for
+        student positions, twice the teacher's forward-only cost (an upper bound for MFU)."""
+        return 4.0 * sum(sum(p.numel() for p in m.parameters()) for m in self.llms.values()) / len(self.llms)
+
+    def checkpoint_metadata(self) -> dict:
+        from mmldlm.prefetch import read_marker
+
+        out = {"uses_gold_answer_length": self.metadata, "llms": {}}
+        for n in self.names:
+            marker = read_marker(self.paths[n]) if Path(self.paths[n]).is_dir() else None
+            total, count = getattr(self, f"raw_rms_{n}").tolist()
+            i = self.infos[n]
+            out["llms"][n] = {"path": self.paths[n], "revision": (marker or {}).get("commit"),
+                              "embed_rms": self.emb_rms[n], "raw_prefix_rms_mean": total / count if count else None,
+                              "anchor_text": i.anchor_text, "anchor_ids": list(i.anchor_ids),
+                              "bos_after_prefix": i.append_bos, "bos_id": i.bos_id, "eos_id": i.eos_id}
+        return out
+
+
+def load_tokenizers(m) -> dict:
+    from mmldlm.data.tokenizer import load_tokenizer
+
+    return {s.name: load_tokenizer(s.path, m.trust_remote_code, m.local_files_only, key=f"model.llms[{i}].path")
+            for i, s in enumerate(m.llms)}
+
+
+def build(cfg, tokenizer=None) -> LatentWireObjective:
+    m = cfg.model
+    if cfg.training.parallelism.name == "fsdp":
+        raise ConfigError("training.parallelism: LatentWire runs under ddp (its trainable part is small; the "
+                          "frozen LLMs are replicated), fsdp is not supported")
+    llms = {s.name: load_llm(s.path, m.llm_dtype, m.trust_remote_code, m.local_files_only) for s in m.llms}
+    return LatentWireObjective(cfg, load_tokenizers(m), llms)
+
+
+def collator(cfg, tokenizer=None) -> LatentWireCollator:
+    m = cfg.model
+    toks = load_tokenizers(m)
+    infos = {}
+    for s in m.llms:  # the generation config's end ids are not needed to build batches
+        infos[s.name] = token_info(toks[s.name], m)
+    return LatentWireCollator(m, cfg.loss, toks, infos)
+
+
+@dataclass
+class LatentWirePolicy(LoadPolicy):
+    """The load policy of the eval CLI, plus where each LLM is on this machine (``--llm NAME=DIR``)."""
+
+    llm_dirs: dict = field(default_factory=dict)
+
+
+def locate_llms(cfg, policy, source: str) -> None:
+    """A checkpoint holds the encoder and adapters; the LLMs load from the paths the user's own
+    training command named, or from ``--llm NAME=DIR`` (never with remote code or downloads the
+    eval command line did not allow: :func:`~mmldlm.train.rebuild.apply_load_policy`)."""
+    dirs = dict(getattr(policy, "llm_dirs", {}) or {})
+    names = [s.name for s in cfg.model.llms]
+    unknown = sorted(set(dirs) - set(names))
+    if unknown:
+        raise CheckpointPolicyError(f"--llm {unknown}: {source} was trained with LLMs {names}")
+    first = cfg.model.llms[0].path
+    for s in cfg.model.llms:
+        s.path = dirs.get(s.name, s.path)
+    if cfg.data.tokenizer_name == first:
+        cfg.data.tokenizer_name = cfg.model.llms[0].path
+
+
+register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
+         on_rebuild=locate_llms)
