@@ -146,6 +146,11 @@ class ImageObjective(Objective):
         metrics.update(text_loss=text_loss.detach(), text_acc=text_acc.detach(), image_loss=image_loss.detach())
         return loss, metrics
 
+    def example_batch(self, cfg, device="meta") -> dict:
+        S = self.m.image_size
+        pixels = torch.empty(cfg.training.train_batch_size, 3, S, S, device=device)
+        return {**super().example_batch(cfg, device), "pixels": pixels}
+
     def count(self, batch: dict) -> BatchCount:
         n = batch["input_ids"].shape[0]
         return BatchCount(n, batch["attention_mask"].sum() + n * num_patches(self.m))
@@ -199,7 +204,10 @@ class DiscreteImageObjective(ImageObjective):
     def __init__(self, cfg, tokenizer):
         super().__init__(cfg, tokenizer)
         m = cfg.model
-        if m.codebook is None:  # a rebuild: the checkpoint's weights bring the codebook
+        from mmldlm.estimate.shapes import is_shape_only
+
+        # a rebuild: the checkpoint's weights bring the codebook; the estimator: its size is enough
+        if m.codebook is None or (is_shape_only() and not Path(m.codebook).is_file()):
             centroids = torch.full((m.codebook_size, patch_dim(m)), math.nan)
         else:
             try:

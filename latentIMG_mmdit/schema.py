@@ -157,7 +157,9 @@ class DiscreteImageRunConfig(ImageRunConfig):
 
     def check(self) -> None:
         super().check()
-        if self.model.codebook is None:
+        from mmldlm.estimate.shapes import is_shape_only
+
+        if self.model.codebook is None and not is_shape_only():  # the estimator needs sizes, not the codebook
             raise ConfigError("model.codebook: the discrete variant needs a codebook of image patches: build one "
                               "with python -m latentIMG_mmdit.build_codebook --data TRAIN.json --out FILE.npz "
                               "(train_image_discrete.py builds it on first use)")

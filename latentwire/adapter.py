@@ -86,6 +86,8 @@ def embedding_stats(weight: torch.Tensor, chunk: int = 8192) -> tuple[float, tor
     """(RMS over every entry, per-dimension mean, per-dimension std) of an embedding matrix, in
     float32 chunks (an 8B model's table would need 2 GiB more in one piece)."""
     n, d = weight.shape
+    if weight.is_meta:  # the estimator: shapes only (the values never reach a FLOP or a byte count)
+        return 1.0, torch.zeros(d), torch.ones(d)
     s1 = torch.zeros(d, dtype=torch.float64, device=weight.device)
     s2 = torch.zeros(d, dtype=torch.float64, device=weight.device)
     for i in range(0, n, chunk):

@@ -102,7 +102,8 @@ def eval_main(argv: list[str] | None = None) -> dict:
         out = Path(args.out) if args.out else ckpt.parent / "eval" / "metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, metrics, indent=2)
-        write_text_atomic(out.with_name("predictions.jsonl"), "".join(json.dumps(e) + "\n" for e in examples))
+        preds = out.with_name("predictions.jsonl" if out.name == "metrics.json" else f"{out.stem}.predictions.jsonl")
+        write_text_atomic(preds, "".join(json.dumps(e) + "\n" for e in examples))
         print(_summary(metrics))
         print(f"wrote {out}")
         result.update(metrics)

@@ -55,11 +55,48 @@ def resolve_dir(path: str, local_files_only: bool = True) -> Path:
     return d
 
 
+# the default models' config.json values (the shapes only), for estimates on a machine without them
+KNOWN_SHAPES = {
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": ("llama", dict(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=128000, eos_token_id=128009)),
+    "Qwen/Qwen2.5-7B-Instruct": ("qwen2", dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=151645)),
+}
+
+
+def shape_llm(path: str, dtype: str):
+    """The LLM's architecture on the estimator's device (nothing read but its config.json, when
+    the directory is here; else the shape of a default model named by its hub id)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mmldlm.estimate.shapes import shape_device
+
+    d = Path(path).expanduser()
+    if (d / "config.json").is_file():
+        config = AutoConfig.from_pretrained(str(d))
+    elif path in KNOWN_SHAPES:
+        family, values = KNOWN_SHAPES[path]
+        config = AutoConfig.for_model(family, **values)
+    else:
+        raise ConfigError(f"model.llms: {path!r}: the estimate needs its config.json (a local directory) or one of "
+                          f"{', '.join(KNOWN_SHAPES)}")
+    config._attn_implementation = "sdpa"
+    with torch.device(shape_device()):
+        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]).eval().requires_grad_(False)
+
+
 def load_llm(path: str, dtype: str = "bfloat16", trust_remote_code: bool = False, local_files_only: bool = True):
     """A frozen causal LM in eval mode (module docstring)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from mmldlm.estimate.shapes import is_shape_only
+
+    if is_shape_only():
+        return shape_llm(path, dtype)
     d = resolve_dir(path, local_files_only)
     try:
         AutoConfig.from_pretrained(str(d), trust_remote_code=trust_remote_code)

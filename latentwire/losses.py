@@ -20,54 +20,87 @@ import torch
 import torch.nn.functional as F
 
 
+class Counts(NamedTuple):
+    """The denominators of the loss terms: the answer tokens and each step's rows, as their sum
+    over ranks / world size (:func:`mmldlm.nn.rank_share`) while training under a process group.
+    A rank's summed term divided by them makes the ranks' mean (DDP's gradient average) the global
+    batch's mean: W ranks train exactly as 1 rank. Counted once per step from the answer masks,
+    outside any activation checkpoint, so a recomputed forward issues no collective."""
+
+    tokens: torch.Tensor  # [] real answer tokens
+    steps: torch.Tensor  # [W] rows that have answer token t (W: the longest answer any rank can have)
+
+
+def counts(mask: torch.Tensor, width: int) -> Counts:
+    """The global shares of ``mask [B, T]``'s tokens and per-step rows (this rank's when alone),
+    the steps padded to ``width`` >= T: ranks' batches have answers of different lengths, and a
+    collective needs the same size on every rank."""
+    from mmldlm.nn import rank_share
+
+    steps = F.pad(mask.sum(0), (0, width - mask.shape[1]))
+    both = rank_share(torch.cat([mask.sum().view(1), steps]).float())
+    return Counts(both[0], both[1:])
+
+
 class TokenCE(NamedTuple):
     ce: torch.Tensor  # [B, T] per-token CE, 0 where masked
     mask: torch.Tensor  # [B, T] bool
+    n: Counts
 
 
-def token_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> TokenCE:
-    """Per-token CE of ``logits [B, T, V]`` against ``targets [B, T]`` (float32)."""
+def token_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n: Counts | None = None) -> TokenCE:
+    """Per-token CE of ``logits [B, T, V]`` against ``targets [B, T]`` (float32); ``n``: the
+    denominators (None: this batch's own counts)."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-    return TokenCE(ce * mask, mask)
+    n = n if n is not None else Counts(mask.sum().float(), mask.sum(0).float())
+    return TokenCE(ce * mask, mask, n)
 
 
 def tf_loss(t: TokenCE) -> torch.Tensor:
-    """Teacher-forced CE: the mean over every real answer token of the batch."""
-    return t.ce.sum() / t.mask.sum().clamp_min(1)
+    """Teacher-forced CE: the mean over every real answer token of the (global) batch."""
+    return t.ce.sum() / t.n.tokens.clamp_min(1)
 
 
-def step_means(t: TokenCE, K: int) -> torch.Tensor:
-    """CE of each of the first ``K`` steps, averaged over the rows that have that token ``[k]``."""
-    ce, mask = t.ce[:, :K], t.mask[:, :K]
-    active = mask.sum(0)
-    return ce.sum(0)[active > 0] / active[active > 0]
+def _per_step_mean(values: torch.Tensor, steps: torch.Tensor, K: int) -> torch.Tensor:
+    """``values [B, <= K]`` (0 where a row lacks the step) summed per step over the rows that
+    have it, then the mean over those of the first ``K`` steps some row of the global batch has
+    (this rank's answers may be shorter than another's: its missing steps add 0)."""
+    K = min(K, steps.shape[0])
+    sums = F.pad(values[:, :K].sum(0), (0, K - min(K, values.shape[1])))
+    active = steps[:K]
+    return (sums[active > 0] / active[active > 0]).mean()
 
 
 def first_loss(t: TokenCE) -> torch.Tensor:
     """CE of the first answer token (never BOS: answers carry no special tokens)."""
-    return step_means(t, 1)[0]
+    return _per_step_mean(t.ce, t.n.steps, 1)
 
 
 def kce_loss(t: TokenCE, K: int) -> torch.Tensor:
     """The mean over the first ``K`` steps of each step's CE (the original's K-token CE)."""
-    return step_means(t, K).mean()
+    return _per_step_mean(t.ce, t.n.steps, K)
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float,
+            n: Counts | None = None, K: int | None = None) -> torch.Tensor:
     """``KL(teacher || student) * tau^2`` at temperature ``tau``, batch-mean per step over the rows
-    that have the step, then the mean over steps. ``student``/``teacher`` ``[B, K, V]`` logits for
-    the same answer tokens, ``mask [B, K]``."""
+    that have the step, then the mean over the first ``K`` steps (None: all given). ``student`` /
+    ``teacher`` ``[B, k, V]`` logits for the same answer tokens, ``mask [B, k]``, ``n`` the
+    denominators (None: this batch's)."""
     s = F.log_softmax(student.float() / tau, -1)
     p_t = F.log_softmax(teacher.float() / tau, -1)
-    kl = (p_t.exp() * (p_t - s)).sum(-1) * mask  # [B, K]
-    active = mask.sum(0)
-    return (kl.sum(0)[active > 0] / active[active > 0]).mean() * tau * tau
+    kl = (p_t.exp() * (p_t - s)).sum(-1) * mask  # [B, k]
+    steps = n.steps if n is not None else mask.sum(0).float()
+    return _per_step_mean(kl, steps, K or mask.shape[1]) * tau * tau
 
 
-def state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of the MSE between hidden states ``[B, K, H]`` at the same answer steps."""
+def state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor,
+               n: Counts | None = None, K: int | None = None) -> torch.Tensor:
+    """Mean over layers of the MSE between hidden states ``[B, k, H]`` at the same answer steps
+    (the first ``K`` of the global batch; None: all given)."""
     m = mask.unsqueeze(-1).float()
-    per = [((s.float() - t.float()).pow(2) * m).sum() / (m.sum() * s.shape[-1]).clamp_min(1)
+    rows = (n.steps if n is not None else mask.sum(0).float())[: K or mask.shape[1]].sum()
+    per = [((s.float() - t.float()).pow(2) * m).sum() / (rows * s.shape[-1]).clamp_min(1)
            for s, t in zip(student, teacher)]
     return torch.stack(per).mean()
 
@@ -95,6 +128,11 @@ def first_weight(step: int, total_steps: int, loss) -> float:
 
 def autoscale(weight: float, first: torch.Tensor, tf: torch.Tensor) -> torch.Tensor:
     """The original's first-token auto-scale: when the first-token CE exceeds the TF CE, the weight
-    is multiplied by ``clip(first / tf, 1, 8)`` (a detached factor, computed on the device)."""
-    ratio = first.detach() / tf.detach().abs().clamp_min(1e-4)
+    is multiplied by ``clip(first / tf, 1, 8)`` (a detached factor, computed on the device). Under
+    a process group the ratio is the global batch's (every rank's term is its share of the global
+    mean, so their mean over ranks is that mean): each rank scales by the same factor."""
+    from mmldlm.nn import rank_share
+
+    both = rank_share(torch.stack([first.detach(), tf.detach()]).float())
+    ratio = both[0] / both[1].abs().clamp_min(1e-4)
     return weight * ratio.clamp(1.0, 8.0)

@@ -65,6 +65,7 @@ class LatentWireObjective(Objective):
         self.infos = {n: token_info(tokenizers[n], m, getattr(llms[n].generation_config, "eos_token_id", None))
                       for n in self.names}
         self.M, self.encoder_dim = total_latent_len(m), m.d_z
+        self.max_answer = m.max_answer_tokens
         self.encoder = build_encoder(m, self.names)
         self.adapters = nn.ModuleDict()
         self.emb_rms: dict[str, float] = {}
@@ -130,55 +131,90 @@ class LatentWireObjective(Objective):
         return out.logits[:, :T], hidden
 
     # -- training -------------------------------------------------------------------------------
-    def model_terms(self, n: str, z: torch.Tensor, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    def model_terms(self, n: str, z: torch.Tensor, batch: dict, counts: L.Counts) -> dict[str, torch.Tensor]:
+        """LLM ``n``'s unweighted loss terms on the batch (and two detached statistics)."""
         lc, K = self.lcfg, self.lcfg.K
         ans, mask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
         prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
         layers = list(lc.state_kd_layers) if lc.state_kd_weight > 0 else None
         logits, hidden = self.answer_logits(n, self.head(n, prefix), ans, mask, layers)
-        ce = L.token_ce(logits, ans, mask)
+        ce = L.token_ce(logits, ans, mask, counts)
         t = {"tf": L.tf_loss(ce), "first": L.first_loss(ce), "kce": L.kce_loss(ce, K)}
-        w_first = L.first_weight(step, self.total_steps, lc)
-        if lc.first_token_autoscale:
-            w_first = L.autoscale(w_first, t["first"], t["tf"])
-        loss = lc.tf_weight * t["tf"] + w_first * t["first"] + lc.k_ce_weight * t["kce"]
         if lc.kd_first_k_weight > 0 or layers:
             k = min(K, ans.shape[1])
             with torch.no_grad():
                 teacher, t_hidden = self.text_logits(n, batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"],
                                                      ans.shape[1], layers)
             if lc.kd_first_k_weight > 0:
-                t["kd"] = L.kd_loss(logits[:, :k], teacher[:, :k], mask[:, :k], lc.kd_tau)
-                loss = loss + lc.kd_first_k_weight * t["kd"]
+                t["kd"] = L.kd_loss(logits[:, :k], teacher[:, :k], mask[:, :k], lc.kd_tau, counts, K)
             if layers:
-                t["state"] = L.state_loss([h[:, :k] for h in hidden], [h[:, :k] for h in t_hidden], mask[:, :k])
-                loss = loss + lc.state_kd_weight * t["state"]
+                t["state"] = L.state_loss([h[:, :k] for h in hidden], [h[:, :k] for h in t_hidden], mask[:, :k],
+                                          counts, K)
         with torch.no_grad():
             top1 = (logits[:, 0].argmax(-1) == ans[:, 0]).float().mean()
-        return {"loss": loss, "first_weight": torch.as_tensor(w_first, dtype=torch.float32), "first_acc": top1,
-                "raw_rms": prefix_rms(raw.detach()).mean(), **t}
+        return {**t, "first_acc": top1, "raw_rms": prefix_rms(raw.detach()).mean()}
+
+    def weighted(self, t: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(one LLM's loss: its terms under their weights, the first-token weight used)."""
+        lc = self.lcfg
+        w_first = L.first_weight(step, self.total_steps, lc)
+        if lc.first_token_autoscale:
+            w_first = L.autoscale(w_first, t["first"], t["tf"])
+        loss = lc.tf_weight * t["tf"] + w_first * t["first"] + lc.k_ce_weight * t["kce"]
+        if "kd" in t:
+            loss = loss + lc.kd_first_k_weight * t["kd"]
+        if "state" in t:
+            loss = loss + lc.state_kd_weight * t["state"]
+        return loss, torch.as_tensor(w_first, dtype=torch.float32)
 
     def forward(self, batch: dict, step: int):
         z = self.encoder(batch)
         per: dict[str, dict[str, torch.Tensor]] = {}
+        losses = []
         for n in self.names:
+            # the global denominators, counted here: a checkpointed forward recomputed in backward
+            # must not issue collectives of its own
+            counts = L.counts(batch[f"{n}.answer_mask"], self.max_answer + 1)
             if self.sequential and torch.is_grad_enabled():  # this model's activations: recomputed in backward
-                per[n] = checkpoint(self.model_terms, n, z[n], batch, step, use_reentrant=False)
+                per[n] = checkpoint(self.model_terms, n, z[n], batch, counts, use_reentrant=False)
             else:
-                per[n] = self.model_terms(n, z[n], batch, step)
+                per[n] = self.model_terms(n, z[n], batch, counts)
+            loss_n, per[n]["first_weight"] = self.weighted(per[n], step)
+            losses.append(loss_n)
             if self.training:
                 stats = getattr(self, f"raw_rms_{n}")
                 stats += torch.stack([per[n]["raw_rms"].double(), stats.new_ones(())])
         scale_pen = sum((a.scale - 1).pow(2).sum() for a in self.adapters.values())
-        loss = torch.stack([per[n]["loss"] for n in self.names]).mean() + self.lcfg.scale_l2 * scale_pen
+        loss = torch.stack(losses).mean() + self.lcfg.scale_l2 * scale_pen
         metrics = {"scale_pen": scale_pen.detach()}
         for key in per[self.names[0]]:
-            if key == "loss":
-                continue
             vals = [per[n][key].detach().float() for n in self.names]
             metrics.update({f"{key}/{n}": v for n, v in zip(self.names, vals)})
             metrics[key] = torch.stack(vals).mean()
         return loss, metrics
+
+    def example_batch(self, cfg, device="meta") -> dict:
+        """The batch at the configured size, for the estimator: ``max_bytes`` source bytes (or
+        MiniLM's 256 tokens), ``max_answer_tokens`` + EOS answer tokens, and KD teacher rows of
+        ``max_bytes / 4`` source tokens (about 4 bytes per BPE token of English) + the anchor + the answer."""
+        m, B = cfg.model, cfg.training.train_batch_size
+
+        def ids(*shape, dtype=torch.long):
+            return torch.empty(*shape, dtype=dtype, device=device)
+
+        if m.encoder_type == "simple-st":
+            batch = {"st_ids": ids(B, 256), "st_mask": ids(B, 256, dtype=torch.bool)}
+        else:
+            batch = {"bytes": ids(B, m.max_bytes), "bytes_mask": ids(B, m.max_bytes, dtype=torch.bool)}
+        batch["index"] = ids(B)
+        T = m.max_answer_tokens + 1
+        for n in self.names:
+            batch.update({f"{n}.answer": ids(B, T), f"{n}.answer_mask": ids(B, T, dtype=torch.bool),
+                          f"{n}.answer_len": ids(B)})
+            if self.lcfg.kd_first_k_weight > 0 or self.lcfg.state_kd_weight > 0:
+                S = m.max_bytes // 4 + len(self.infos[n].anchor_ids) + T
+                batch.update({f"{n}.teacher": ids(B, S), f"{n}.teacher_mask": ids(B, S, dtype=torch.bool)})
+        return batch
 
     def count(self, batch: dict) -> BatchCount:
         """Samples, and the LLM positions of the batch (student + teacher, every model)."""
@@ -212,7 +248,10 @@ class LatentWireObjective(Objective):
 
 def load_tokenizers(m) -> dict:
     from mmldlm.data.tokenizer import load_tokenizer
+    from mmldlm.estimate.shapes import is_shape_only, tokenizer_for
 
+    if is_shape_only():  # the estimator: a stand-in where the tokenizer is not on this machine
+        return {s.name: tokenizer_for(s.path) for s in m.llms}
     return {s.name: load_tokenizer(s.path, m.trust_remote_code, m.local_files_only, key=f"model.llms[{i}].path")
             for i, s in enumerate(m.llms)}
 

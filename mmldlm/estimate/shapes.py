@@ -52,6 +52,17 @@ class ShapeTokenizer:
     def __len__(self) -> int:
         return self.vocab
 
+    def __call__(self, texts, add_special_tokens: bool = False) -> dict:
+        """Stand-in ids of the right length only: one token per 4 characters (about BPE's rate on
+        English), id 0; for the few short strings a model's input layout depends on (an anchor)."""
+        rows = [[0] * -(-len(t) // 4) for t in ([texts] if isinstance(texts, str) else texts)]
+        return {"input_ids": rows[0] if isinstance(texts, str) else rows}
+
+    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False) -> str:
+        """A ChatML-like rendering (a header's length is what a shape depends on)."""
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
     @property
     def all_special_ids(self) -> list[int]:
         ids = (self.pad_token_id, self.eos_token_id, self.bos_token_id, self.cls_token_id, self.sep_token_id,
