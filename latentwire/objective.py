@@ -131,8 +131,25 @@ class LatentWireObjective(Objective):
         return out.logits[:, :T], hidden
 
     # -- training -------------------------------------------------------------------------------
-    def model_terms(self, n: str, z: torch.Tensor, batch: dict, counts: L.Counts) -> dict[str, torch.Tensor]:
-        """LLM ``n``'s unweighted loss terms on the batch (and two detached statistics)."""
+    @torch.no_grad()
+    def teacher_targets(self, n: str, batch: dict) -> tuple[torch.Tensor, list | None] | None:
+        """The KD / state targets of LLM ``n`` (the same frozen LLM reading ``source + anchor``),
+        first K answer steps only: (logits [B, k, V], hidden states or None); None when both terms
+        are off. Computed outside the per-model activation checkpoint, so ``sequential_models``
+        recomputes the student's forward only, never this longer one."""
+        lc = self.lcfg
+        layers = list(lc.state_kd_layers) if lc.state_kd_weight > 0 else None
+        if not (lc.kd_first_k_weight > 0 or layers):
+            return None
+        T = batch[f"{n}.answer"].shape[1]
+        logits, hidden = self.text_logits(n, batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"], T, layers)
+        k = min(lc.K, T)
+        return logits[:, :k], None if hidden is None else [h[:, :k] for h in hidden]
+
+    def model_terms(self, n: str, z: torch.Tensor, batch: dict, counts: L.Counts,
+                    teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+        """LLM ``n``'s unweighted loss terms on the batch (and two detached statistics);
+        ``teacher``: :meth:`teacher_targets`."""
         lc, K = self.lcfg, self.lcfg.K
         ans, mask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
         prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
@@ -140,16 +157,13 @@ class LatentWireObjective(Objective):
         logits, hidden = self.answer_logits(n, self.head(n, prefix), ans, mask, layers)
         ce = L.token_ce(logits, ans, mask, counts)
         t = {"tf": L.tf_loss(ce), "first": L.first_loss(ce), "kce": L.kce_loss(ce, K)}
-        if lc.kd_first_k_weight > 0 or layers:
-            k = min(K, ans.shape[1])
-            with torch.no_grad():
-                teacher, t_hidden = self.text_logits(n, batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"],
-                                                     ans.shape[1], layers)
+        if teacher is not None:
+            t_logits, t_hidden = teacher
+            k = t_logits.shape[1]
             if lc.kd_first_k_weight > 0:
-                t["kd"] = L.kd_loss(logits[:, :k], teacher[:, :k], mask[:, :k], lc.kd_tau, counts, K)
+                t["kd"] = L.kd_loss(logits[:, :k], t_logits, mask[:, :k], lc.kd_tau, counts, K)
             if layers:
-                t["state"] = L.state_loss([h[:, :k] for h in hidden], [h[:, :k] for h in t_hidden], mask[:, :k],
-                                          counts, K)
+                t["state"] = L.state_loss([h[:, :k] for h in hidden], t_hidden, mask[:, :k], counts, K)
         with torch.no_grad():
             top1 = (logits[:, 0].argmax(-1) == ans[:, 0]).float().mean()
         return {**t, "first_acc": top1, "raw_rms": prefix_rms(raw.detach()).mean()}
@@ -175,10 +189,11 @@ class LatentWireObjective(Objective):
             # the global denominators, counted here: a checkpointed forward recomputed in backward
             # must not issue collectives of its own
             counts = L.counts(batch[f"{n}.answer_mask"], self.max_answer + 1)
+            teacher = self.teacher_targets(n, batch)
             if self.sequential and torch.is_grad_enabled():  # this model's activations: recomputed in backward
-                per[n] = checkpoint(self.model_terms, n, z[n], batch, counts, use_reentrant=False)
+                per[n] = checkpoint(self.model_terms, n, z[n], batch, counts, teacher, use_reentrant=False)
             else:
-                per[n] = self.model_terms(n, z[n], batch, counts)
+                per[n] = self.model_terms(n, z[n], batch, counts, teacher)
             loss_n, per[n]["first_weight"] = self.weighted(per[n], step)
             losses.append(loss_n)
             if self.training:

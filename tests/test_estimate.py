@@ -87,3 +87,14 @@ def test_configs_that_need_files_or_a_hub_dataset_are_estimated_without_them():
     for name in ("gidd", "hdlm-small-cluster_64-gamma_1.0-xi_1.0", "lm1b-hdlm-small-cluster_64-gamma_1.0-xi_1.0"):
         e = estimate(name, ["training.train_batch_size=1", "data.max_seq_len=64"])
         assert e.params_total > 1e8 and e.fits_80gb, name
+
+
+def test_latentwire_and_image_configs_are_estimated_without_llms_or_a_codebook():
+    """LatentWire's default LLMs (not on this machine) from their config values: 8.03 B + 7.62 B
+    frozen parameters, a few M trainable; the discrete image MMDiT without its codebook file (only
+    its size shapes the model) costs what the continuous one does, give or take its heads."""
+    lw = estimate("latentwire", ["model.anchor_text='Answer: '", "model.max_bytes=256"])
+    assert 15.6e9 < lw.params_total < 15.7e9 and lw.params_trainable < 2e7 and lw.flops_per_step > 0
+    cont, disc = (estimate(n, ["training.train_batch_size=2", "model=tiny"]) for n in ("image_continuous",
+                                                                                   "image_discrete"))
+    assert disc.params_total > 0 and 0.5 < disc.flops_per_step / cont.flops_per_step < 2

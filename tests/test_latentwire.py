@@ -256,8 +256,8 @@ def test_defaults_terms_logged_mean_over_models_and_sequential_models_same_gradi
         if not sequential:
             with torch.no_grad():
                 z = obj.encoder(batch)
-                per = [obj.weighted(obj.model_terms(n, z[n], batch, L.counts(batch[f"{n}.answer_mask"], 33)), 0)[0]
-                       for n in ("llama", "qwen")]
+                per = [obj.weighted(obj.model_terms(n, z[n], batch, L.counts(batch[f"{n}.answer_mask"], 33),
+                                                    obj.teacher_targets(n, batch)), 0)[0] for n in ("llama", "qwen")]
             torch.testing.assert_close(loss.detach(), (per[0] + per[1]) / 2)  # scale_pen is 0 at init
         loss.backward()
         grads.append([p.grad.clone() for p in obj.parameters() if p.requires_grad])
