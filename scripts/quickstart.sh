@@ -21,7 +21,7 @@
 #   about 15 minutes on 2 cores (200 steps of ~2.5 s, two evals of 1-2 minutes)
 # Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (2000),
 # BRIDGE_STEPS (100), MAX_TEXTS (all), IMAGE (0 | 1 | only), IMAGE_STEPS (3000),
-# LATENTWIRE (0 | 1 | only), LATENTWIRE_EPOCHS (see latentwire_stage).
+# LATENTWIRE (0 | 1 | only), LATENTWIRE_EPOCHS (50), LATENTWIRE_SAMPLES (64).
 # Rerunning reuses finished work and resumes training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
