@@ -187,12 +187,17 @@ def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> lis
 
 
 def write_records(records: list[dict], path: str | Path) -> Path:
-    """QA records as JSONL (atomically: ranks writing the same file never expose half of it)."""
+    """QA records as JSONL. Every torchrun rank calls this with the same records: a file that
+    already holds them is left alone (its index stays valid), and each writer renames its own
+    temporary file over the target, so ranks racing never expose half a file or lose a rename."""
     from mmldlm.io import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return path
+    write_text_atomic(path, text, unique_tmp=True)
     return path
 
 
