@@ -25,6 +25,6 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # CPU runs: glibc serves each tensor above 32 MiB with its own mmap and unmaps it on free, then trims
 # the heap top, so every step page-faults its large tensors back in (a tiny MMDiT's 16 x 64 x 30,522
-# logits: 55 s of a 24-step CPU run went to 32 s of system time). Keeping them in the heap: 21.5 s.
-# A peak RSS ~40 % higher for it; set either variable yourself to override.
+# logits: 32 of a 24-step CPU run's 54 s were system time). Kept in the heap: 21 s, for a peak RSS
+# ~40 % higher (docs/performance.md); set either variable yourself to override.
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1073741824} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
