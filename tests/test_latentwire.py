@@ -32,17 +32,9 @@ def _smollm2_gguf():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tokenizer_path) -> dict:
+def tiny(tiny_qa_llms) -> dict:
     """{llama: dir, qwen: dir} of tiny random LLMs (SmolLM2's tokenizer / bert's)."""
-    from transformers import AutoTokenizer
-
-    from latentwire.llm import make_tiny_llm
-
-    d = tmp_path_factory.mktemp("latentwire")
-    gguf = _smollm2_gguf()
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(d / "smol_tok")
-    return {"llama": str(make_tiny_llm(d / "llama", "llama", d / "smol_tok")),
-            "qwen": str(make_tiny_llm(d / "qwen", "qwen3", tokenizer_path))}
+    return tiny_qa_llms
 
 
 def lw_cfg(llms: dict, **over):
