@@ -33,13 +33,17 @@ def _squad_source(context: str, question: str) -> str:
     return f"Context: {context}\nQuestion: {question}\n"
 
 
+def _read_json(path: Path, kind: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, None, f"not a readable {kind} JSON file ({e})") from None
+
+
 def read_squad(path: str | Path) -> list[dict]:
     """Every question of a SQuAD v1.1-format JSON file, in file order, with all its answers."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, None, f"not a readable SQuAD JSON file ({e})") from None
+    doc = _read_json(path, "SQuAD")
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(path, None, "expected SQuAD format: an object with a 'data' list of articles")
     out: list[dict] = []
@@ -91,10 +95,7 @@ def hotpot_context(ex: dict, k_sent: int = 4, max_items: int = 3, neighbor: int 
 def read_hotpot(path: str | Path) -> list[dict]:
     """Every question of a HotpotQA JSON file (a list of examples), in file order."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, None, f"not a readable HotpotQA JSON file ({e})") from None
+    doc = _read_json(path, "HotpotQA")
     if not isinstance(doc, list):
         raise DataError(path, None, "expected HotpotQA format: a list of {question, answer, context, ...}")
     out = []
