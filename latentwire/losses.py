@@ -51,8 +51,7 @@ class TokenCE(NamedTuple):
 def token_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n: Counts | None = None) -> TokenCE:
     """Per-token CE of ``logits [B, T, V]`` against ``targets [B, T]`` (float32); ``n``: the
     denominators (None: this batch's own counts)."""
-    B, T, V = logits.shape  # rows of [B*T, V]: the transposed layout costs a vocabulary-sized temporary
-    ce = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     n = n if n is not None else Counts(mask.sum().float(), mask.sum(0).float())
     return TokenCE(ce * mask, mask, n)
 
