@@ -34,6 +34,7 @@ from mmldlm.diffusion.noise import keyed_uniform, position_uniforms
 from mmldlm.eval.likelihood import Nelbo
 from mmldlm.nn import masked_mean, rank_share
 from mmldlm.objective import Objective, register
+from mmldlm.sources import Kind, Source
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -327,7 +328,7 @@ def build_gidd(cfg, tokenizer) -> DiffusionLM:
     return DiffusionLM(cfg, tokenizer, process, len(tokenizer))
 
 
-def build_hdlm(cfg, tokenizer) -> DiffusionLM:
+def build_hdlm(cfg, tokenizer, clusters_file: Path | None = None) -> DiffusionLM:
     from mmldlm.diffusion.hdlm import HierarchicalDiffusion, load_clusters
 
     mask_id, excluded = _excluded_and_mask(tokenizer)
@@ -335,12 +336,10 @@ def build_hdlm(cfg, tokenizer) -> DiffusionLM:
     if lo.loss_weighting is LossWeighting.dynamic:
         raise ConfigError("loss.loss_weighting: HDLM's training weights are its ELBO weights, clipped (clip) or not "
                           "(none); dynamic is GIDD's")
-    from mmldlm.estimate.shapes import is_shape_only
-
-    if is_shape_only() and not Path(m.cluster_dict_path).is_file():  # the estimator: sizes, not the clusters
+    if clusters_file is None:  # the estimator without the file: its sizes are all it needs
         clusters = torch.arange(len(tokenizer), device="cpu") % m.cluster_size
     else:
-        clusters = _config_errors(load_clusters, m.cluster_dict_path, len(tokenizer), key="model.cluster_dict_path")
+        clusters = _config_errors(load_clusters, str(clusters_file), len(tokenizer), key="model.cluster_dict_path")
     n = int(clusters.max()) + 1
     if n != m.cluster_size:
         raise ConfigError(f"model.cluster_size={m.cluster_size} but {m.cluster_dict_path} holds {n} clusters")
@@ -375,11 +374,22 @@ BUILDERS = {"mdlm": build_mdlm, "gidd": build_gidd, "hdlm": build_hdlm, "ar": bu
             "mdlm_cross_attention": build_latent}
 
 
-def build(cfg, tokenizer) -> Objective:
+def build(cfg, sources) -> Objective:
     """The objective ``loss.loss_type`` names (the schema made sure it is the config's objective)."""
-    return BUILDERS[cfg.loss.loss_type.name](cfg, tokenizer)
+    kind = cfg.loss.loss_type.name
+    if kind == "hdlm":
+        return build_hdlm(cfg, sources.tokenizer, sources.file("clusters"))
+    return BUILDERS[kind](cfg, sources.tokenizer)
+
+
+def hdlm_sources(cfg) -> list[Source]:
+    """HDLM's cluster table (``model.cluster_dict_path``), made offline by baseline.build_clusters."""
+    m = cfg.model
+    hint = (f"build it offline: python -m baseline.build_clusters --model DIR_WITH_TOKEN_EMBEDDINGS --n-clusters "
+            f"{m.cluster_size} --out {m.cluster_dict_path}")
+    return [Source("clusters", Kind.file, "model.cluster_dict_path", m.cluster_dict_path, hint=hint)]
 
 
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None)

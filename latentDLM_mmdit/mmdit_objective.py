@@ -268,8 +268,8 @@ class MMDiTObjective(Objective):
         return [*self.model.backbone.blocks, self.model]
 
 
-def build(cfg, tokenizer) -> MMDiTObjective:
-    return MMDiTObjective(cfg, tokenizer)
+def build(cfg, sources) -> MMDiTObjective:
+    return MMDiTObjective(cfg, sources.tokenizer)
 
 
 register("mmdit", MMDiTRunConfig, build, CONFIGS)
