@@ -378,7 +378,7 @@ def build(cfg, sources) -> Objective:
     """The objective ``loss.loss_type`` names (the schema made sure it is the config's objective)."""
     kind = cfg.loss.loss_type.name
     if kind == "hdlm":
-        return build_hdlm(cfg, sources.tokenizer, sources.file("clusters"))
+        return build_hdlm(cfg, sources.tokenizer, sources.path("clusters"))
     return BUILDERS[kind](cfg, sources.tokenizer)
 
 

@@ -256,8 +256,7 @@ def build_continuous(cfg, sources) -> ContinuousImageObjective:
 
 
 def build_discrete(cfg, sources) -> DiscreteImageObjective:
-    codebook = sources.resolved.get("codebook")
-    return DiscreteImageObjective(cfg, sources.tokenizer, codebook.path if codebook else None)
+    return DiscreteImageObjective(cfg, sources.tokenizer, sources.path("codebook"))
 
 
 register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS)

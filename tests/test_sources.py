@@ -120,6 +120,16 @@ def test_resume_refuses_a_changed_tokenizer_naming_the_override(run_tiny, tmp_pa
     assert "vocab.txt differ" in err and "training.allow_source_change=true" in err
     p = run_tiny(*common, "training.num_train_steps=3", "training.resume=auto", "training.allow_source_change=true")
     assert "continuing with it" in p.stdout + p.stderr
+    # latents rewritten in place (same records, same files): refused too, naming the shard
+    import numpy as np
+
+    shard = sorted((tmp_path / "data").rglob("*.npy"))[0]
+    np.save(shard, np.load(shard) * 2)
+    common += ["training.allow_source_change=false"]
+    p = run_tiny(*common, "training.num_train_steps=4", "training.resume=auto", expect_ok=False)
+    err = p.stdout + p.stderr
+    assert p.returncode == 1 and "source latents (data.latent_data_root) changed" in err, err[-2000:]
+    assert f"{shard.name} differ" in err
 
 
 # -- trust ------------------------------------------------------------------------------------------------
@@ -162,6 +172,21 @@ def write_checkpoint(run: Path, obj, config: dict, sources: dict | None = None) 
                                "sources": sources or {}}, keep_last=1)
 
 
+def test_init_from_refuses_what_it_cannot_carry(tiny_wedlm_dir):
+    """LoRA adapters into a run without adapters would be dropped: refused, saying what to do."""
+    from mmldlm.config import ConfigError
+    from mmldlm.sources import build_loaded
+    from mmldlm.train import checkpointing as C
+
+    base = ["model=tiny", f"model.pretrained_local_dir={tiny_wedlm_dir}", f"data.tokenizer_name={tiny_wedlm_dir}",
+            "data.data_files.train=x", "data.max_seq_len=32", "training.task=joint"]
+    lora = build_loaded(compose("wedlm8b_ar_bridge", [*base, "model.lora_r=2"]))
+    full = build_loaded(compose("wedlm8b_ar_bridge", [*base, "model.freeze_backbone=false"]))
+    trained = {k: v for k, v in lora.state_dict().items() if k in C.saved_keys(lora)}
+    with pytest.raises(ConfigError, match=r"trained tensors of runs/lora have no place .*export the LoRA run"):
+        C.carry_over(full, trained, "runs/lora")
+
+
 # -- FSDP: built on meta, sharded, then each rank reads its own rows ------------------------------------
 @pytest.mark.slow
 def test_fsdp_ranks_read_only_their_shards_of_a_pretrained_backbone(tmp_path, tiny_wedlm_dir):
@@ -180,6 +205,11 @@ FAMILIES = {
     "ar": ["model=tiny", "model.n_blocks=1"],
     "hdlm-small-cluster_64-gamma_1.0-xi_1.0": ["model=tiny", "model.n_blocks=1", "model.cluster_size=4"],
     "mmdit": ["model=tiny", "model.n_blocks=1", "data.latent_dim=384", "data.max_seq_len=32"],
+    "gidd": ["model=tiny", "model.n_blocks=1", "model.p_uniform=0.1"],
+    "mdlm_cross_attention": ["model=tiny", "model.n_blocks=1", "model.latent_dim=16", "data.latent_data_root=x",
+                             "data.data_files.validation=null"],
+    "t2l_regression": ["model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2"],
+    "image_continuous": ["model=tiny"],
     "image_discrete": ["model=tiny"],
 }
 
@@ -246,6 +276,34 @@ def test_run_export_from_pretrained_gives_the_same_numbers(name, tmp_path, token
         with torch.no_grad():
             model.result = model(batch, 3)[0]
     torch.testing.assert_close(again.result, obj.result, rtol=0, atol=0)
+
+
+def test_latentwire_run_export_from_pretrained_gives_the_same_numbers(tiny_qa_llms, tmp_path):
+    """LatentWire exports its encoder and adapters; its frozen LLMs stay sources, reloaded from
+    where the run recorded them and checked against their fingerprints."""
+    import mmldlm
+    from latentwire.data import synthetic_qa
+    from latentwire.objective import collator
+    from mmldlm.export import export
+    from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
+
+    cfg = lw_cfg(tiny_qa_llms)
+    sources = open_sources(cfg, lookup("latentwire"))
+    torch.manual_seed(0)
+    obj = lookup("latentwire").build(cfg, sources)
+    sources.load(obj, "cpu")
+    write_checkpoint(tmp_path / "run", obj, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                     sources.records())
+    export(tmp_path / "run", tmp_path / "export")
+    again, _, _ = mmldlm.from_pretrained(str(tmp_path / "export"))
+    trained = set(json.loads((tmp_path / "export" / "config.json").read_text())["mmldlm"]["sources"])
+    assert {"llm.llama", "llm.qwen", "tokenizer"} <= trained
+    records = synthetic_qa(4, seed=1)
+    batch = collator(cfg, sources)([{"index": i, "record": r} for i, r in enumerate(records)]).batch
+    obj.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch, 3)[0], obj(batch, 3)[0], rtol=0, atol=0)
 
 
 def test_an_export_never_writes_into_its_inputs_and_a_failed_one_leaves_nothing(tmp_path, tokenizer_path,

@@ -89,11 +89,10 @@ class Sources:
         return self.tokenizer_of(TOKENIZER)
 
     def path(self, name: str) -> Path | None:
-        """Where a source is (None: not on this machine; only while estimating)."""
-        return self.resolved[name].path
-
-    def file(self, name: str) -> Path | None:
-        return self.path(name)
+        """Where a source is (None: not on this machine, only while estimating; or not needed: a
+        source the checkpoint being rebuilt carries)."""
+        r = self.resolved.get(name)
+        return r.path if r is not None else None
 
     def raw_config(self, name: str) -> dict:
         """A model source's ``config.json`` as read (while estimating without it: its shape's values,

@@ -34,6 +34,7 @@ from mmldlm.data.records import DataError
 from mmldlm.objective import lookup
 from mmldlm.prefetch import PrefetchError
 from mmldlm.sources import SourceError, check_unchanged, open_sources
+from mmldlm.sources.fingerprint import latents_record
 from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
@@ -160,6 +161,9 @@ class _Loop:
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
                                pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
                                fields=self.entry.records, collate=collate)
+        latents = _agree(lambda: latents_record(list(self.data.latent_shards), "data.latent_data_root"), dist)
+        if latents:  # the latents the records read, as a source: rewritten in place is refused on resume
+            self.source_records["latents"] = latents
         if dist.is_main:
             self.lock = RunDirLock(self.run_dir)
         _agree(lambda: self.lock.acquire(), dist)
