@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from mmldlm.sources import LoadPolicy, SourceError
+from mmldlm.sources.cli import add_policy_args, policy_of
 from mmldlm.sources.resolve import TOKENIZER_FILES
 from mmldlm.train.rebuild import EXPORT_CONFIG, EXPORT_KEY, EXPORT_WEIGHTS, open_saved, rebuild_from_checkpoint
 
@@ -131,39 +132,12 @@ def write_dir(out: Path, inputs: dict[str, Path], overwrite: bool, fill) -> Path
     return out
 
 
-def add_policy_args(ap: argparse.ArgumentParser) -> None:
-    """The flags of a CLI that rebuilds a run: where its sources are here, and what is allowed."""
-    ap.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
-                    help="where a source of the run is on this machine (backbone, tokenizer, llm.NAME ...); "
-                         "default: the path the run recorded, if it is here and unchanged")
-    ap.add_argument("--backbone-dir", default=None, help="the same as --source backbone=DIR")
-    ap.add_argument("--trust-remote-code", action="store_true",
-                    help="let the code of the directories named on this command line run (only if you trust them)")
-    ap.add_argument("--allow-download", action="store_true",
-                    help="let sources come from the hub (default: local files and the hub cache only)")
-    ap.add_argument("--allow-source-change", action="store_true",
-                    help="accept a source whose fingerprint differs from the one the run trained with")
-
-
-def policy_of(args) -> LoadPolicy:
-    paths = {}
-    for spec in args.source:
-        name, eq, path = spec.partition("=")
-        if not eq or not name:
-            raise SystemExit(f"error: --source: expected NAME=PATH, got {spec!r}")
-        paths[name] = path
-    if args.backbone_dir:
-        paths["backbone"] = args.backbone_dir
-    return LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
-                      paths=paths, allow_source_change=args.allow_source_change)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mmldlm.export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m mmldlm.export", doc: str = __doc__) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint), a checkpoint, or "
                                                         "an export")
-    ap.add_argument("--out", required=True, help="the directory to write (must not exist, or be empty)")
+    ap.add_argument("--out", "--output", dest="out", required=True,
+                    help="the directory to write (must not exist, or be empty)")
     ap.add_argument("--no-ema", dest="ema", action="store_false", help="the raw weights, not the run's EMA")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out once the export is complete")
     add_policy_args(ap)

@@ -34,7 +34,8 @@ from mmldlm.config import ConfigError, RunConfig, TrainingConfig
 from mmldlm.data.collate import mean_latent
 from mmldlm.nn import global_rms, pool
 from mmldlm.objective import Objective, register
-from mmldlm.sources import LoadPolicy, SourceError
+from mmldlm.sources import SourceError
+from mmldlm.sources.cli import policy_of
 from mmldlm.sources.weights import add_lora
 from mmldlm.train.rebuild import rebuild_from_checkpoint
 from wedlm_bridge.backbone import BackboneConfig, backbone_sources, build_backbone
@@ -326,34 +327,14 @@ def load_bridge(checkpoint: str, device: str = "cpu", policy=None):
     return rebuild_from_checkpoint(checkpoint, device, policy, expect="bridge")
 
 
-def add_load_policy_args(ap) -> None:
-    """The flags of every CLI that rebuilds a bridge from a checkpoint."""
-    ap.add_argument("--backbone-dir", default=None,
-                    help="local directory of the backbone the bridge was trained on (default: the one the checkpoint "
-                         "names, if it is on this machine and unchanged; checkpoints hold only what trained)")
-    ap.add_argument("--trust-remote-code", action="store_true",
-                    help="let the code of the directories named on this command line run (only if you trust it)")
-    ap.add_argument("--allow-download", action="store_true",
-                    help="let sources come from the hub (default: local files and the hub cache only)")
-    ap.add_argument("--allow-source-change", action="store_true",
-                    help="accept a backbone or tokenizer whose fingerprint differs from the one the run trained with")
-
-
 def load_bridge_for_cli(args, device: str):
-    """``load_bridge`` with the flags of :func:`add_load_policy_args`; refusals end in one line."""
+    """``load_bridge`` with the flags of :func:`mmldlm.sources.cli.add_policy_args`; refusals end in one line."""
     from mmldlm.prefetch import PrefetchError
 
     try:
-        return load_bridge(args.checkpoint, device, policy_from_args(args))
+        return load_bridge(args.checkpoint, device, policy_of(args))
     except (SourceError, ConfigError, PrefetchError) as e:
         raise SystemExit(f"error: {e}") from None
-
-
-def policy_from_args(args) -> LoadPolicy:
-    """The load policy of :func:`add_load_policy_args`' flags."""
-    return LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
-                      paths={"backbone": args.backbone_dir} if args.backbone_dir else {},
-                      allow_source_change=args.allow_source_change)
 
 
 def default_device() -> str:

@@ -14,28 +14,13 @@ names another copy). DIR must not be, or lie inside, the run or the backbone.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+
+from mmldlm.export import main as export_main
 
 
 def main(argv=None) -> int:
-    from mmldlm.export import add_policy_args, export, policy_of
-    from mmldlm.sources import SourceError
-
-    ap = argparse.ArgumentParser(prog="python -m wedlm_bridge.export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
-    ap.add_argument("--output", "--out", dest="out", required=True, help="the directory to write")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output once the export is complete")
-    add_policy_args(ap)
-    a = ap.parse_args(argv)
-    try:
-        out = export(a.checkpoint, a.out, policy_of(a), overwrite=a.overwrite)
-    except (SourceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported to {out}")
-    return 0
+    return export_main(argv, prog="python -m wedlm_bridge.export", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import argparse
 
 
 def main(argv=None) -> None:
-    from mmldlm.export import add_policy_args, policy_of
     from mmldlm.prefetch import PrefetchError
     from mmldlm.sources import SourceError
+    from mmldlm.sources.cli import add_policy_args, policy_of
     from wedlm_bridge.artifacts import FORMATS
     from wedlm_bridge.finetune.export import export_finetuned
 
