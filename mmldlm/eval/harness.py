@@ -70,7 +70,11 @@ def tasks_of(spec: str, manager) -> list[str]:
 def main(argv: list[str] | None = None) -> dict | None:
     import logging
 
-    import lm_eval
+    try:
+        import lm_eval
+    except ImportError:
+        raise SystemExit("error: lm-evaluation-harness is not installed: pip install 'mm-ldlm[eval]' (or "
+                         "pip install 'lm-eval>=0.4.13,<0.5')") from None
     from lm_eval.tasks import TaskManager, get_task_dict
 
     from mmldlm.eval.harness_lm import MMLDLM
