@@ -51,7 +51,8 @@ def task_dir(tmp_path_factory, paragraphs):
             docs.append({"context": " ".join(words[:-4]), "right": " " + " ".join(words[-4:]),
                          "wrong": " " + " ".join(other[5:9]), "label": 0, "page": text})
     (d / "docs.jsonl").write_text("\n".join(json.dumps(x) for x in docs))
-    head = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {d / 'docs.jsonl'}\ntest_split: test\n"
+    head = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {d / 'docs.jsonl'}\n"
+            f"  cache_dir: {d / 'cache'}\ntest_split: test\n")
     bodies = {
         "tiny_ll": 'output_type: loglikelihood\ndoc_to_text: "{{context}}"\ndoc_to_target: "{{right}}"\n'
                    "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
@@ -116,20 +117,29 @@ def test_ar_likelihoods_are_exact(runs, manager):
     assert all(math.isfinite(v) and v < 0 for v in rolled)
 
 
-def test_mdlm_bound_repeats_across_runs_and_batch_sizes(runs, task_dir, manager, tmp_path):
+def test_mdlm_bound_repeats_across_runs_and_batch_sizes(runs, task_dir, manager, tmp_path, paragraphs):
+    """Local tasks and the five standard ones offline (their datasets cache made here, as
+    --download-only makes it on a login node), in a CLI process; then in-process at other batch sizes."""
     import lm_eval
 
     from mmldlm.eval.harness_lm import MMLDLM
+    from tests.helpers.datasets_cache import STANDARD, make_cache
 
+    cache = tmp_path / "datasets"
+    (tmp_path / "work").mkdir()
+    make_cache(cache, paragraphs[300:400], tmp_path / "work")
     out = tmp_path / "mdlm.json"
-    ok(run_module("mmldlm.eval.harness", "--checkpoint", runs["mdlm"], "--tasks", ",".join(TASKS), "--include_path",
-                  task_dir, "--limit", 6, "--batch_size", 4, "--num_t", 4, "--steps", 4, "--output_path", out))
+    offline = {"HF_DATASETS_CACHE": str(cache), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    ok(run_module("mmldlm.eval.harness", "--checkpoint", runs["mdlm"], "--tasks", ",".join([*TASKS, *STANDARD]),
+                  "--include_path", task_dir, "--limit", 3, "--batch_size", 4, "--num_t", 4, "--steps", 4,
+                  "--output_path", out, env=offline))
     cli = json.loads(out.read_text())
-    finite_metrics(cli["results"])
+    finite_metrics(cli["results"], [*TASKS, *STANDARD])
     assert cli["protocol"]["loglikelihood"] == "bound" and cli["protocol"]["num_t"] == 4
-    assert cli["model"]["objective"] == "mdlm" and cli["model"]["step"] == STEPS and set(cli["n-samples"]) == set(TASKS)
+    assert cli["model"]["objective"] == "mdlm" and cli["model"]["step"] == STEPS
+    assert set(cli["n-samples"]) == {*TASKS, *STANDARD}
     one = MMLDLM(pretrained=str(runs["mdlm"]), device="cpu", batch_size=1, num_t=4)
-    res = lm_eval.simple_evaluate(model=one, tasks=["tiny_ll", "tiny_mc"], task_manager=manager, limit=6,
+    res = lm_eval.simple_evaluate(model=one, tasks=["tiny_ll", "tiny_mc"], task_manager=manager, limit=3,
                                   log_samples=False)["results"]
     for task in ("tiny_ll", "tiny_mc"):  # another process, batch 4 there, 1 here: the same numbers
         assert {k: v for k, v in res[task].items() if "," in k and "stderr" not in k} == \
@@ -164,6 +174,14 @@ def test_generate_until_stops_at_its_stop_sequence(runs, name):
     assert cut == full[: full.index(stop)] and stop not in cut, (full, cut)
     with pytest.raises(ValueError, match="top_k"):
         lm.generate_until(instances("generate_until", [(context, {"top_k": 5})]))
+
+
+def test_unknown_task_is_named_with_a_close_one(manager):
+    from mmldlm.eval.harness import tasks_of
+
+    assert tasks_of("tiny_ll, tiny_mc", manager) == ["tiny_ll", "tiny_mc"]
+    with pytest.raises(ValueError, match="'tiny_l'.*did you mean tiny_ll"):
+        tasks_of("tiny_ll,tiny_l", manager)
 
 
 def test_rolling_windows_predict_every_token_once():

@@ -52,8 +52,8 @@ class MMLDLM(TemplateLM):
             loaded = keys.rebuild(pretrained, str(self._device))
         self.objective, self.tokenizer, self.cfg = loaded
         self.path = str(pretrained) if pretrained is not None else None
-        if str(batch_size).startswith("auto"):
-            raise ValueError("mmldlm: batch_size=auto is not supported; pass a number")
+        if str(batch_size).startswith("auto") or max_batch_size is not None:
+            raise ValueError("mmldlm: batch_size=auto (and its max_batch_size) is not supported; pass a number")
         self.batch_size = _int("batch_size", batch_size)
         self.num_t, self.seed = _int("num_t", num_t), _int("seed", seed)
         self.steps = None if steps is None else _int("steps", steps)
