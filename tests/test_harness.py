@@ -199,7 +199,7 @@ def family_models(tmp_path, tokenizer, tokenizer_path):
     from latentDLM_mmdit.mmdit_objective import MMDiTObjective
     from latentDLM_mmdit.schema import MMDiTRunConfig
     from mmldlm.data.tokenizer import load_tokenizer
-    from wedlm_bridge.finetune.objective import build as build_finetune
+    from mmldlm.sources import Sources, build_loaded
     from wedlm_bridge.finetune.schema import FinetuneRunConfig
     from wedlm_bridge.tiny import make_tiny_wedlm
 
@@ -209,7 +209,8 @@ def family_models(tmp_path, tokenizer, tokenizer_path):
     clusters = tmp_path / "clusters.pt"
     torch.save(torch.arange(30522) % 4, clusters)
     gidd = make_cfg(GiddRunConfig, **dit, **{"model.p_uniform": 0.1})
-    hdlm = make_cfg(HdlmRunConfig, **dit, **{"model.cluster_size": 4, "model.cluster_dict_path": str(clusters)})
+    hdlm = make_cfg(HdlmRunConfig, **dit, **{"model.cluster_size": 4, "model.cluster_dict_path": str(clusters),
+                                             "data.tokenizer_name": tokenizer_path})
     mmdit = make_cfg(MMDiTRunConfig, **{**dit, "model.n_heads": 4, "model.latent_dim": 16, "data.latent_dim": 16})
     wedlm_dir = tmp_path / "wedlm"
     make_tiny_wedlm(wedlm_dir, chat=True)
@@ -218,10 +219,12 @@ def family_models(tmp_path, tokenizer, tokenizer_path):
     eos = chat.convert_tokens_to_ids("<|im_end|>")  # the tiny model's config names none; a real WeDLM's does
     (wedlm_dir / "config.json").write_text(json.dumps({**raw, "eos_token_id": eos}))
     ft = make_cfg(FinetuneRunConfig, **{"model.pretrained_local_dir": str(wedlm_dir), "model.pretrained_model_dtype":
-                                         "float32", "model.max_seq_len": 64, "data.max_seq_len": 64})
-    return [("gidd", build(gidd, tokenizer), tokenizer, gidd), ("hdlm", build(hdlm, tokenizer), tokenizer, hdlm),
+                                         "float32", "model.max_seq_len": 64, "data.max_seq_len": 64,
+                                         "data.tokenizer_name": str(wedlm_dir)})
+    src = Sources.of_tokenizer(tokenizer)
+    return [("gidd", build(gidd, src), tokenizer, gidd), ("hdlm", build_loaded(hdlm), tokenizer, hdlm),
             ("mmdit", MMDiTObjective(mmdit, tokenizer), tokenizer, mmdit),
-            ("wedlm_finetune", build_finetune(ft, chat), chat, ft)]
+            ("wedlm_finetune", build_loaded(ft), chat, ft)]
 
 
 def test_every_text_family_answers_the_three_requests(tmp_path, tokenizer, tokenizer_path):
@@ -230,6 +233,7 @@ def test_every_text_family_answers_the_three_requests(tmp_path, tokenizer, token
     from baseline.text_to_latent import T2LRunConfig
     from baseline.text_to_latent import build as build_t2l
     from mmldlm.eval.harness_lm import MMLDLM
+    from mmldlm.sources import Sources
     from wedlm_bridge.finetune.objective import causal_lm_of
 
     context = "Note that it is unnecessary to include the source code"
@@ -260,7 +264,7 @@ def test_every_text_family_answers_the_three_requests(tmp_path, tokenizer, token
     latent = make_cfg(LatentRunConfig, **{"model.hidden_size": 32, "model.n_heads": 2, "model.n_blocks": 1,
                                           "model.latent_dim": 16, "data.latent_dim": 16})
     with pytest.raises(ValueError, match="use_latent_conditioning=false"):
-        MMLDLM.from_objective(build(latent, tokenizer), tokenizer, latent)
+        MMLDLM.from_objective(build(latent, Sources.of_tokenizer(tokenizer)), tokenizer, latent)
     t2l = make_cfg(T2LRunConfig, **{"model.latent_dim": 16, "data.latent_dim": 16})
     with pytest.raises(ValueError, match="scores no continuation"):
-        MMLDLM.from_objective(build_t2l(t2l, tokenizer), tokenizer, t2l)
+        MMLDLM.from_objective(build_t2l(t2l, Sources.of_tokenizer(tokenizer)), tokenizer, t2l)
