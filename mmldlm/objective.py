@@ -99,6 +99,36 @@ class Objective(nn.Module):
         """Samples for the generate CLI."""
         raise NotImplementedError(f"{type(self).__name__} defines no generate()")
 
+    def sampler_name(self, requested: str) -> str:
+        """The sampler that ``generate`` / ``complete`` run for the ``requested`` one, as outputs record it."""
+        return requested
+
+    # -- lm-evaluation-harness (mmldlm.eval.harness_lm); nelbo_needs_t says exact (False) or a bound
+
+    def conditional_nelbo(self, batch: dict, t: torch.Tensor | None, k: int):
+        """The likelihood of each row's target tokens given its other real tokens, as
+        ``mmldlm.eval.likelihood.Nelbo``: ``batch`` is ``input_ids``, ``attention_mask``,
+        ``target_mask [B, L] bool`` (the continuation, a subset of the real tokens) and ``index``
+        (keys the noise). The context (real, not target) is never noised. Exact models
+        (``nelbo_needs_t = False``, ``t`` None) give -log p and report ``extra["greedy"]`` ([B], 1.0
+        where every target token is the argmax); diffusion models give the NELBO at noise levels
+        ``t [B]`` with noise keyed by grid point ``k``, (record, position), as :meth:`nelbo`."""
+        raise NotImplementedError(f"{type(self).__name__} scores no continuation given a context, so the "
+                                  "lm-eval harness cannot evaluate it")
+
+    def conditional_greedy(self, batch: dict) -> torch.Tensor:
+        """``[B]`` bool, for models that give a bound: every target token is the argmax of the model's
+        prediction with the whole target hidden (a diffusion model's one-step greedy decode)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no greedy check of a continuation")
+
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator: torch.Generator | None = None, stop=None) -> torch.Tensor:
+        """``length`` token ids ``[1, length]`` continuing ``context [1, P]``, drawn by the family's own
+        sampler (``steps``: diffusion steps). ``stop(ids drawn so far [1, n]) -> [1] bool``: a
+        left-to-right sampler may end early once it holds (the caller cuts the text at its stop
+        sequences anyway, so a sampler that draws every position at once ignores it)."""
+        raise NotImplementedError(f"{type(self).__name__} generates no continuation of a context")
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -127,6 +127,10 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
 
 
+NO_HARNESS = ("the bridge decodes a sentence latent into text, and lm-eval's requests carry no latent; its frozen "
+              "backbone is a stock causal LM: evaluate that directly (lm-eval's hf model)")
+
+
 class BridgeObjective(Objective):
     def __init__(self, cfg, tokenizer, backbone: nn.Module):
         super().__init__()
@@ -263,6 +267,12 @@ class BridgeObjective(Objective):
 
     def sampler_name(self, requested: str) -> str:
         return "ar from the latent prefix (kv cache)"
+
+    def conditional_nelbo(self, batch: dict, t, k: int):
+        raise ValueError(NO_HARNESS)
+
+    def complete(self, context, length, **_):
+        raise ValueError(NO_HARNESS)
 
     @torch.no_grad()
     def generate(self, num_samples: int, length: int, temperature: float = 1.0, top_p: float = 1.0,

@@ -110,6 +110,46 @@ class FinetuneObjective(Objective):
             metrics["ar_loss"] = ar.detach()
         return loss, metrics
 
+    # -- the lm-eval harness: the causal path (what causal_lm trains, WeDLM's AR half) ----------
+    nelbo_needs_t = False  # scored by the causal forward: exact
+
+    def conditional_nelbo(self, batch: dict, t, k: int):
+        """-log p of the target tokens under the stock causal forward (exact), and ``greedy``: each is
+        its position's argmax. Only the scored positions go through the LM head."""
+        from mmldlm.eval.likelihood import Nelbo
+
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+        base = causal_lm_of(self.lm)
+        hidden = base.model(input_ids=ids, attention_mask=mask.long(), use_cache=False).last_hidden_state
+        scored = target[:, 1:]
+        logits = base.lm_head(hidden[:, :-1][scored]).float()
+        tgt = ids[:, 1:][scored]
+        nll = F.cross_entropy(logits, tgt, reduction="none")
+        rows = scored.nonzero()[:, 0]
+        nats = torch.zeros(ids.shape[0], dtype=nll.dtype, device=ids.device).index_add_(0, rows, nll)
+        wrong = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, (logits.argmax(-1) != tgt).float())
+        return Nelbo(nats, scored.sum(1), {"greedy": (wrong == 0).double()})
+
+    def sampler_name(self, requested: str) -> str:
+        return "ar, causal path (kv cache)"
+
+    @torch.no_grad()
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator=None, stop=None) -> torch.Tensor:
+        """``[1, length]`` ids after ``context [1, P]``: the causal LM, ancestral with the KV cache
+        (WeDLM's parallel decoding is its ``wedlm`` engine's, on an export)."""
+        from mmldlm.eval.samplers import ar_sample
+
+        base = causal_lm_of(self.lm)
+        cfg = base.config
+        eos = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
+        if eos is None:
+            raise ValueError(f"{self.backbone_dir}: the backbone's config.json names no eos_token_id to stop at")
+        excluded = [] if cfg.pad_token_id in (None, eos) else [cfg.pad_token_id]
+        prefix = base.get_input_embeddings()(context)
+        return ar_sample(base, context.shape[0], length, None, eos, temperature=temperature, generator=generator,
+                         excluded=excluded, prefix=prefix, device=context.device, stop=stop)
+
     # -- hooks -----------------------------------------------------------------------------------
     def count(self, batch: dict) -> BatchCount:
         segment = batch["segment"]
