@@ -85,10 +85,10 @@ def place(module: nn.Module, device: torch.device | str) -> None:
 
 
 def canonical(name: str) -> str:
-    """A parameter's name as a stock checkpoint spells it: peft's wrappers removed."""
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model."):]
-    return name.replace(".base_layer.", ".")
+    """A parameter's name as a stock checkpoint spells it: peft's wrappers removed (also below a
+    prefix: ``backbone.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` is
+    ``backbone.model.layers.0.self_attn.q_proj.weight``)."""
+    return name.replace("base_model.model.", "").replace(".base_layer.", ".")
 
 
 @dataclass
