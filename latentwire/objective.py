@@ -68,7 +68,9 @@ class LatentWireObjective(Objective):
         self.encoder = build_encoder(m, self.names, sources)
         self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
         self.adapters = nn.ModuleDict()
-        self.emb_rms: dict[str, float] = {}  # each LLM's embedding RMS, once its weights are loaded
+        # each LLM's embedding RMS, set once its weights are loaded (sources_loaded); 1.0 until then
+        # (the estimator never loads them, and no FLOP or byte count depends on the value)
+        self.emb_rms: dict[str, float] = dict.fromkeys(self.names, 1.0)
         for n in self.names:
             d = llms[n].get_input_embeddings().weight.shape[1]
             # the colorizer starts at the embeddings' per-dimension statistics (sources_loaded)
