@@ -41,6 +41,7 @@ from mmldlm.train import distributed as D
 from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
 from mmldlm.train.optim import build_optimizer, build_scheduler
+from mmldlm.train.report import RunSummary, eval_line, summary_line
 from mmldlm.train.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
 from mmldlm.train.run_log import JsonlLog, MetricWindow, Wandb, read_jsonl
 
@@ -315,6 +316,7 @@ class _Loop:
         self.samples = torch.zeros((), dtype=torch.float64, device=dev)
         self.tokens = torch.zeros((), dtype=torch.float64, device=dev)
         self.t_window, self.last_saved, stopped = time.perf_counter(), None, False
+        self.summary, self.eval_on_ema = RunSummary(self.step), False
         while self.step < t.num_train_steps:
             stop_now = self._train_step(stop)
             bar.update(1)
@@ -332,6 +334,9 @@ class _Loop:
             self.train_log.close(), self.eval_log.close()
             if self.wandb:
                 self.wandb.finish()
+            latest = C.read_latest(self.run_dir)
+            summary = self.summary.finish(self.run_dir, self.step, stopped, self.eval_on_ema, latest)
+            log.info("%s", summary_line(summary))
         return {"step": self.step, "stopped_by_signal": stopped, "run_dir": str(self.run_dir)}
 
     def _train_step(self, stop: _StopFlag) -> bool:
@@ -396,6 +401,7 @@ class _Loop:
     def _log_train(self, elapsed: float) -> dict:
         bad = torch.tensor(float(self.batch_bad_records), dtype=torch.float64, device=self.samples.device)
         counts = D.all_reduce(torch.stack([self.samples, self.tokens, bad])).tolist()
+        self.summary.add_window(counts[1], elapsed)
         rec = {"step": self.step, **self.window.reduce(), "lr": self.scheduler.get_last_lr()[0],
                "samples_per_s": counts[0] / elapsed, "tokens_per_s": counts[1] / elapsed,
                "skipped_steps": self.skipped_steps, "bad_records": self.data.bad_records + int(counts[2]),
@@ -414,12 +420,16 @@ class _Loop:
         return rec
 
     def _evaluate(self) -> None:
-        t = self.cfg.training
-        with ema_weights(self.optimizer, [p for _, p in self.params]):
+        t, lg, t0 = self.cfg.training, self.cfg.logging, time.perf_counter()
+        bar = f"eval step {self.step}" if self.dist.is_main and lg.progress_bar else None
+        if self.dist.is_main and not lg.progress_bar:
+            log.info("step %d: evaluating ...", self.step)  # the status line where no bar shows
+        with ema_weights(self.optimizer, [p for _, p in self.params]) as self.eval_on_ema:
             result = evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed, self.dist.rank,
-                              self.cfg.logging.num_eval_batches, self.data.skip_bad, self.autocast)
+                              lg.num_eval_batches, self.data.skip_bad, self.autocast, progress=bar)
         rec = {"step": self.step, **result}
         if self.dist.is_main:
+            log.info("%s", eval_line(self.step, rec, self.entry.metrics, self.eval_on_ema, time.perf_counter() - t0))
             self.eval_log.write(rec)
             if self.wandb:
                 self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)

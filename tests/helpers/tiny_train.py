@@ -92,7 +92,7 @@ def build(cfg, sources) -> Tiny:
     return BUILT["m"]
 
 
-register("tiny", TinyConfig, build, CONFIGS)
+register("tiny", TinyConfig, build, CONFIGS, metrics={"loss": ("loss", "mse")})
 
 
 def run(cfg):
