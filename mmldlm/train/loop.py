@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from mmldlm.sources.fingerprint import latents_record
 from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
+from mmldlm.train.advice import available_cores, start_warnings
 from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
 from mmldlm.train.optim import build_optimizer, build_scheduler
@@ -153,6 +155,10 @@ class _Loop:
         self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
+        if dist.is_main:
+            ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+            for warning in start_warnings(cfg, ranks_on_node, available_cores()):
+                log.warning("%s", warning)
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
         # every source resolved (and downloaded, where allowed) by rank 0 first, then by all
         self.source_records = _agree(lambda: open_sources(cfg, self.entry).records(), dist)

@@ -1,0 +1,52 @@
+"""What a run tells its user: the console's eval lines and summary, the start warnings, quiet output."""
+import json
+import logging
+
+from mmldlm.train.advice import guidance_warning, start_warnings, warn_once
+from tests.helpers.common import make_cfg
+from tests.helpers.tiny_train import TinyConfig
+
+# lines third-party code prints that carry nothing for the user (none may show in a run's output)
+NOISE = ("Warning", "warn(", "kernels-community", "deprecated", "model of type")
+
+
+def test_tiny_run_prints_eval_lines_on_ema_and_a_summary_and_nothing_else(run_tiny):
+    p = run_tiny("training.ema=0.5")  # horizon 2 steps: no EMA warning; warmup 2 < 12 steps; save every 4
+    out = p.stdout + p.stderr
+    evals = [ln for ln in out.splitlines() if ln.startswith("eval step")]
+    assert [ln.split(":")[0] for ln in evals] == [f"eval step {s} (EMA)" for s in (4, 8, 12)], out
+    assert "| mse " in evals[0], evals  # the family's declared metrics, not only the loss
+    run_dir = run_tiny.run_dir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == [0, 12] and summary["eval_on_ema"] and summary["best_eval"]["step"] in (4, 8, 12)
+    assert summary["checkpoint"].endswith("checkpoint_step_12.pt") and summary["train_tokens_per_s"] > 0
+    assert "done: steps 0 -> 12 in " in out and "eval loss (EMA) best " in out
+    assert f"checkpoint: {run_dir / 'checkpoint_step_12.pt'}" in out and "python -m mmldlm.plot" in out
+    noise = [ln for ln in out.splitlines() if any(n in ln for n in NOISE)]
+    assert not noise, noise  # neither our start warnings (nothing to warn about) nor third-party lines
+
+
+def test_each_start_warning_is_triggered_by_its_setting_only():
+    base = {"training.num_train_steps": 60, "logging.save_freq": 20, "data.num_workers": 1, "optimizer.lr": 1e-4}
+    cfg = make_cfg(TinyConfig, **base)
+    assert start_warnings(cfg, ranks_on_node=1, cores=2) == []
+    cases = {("training.warmup_steps", 1000): "never leaves warmup (it reaches 6e-06",
+             ("training.ema", 0.9999): "averages over ~10000 steps, longer than this 60-step run",
+             ("data.num_workers", 4): "4 loader workers x 1 rank(s) on this node exceed its 2 CPU core(s)",
+             ("logging.save_freq", 1000): "only checkpoint is the final one"}
+    for (key, value), expected in cases.items():
+        (warning,) = start_warnings(make_cfg(TinyConfig, **{**base, key: value}), ranks_on_node=1, cores=2)
+        assert expected in warning, (key, warning)
+    assert start_warnings(cfg, ranks_on_node=2, cores=1)  # 1 worker x 2 ranks on 1 core
+
+
+def test_guidance_on_a_model_without_null_rows_is_named_once(caplog):
+    assert guidance_warning(0.0, 0.0, "loss.l2t_uncond_prob", "--guidance") is None
+    assert guidance_warning(1.0, 0.1, "loss.l2t_uncond_prob", "--guidance") is None
+    msg = guidance_warning(1.0, 0.0, "loss.l2t_uncond_prob", "--guidance")
+    assert "loss.l2t_uncond_prob=0" in msg and "--guidance 0" in msg
+    log = logging.getLogger("test_console")
+    with caplog.at_level(logging.WARNING):
+        warn_once(log, msg)
+        warn_once(log, msg)  # samplers run per batch: said once
+    assert [r.getMessage() for r in caplog.records] == [msg]
