@@ -50,3 +50,49 @@ def test_guidance_on_a_model_without_null_rows_is_named_once(caplog):
         warn_once(log, msg)
         warn_once(log, msg)  # samplers run per batch: said once
     assert [r.getMessage() for r in caplog.records] == [msg]
+
+
+def test_an_import_time_kernel_hub_probe_runs_offline_and_reaches_no_network(tmp_path, monkeypatch):
+    """bitsandbytes' import probes the kernel hub on AVX512-BF16 CPUs: mmldlm.quiet runs that import
+    offline. The same mechanism on a stand-in package that makes the same probe (works on any CPU)."""
+    import sys
+
+    from huggingface_hub import constants
+
+    from mmldlm.quiet import _OfflineImport
+
+    (tmp_path / "probe_pkg.py").write_text(
+        "from huggingface_hub import constants\n"
+        "OFFLINE = constants.HF_HUB_OFFLINE\n"
+        "try:\n"
+        "    from kernels import get_kernel\n"
+        "    get_kernel('kernels-community/quantization-bitsandbytes', version=1)\n"
+        "    ERROR = None\n"
+        "except Exception as e:\n"
+        "    ERROR = e\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls, watching = [], [True]
+    sys.addaudithook(lambda ev, args: calls.append(ev) if watching[0] and ev.startswith("socket.") else None)
+    monkeypatch.setattr(sys, "meta_path", [_OfflineImport("probe_pkg"), *sys.meta_path])
+    try:
+        import probe_pkg
+    finally:
+        watching[0] = False
+        sys.modules.pop("probe_pkg", None)
+    assert probe_pkg.OFFLINE and probe_pkg.ERROR is not None and not calls, (probe_pkg.ERROR, calls)
+    assert constants.HF_HUB_OFFLINE is False  # restored after the import
+
+
+def test_a_wedlm_tokenizer_loads_without_the_model_type_message(tiny_wedlm_dir):
+    from mmldlm.data.tokenizer import load_tokenizer
+
+    said = []
+    hook = logging.Handler()
+    hook.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(hook)  # the library's loggers do not propagate
+    try:
+        load_tokenizer(str(tiny_wedlm_dir))
+    finally:
+        logging.getLogger("transformers").removeHandler(hook)
+    assert not [m for m in said if "model of type" in m], said

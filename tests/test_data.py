@@ -244,7 +244,9 @@ def test_skipped_records_are_counted_in_the_training_log(run_tiny, tiny_data):
     assert "latentDLM_mmdit.data_simple check" in out and "Traceback" not in out
 
 
-def test_checker_cli_lists_every_bad_record(tmp_path):
+def test_checker_cli_lists_every_bad_record(tmp_path, capsys):
+    from mmldlm.data.check import check_main
+
     cases, ok = _bad_cases(tmp_path)
     bad_path = write_json(tmp_path / "all.json", [ok] + [bad for _, bad, _ in cases])
     good_path = write_json(tmp_path / "good.json", [ok, ok])
@@ -259,6 +261,12 @@ def test_checker_cli_lists_every_bad_record(tmp_path):
     assert f"{len(cases) + 1} records, {len(cases)} bad, 1 good" in out.stdout
     good = run(good_path)
     assert good.returncode == 0 and "0 bad" in good.stdout
+    wrong_dim = next(bad for name, bad, _ in cases if name == "wrong_dim")  # a systematic error: one line
+    assert check_main([str(write_json(tmp_path / "many.json", [ok] + [wrong_dim] * 8)), "--latent-dim", str(D)]) == 1
+    many = capsys.readouterr().out
+    (line,) = [ln for ln in many.splitlines() if ln.startswith("BAD")]
+    assert "8 records (first: 1, 2, 3, 4, 5, ...)" in line and "dim 17" in line, line
+    assert "9 records, 8 bad, 1 good" in many
 
 
 @pytest.mark.parametrize("fixed,multiple,side", [(False, 1, "right"), (False, 8, "right"), (True, 1, "right"),

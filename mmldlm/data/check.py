@@ -3,7 +3,8 @@
     python -m mmldlm.data.check PATH.json --latent-dim D [--tokenizer NAME --max-seq-len L]
     python -m latentDLM_mmdit.data_simple check PATH.json --latent-dim D      (the same)
 
-Prints ``BAD FILE: record N: reason`` per bad record and ``NOTE`` lines about the texts (literal
+Prints ``BAD FILE: record N: reason`` per bad record (a reason shared by more than 5 records: one
+line with their count and first records) and ``NOTE`` lines about the texts (literal
 special-token strings; with a tokenizer, how many texts ``--max-seq-len`` cuts); exit status 1 if
 any record is bad.
 """
@@ -19,6 +20,7 @@ from mmldlm.data.records import DataError
 LITERAL_SPECIALS = ("[MASK]", "[PAD]", "[CLS]", "[SEP]", "[UNK]", "<|endoftext|>", "<s>", "</s>", "<pad>",
                     "<mask>", "<unk>", "<|im_start|>", "<|im_end|>")
 BATCH = 256
+FIRST = 5  # records named for a reason many records share
 
 
 def _text_notes(ds: RecordDataset, tokenizer: str | None, max_seq_len: int) -> list[str]:
@@ -52,6 +54,22 @@ def _text_notes(ds: RecordDataset, tokenizer: str | None, max_seq_len: int) -> l
     return lines
 
 
+def grouped(problems: list[DataError], first: int = FIRST) -> list[str]:
+    """A line per bad record, except that a reason shared by more than ``first`` records (a
+    systematic error: every latent of the wrong dimension) is one line with its count and first records."""
+    groups: dict[str, list[DataError]] = {}
+    for e in problems:
+        groups.setdefault(e.reason, []).append(e)
+    lines = []
+    for reason, errors in groups.items():
+        if len(errors) <= first or errors[0].record is None:
+            lines += [f"BAD {e}" for e in errors]
+            continue
+        shown = ", ".join(str(e.record) for e in errors[:first])
+        lines.append(f"BAD {errors[0].json_path}: {len(errors)} records (first: {shown}, ...): {reason}")
+    return lines
+
+
 def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data.check") -> int:
     """Read every record and every latent; print each bad one; exit 1 if any."""
     from tqdm import tqdm
@@ -82,8 +100,8 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
     for s in tqdm(range(0, len(ds), BATCH), desc="checking latents", unit="batch", disable=None):
         problems += partition(ds.__getitems__(list(range(s, min(len(ds), s + BATCH)))))[1]
     problems.sort(key=lambda e: -1 if e.record is None else e.record)
-    for e in problems:
-        print(f"BAD {e}")
+    for line in grouped(problems):
+        print(line)
     for line in _text_notes(ds, args.tokenizer, args.max_seq_len):
         print(line)
     total = ds.index.total_records()
