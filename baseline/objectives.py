@@ -404,6 +404,11 @@ def hdlm_sources(cfg) -> list[Source]:
     return [Source("clusters", Kind.file, "model.cluster_dict_path", m.cluster_dict_path, hint=hint)]
 
 
+# every baseline's panels (a run draws those it logged): GIDD's and HDLM's terms, the latent ones' gain
+METRICS = {"loss": ("loss", "elbo"), "terms": ("kl", "is", "loss_clusters", "loss_tokens"),
+           "noise": ("frac_mask", "frac_uniform", "frac_cluster", "frac_clean", "frac_wrong_cluster"),
+           "latent": ("latent_pred_loss", "nelbo_true_latent", "nelbo_shuffled_latent"),
+           "latent gain": ("latent_gain", "latent_pred_cos")}
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None, metrics=METRICS)

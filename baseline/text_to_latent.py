@@ -78,4 +78,5 @@ def build(cfg, sources) -> TextToLatentRegression:
     return TextToLatentRegression(cfg.model, cfg.loss, len(tokenizer), tokenizer.pad_token_id)
 
 
-register("t2l_regression", T2LRunConfig, build, Path(__file__).resolve().parent / "configs")
+register("t2l_regression", T2LRunConfig, build, Path(__file__).resolve().parent / "configs",
+         metrics={"loss": ("loss", "latent_loss"), "cosine": ("latent_cos",)})

@@ -325,4 +325,10 @@ def build(cfg, sources) -> MMDiTObjective:
     return MMDiTObjective(cfg, sources.tokenizer)
 
 
-register("mmdit", MMDiTRunConfig, build, CONFIGS)
+# per-mode eval keys (l2t/..., t2l/...) of runs that alternate modes are drawn beside the plain ones
+METRICS = {"loss": ("loss", "text_loss", "latent_loss"),
+           "per mode": ("l2t/loss", "t2l/loss", "unconditional/loss"),
+           "cycle": ("cycle_text_loss", "cycle_latent_loss"),
+           "accuracy": ("text_acc", "l2t/text_acc", "t2l2t_acc", "t2l2t_f1"),
+           "latent": ("l2t2l_cos", "x0_pred_norm", "t2l/latent_loss")}
+register("mmdit", MMDiTRunConfig, build, CONFIGS, metrics=METRICS)

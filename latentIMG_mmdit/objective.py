@@ -259,6 +259,11 @@ def build_discrete(cfg, sources) -> DiscreteImageObjective:
     return DiscreteImageObjective(cfg, sources.tokenizer, sources.path("codebook"))
 
 
-register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS)
+# sampled metrics beside their chance levels (latentIMG_mmdit.metrics)
+METRICS = {"loss": ("loss", "text_loss", "image_loss"), "accuracy": ("text_acc", "image_acc"),
+           "caption -> image": ("t2i_mse", "t2i_mse_chance", "mean_image_mse", "codebook_mse"),
+           "image -> caption": ("i2t_f1", "i2t_f1_chance")}
+register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS,
+         metrics=METRICS)
 register("image_discrete", DiscreteImageRunConfig, build_discrete, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, sources=codebook_source)
+         records=IMAGE_RECORDS, sources=codebook_source, metrics=METRICS)

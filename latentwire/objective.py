@@ -299,5 +299,8 @@ def policy_from_args(args) -> LoadPolicy:
                       paths=paths, allow_source_change=getattr(args, "allow_source_change", False))
 
 
+# the means over the LLMs (per LLM: tf/NAME ...); the eval CLI's EM / F1 are in its own report
+METRICS = {"loss": ("loss", "tf", "kd", "kce", "state"), "first token": ("first", "first_acc"),
+           "prefix": ("raw_rms", "scale_pen")}
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         sources=llm_sources)
+         sources=llm_sources, metrics=METRICS)

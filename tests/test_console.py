@@ -96,3 +96,34 @@ def test_a_wedlm_tokenizer_loads_without_the_model_type_message(tiny_wedlm_dir):
     finally:
         logging.getLogger("transformers").removeHandler(hook)
     assert not [m for m in said if "model of type" in m], said
+
+
+def test_plots_draw_every_familys_declared_metrics_and_overlays_go_where_out_says(tmp_path, capsys):
+    import pytest
+
+    from mmldlm.objective import registered
+    from mmldlm.plot import main as plot_main
+    from mmldlm.plot import panels
+
+    def fake_run(name: str, objective: str, keys: list[str]):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"objective: {objective}\n")
+        rows = [{"step": s, **{k: 1.0 / s for k in keys}} for s in (1, 2, 3)]
+        (d / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "eval_log.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+        return d
+
+    families = registered()
+    assert {"mmdit", "mdlm", "gidd", "hdlm", "ar", "bridge", "latentwire", "image_continuous"} <= families.keys()
+    for name, entry in families.items():
+        keys = [k for ks in entry.metrics.values() for k in ks]
+        assert panels([fake_run(name, name, keys)]) == {t: list(ks) for t, ks in entry.metrics.items()}, name
+    image = panels([fake_run("img", "image_continuous", ["loss", "image_loss", "i2t_f1"])])
+    assert image == {"loss": ["loss", "image_loss"], "image -> caption": ["i2t_f1"]}  # what this run logged
+    runs = [tmp_path / "mdlm", tmp_path / "latentwire"]
+    with pytest.raises(SystemExit, match="--out"):
+        plot_main([str(r) for r in runs])
+    plot_main([*map(str, runs), "--out", str(tmp_path / "both.png")])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "both.png") and (tmp_path / "both.png").stat().st_size
+    assert not any((r / "curves.png").exists() for r in runs)  # never into a run

@@ -46,6 +46,10 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
 
     plot_main([str(tmp_path / "cyc")])
     assert (tmp_path / "cyc" / "curves.png").stat().st_size > 10_000
+    from mmldlm.plot import panels  # the objective's declared panels, each with what the run logged
+
+    drawn = panels([tmp_path / "cyc"])
+    assert {"loss", "cycle", "accuracy", "latent"} <= drawn.keys() and "t2l2t_acc" in drawn["accuracy"], drawn
 
     # the sampling CLI on the trained run: text -> latents -> text
     texts = tmp_path / "in.txt"

@@ -351,4 +351,5 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources)
+register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources,
+         metrics={"loss": ("loss", "text_loss", "latent_loss"), "accuracy": ("text_acc",), "cosine": ("latent_cos",)})
