@@ -25,6 +25,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmldlm.sweep import prepare_job, sweep_args
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and what to do."""
@@ -444,6 +446,7 @@ def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable
         sys.exit(2)
 
     def checked(cfg: DictConfig) -> Any:
+        prepare_job(cfg)  # a multirun job: its own run directory (and on SLURM, its ranks)
         try:
             _finish(cfg, entries)
         except ConfigError as e:
@@ -455,8 +458,12 @@ def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable
 
         return train(cfg)
 
+    added = sweep_args(sys.argv[1:])
     if not any(a.startswith("hydra.job.name=") for a in sys.argv):  # named after the script, not this module
-        sys.argv.append(f"hydra.job.name={Path(sys.argv[0]).stem}")
+        added.append(f"hydra.job.name={Path(sys.argv[0]).stem}")
+    # beside the user's overrides: Hydra parses them as one run of arguments (not after a trailing --cfg job)
+    at = next((i for i, a in enumerate(sys.argv) if i and "=" in a and not a.startswith("-")), 1)
+    sys.argv[at:at] = added
     return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
                       config_name=default_config)(checked)()
 

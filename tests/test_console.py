@@ -2,6 +2,8 @@
 import json
 import logging
 
+import pytest
+
 from mmldlm.train.advice import guidance_warning, start_warnings, warn_once
 from tests.helpers.common import make_cfg
 from tests.helpers.tiny_train import TinyConfig
@@ -10,6 +12,7 @@ from tests.helpers.tiny_train import TinyConfig
 NOISE = ("Warning", "warn(", "kernels-community", "deprecated", "model of type")
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_eval_lines_on_ema_and_a_summary_and_nothing_else(run_tiny):
     p = run_tiny("training.ema=0.5")  # horizon 2 steps: no EMA warning; warmup 2 < 12 steps; save every 4
     out = p.stdout + p.stderr
@@ -99,8 +102,6 @@ def test_a_wedlm_tokenizer_loads_without_the_model_type_message(tiny_wedlm_dir):
 
 
 def test_plots_draw_every_familys_declared_metrics_and_overlays_go_where_out_says(tmp_path, capsys):
-    import pytest
-
     from mmldlm.objective import registered
     from mmldlm.plot import main as plot_main
     from mmldlm.plot import panels
