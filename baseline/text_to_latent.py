@@ -47,6 +47,7 @@ class T2LRunConfig(RunConfig):
 
 
 class TextToLatentRegression(Objective):
+    samples_cli = "it maps text to latents and draws no text (no CLI samples it)"
     def __init__(self, model_cfg, loss_cfg, vocab_size: int, pad_id: int):
         super().__init__()
         m = model_cfg

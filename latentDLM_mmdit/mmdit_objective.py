@@ -27,7 +27,8 @@ from torch import nn
 
 from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.models.multimodal_mmdit import get_model
-from latentDLM_mmdit.schema import BASE_MODES, MMDiTRunConfig
+from latentDLM_mmdit.sampling import l2t_decode
+from latentDLM_mmdit.schema import BASE_MODES, L2TSampler, MMDiTRunConfig
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
@@ -164,7 +165,9 @@ class MMDiTObjective(Objective):
         return hit.all(1)
 
     def sampler_name(self, requested: str) -> str:
-        return "mdlm ancestral on the null latent"
+        if requested == "confidence":
+            return "l2t confidence (on the given latents)"
+        return "mdlm ancestral (generate: on the given latents; lm-eval: on the null latent)"
 
     @torch.no_grad()
     def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
@@ -314,6 +317,28 @@ class MMDiTObjective(Objective):
         if index >= self.sample_cfg.eval_roundtrip_batches:
             return {}
         return roundtrip(self, batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()).metrics
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, length: int, steps: int, temperature: float = 1.0, sampler: str = "ddpm",
+                 generator=None, latents=None, top_p: float = 1.0, min_p: float = 0.0, **_) -> torch.Tensor:
+        """L2T (the generate CLI): ``length`` tokens from each latent of ``latents [N, D]`` (or
+        ``[N, K, D]``, averaged as in training) through :func:`l2t_decode` (the run's guidance);
+        ``sampler``: ancestral (``ddpm``, the CLI's default) or confidence."""
+        D = self.model.latent_head.out_features
+        if latents is None:
+            raise ValueError(f"the MMDiT generates text from latents (L2T): pass latents=FILE.npy ([N, {D}], one "
+                             "sample per row), e.g. from python -m latentDLM_mmdit.sample t2l")
+        if top_p < 1 or min_p > 0:
+            raise ValueError("top_p / min_p: the MMDiT's L2T samplers take temperature only")
+        z = latents.float().mean(1) if latents.dim() == 3 else latents.float()
+        if z.dim() != 2 or z.shape[1] != D:
+            raise ValueError(f"latents: expected [N, {D}] (or [N, K, {D}]), got {list(latents.shape)}")
+        mask = torch.ones(z.shape[0], length, dtype=torch.bool, device=z.device)
+        if sampler == "ddpm":  # the CLI's name of MDLM's ancestral sampler, which L2T's ancestral is
+            sampler = L2TSampler.ancestral.name
+        if sampler not in L2TSampler.__members__:
+            raise ValueError(f"sampler={sampler}: the MMDiT's L2T samplers are {', '.join(L2TSampler.__members__)}")
+        return l2t_decode(self, z[:num_samples], mask[:num_samples], steps, None, sampler, temperature, generator)
 
     def shard_units(self) -> list[nn.Module]:
         """FSDP units: each transformer block, then the model around them (embeddings, heads):

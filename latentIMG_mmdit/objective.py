@@ -71,6 +71,8 @@ def mask_level(u: torch.Tensor, schedule: str) -> tuple[torch.Tensor, torch.Tens
 
 
 class ImageObjective(Objective):
+    samples_cli = ("its samples are images and captions: python -m latentIMG_mmdit.sample t2i|i2t|report "
+                   "--checkpoint RUN")
     discrete = False
 
     def __init__(self, cfg, tokenizer):

@@ -51,6 +51,7 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class LatentWireObjective(Objective):
+    samples_cli = "its answers come from the frozen LLMs: python latentwire/eval.py --ckpt RUN_DIR"
     def __init__(self, cfg, sources, tokenizers: dict, llms: dict[str, nn.Module]):
         super().__init__()
         m, self.lcfg = cfg.model, cfg.loss

@@ -102,9 +102,14 @@ class Objective(nn.Module):
             batch["latent"] = torch.empty(B, cfg.data.latent_dim, device=device)
         return batch
 
+    # where a family whose objective draws no text samples (generate) gets its samples instead:
+    # the one line the generate CLI answers with
+    samples_cli = ""
+
     def generate(self, **kwargs) -> Any:
         """Samples for the generate CLI."""
-        raise NotImplementedError(f"{type(self).__name__} defines no generate()")
+        raise NotImplementedError(f"{type(self).__name__} draws no text samples here"
+                                  + (f"; {self.samples_cli}" if self.samples_cli else ""))
 
     def sampler_name(self, requested: str) -> str:
         """The sampler that ``generate`` / ``complete`` run for the ``requested`` one, as outputs record it."""

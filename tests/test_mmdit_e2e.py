@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from mmldlm.train.run_log import read_jsonl
 from tests.helpers.common import REPO, ok, run_entry, tiny_judge
@@ -61,6 +62,15 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     assert z.shape == (2, 384) and np.isfinite(z).all()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.strip() and "[MASK]" not in line for line in lines)
+    # the generate CLI serves the MMDiT too: L2T from those latents through its sampler
+    from baseline.eval.generate_samples import main as generate_main
+
+    common = [f"path={tmp_path / 'cyc'}", "num_samples=2", "num_denoising_steps=8", "length=12"]
+    out = generate_main([*common, f"latents={tmp_path / 'z.npy'}", f"samples_path={tmp_path / 'gen.pt'}"])
+    gen = torch.load(out, weights_only=True)
+    assert gen["ids"].shape == (2, 12) and gen["header"]["objective"] == "mmdit" and len(gen["text"]) == 2
+    with pytest.raises(ValueError, match="latents=FILE.npy"):
+        generate_main([*common, f"samples_path={tmp_path / 'none.pt'}"])
 
     # generate -> gen PPL -> loss on the MMDiT: the l2t texts scored by a judge, the L2T NELBO by the loss CLI
     from baseline.eval.generative_ppl import main as gen_ppl

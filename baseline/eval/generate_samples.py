@@ -5,8 +5,11 @@
 
 MDLM: ancestral (ddpm) or ddpm_cache (only for models trained without time conditioning); GIDD:
 its posterior sampler (min_p); HDLM: the two-stage sampler; AR: ancestral with a KV cache (top_p);
-the WeDLM bridge: AR from each latent's prefix (backbone_dir=DIR names its frozen backbone). Latent
-models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row). Draws are float64.
+the WeDLM bridge: AR from each latent's prefix (backbone_dir=DIR names its frozen backbone); the
+MMDiT: L2T through its own sampler (sampler=ancestral | confidence; default the run's
+sample.l2t_sampler). Latent models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row).
+Other families (image, LatentWire, fine-tune, text->latent regression) are refused in one line
+that names the CLI that samples them. Draws are float64.
 The file (torch.save; read with torch.load(weights_only=True), no pickled objects) holds ids [N, L],
 the decoded text (special tokens kept) and a header: checkpoint, step, objective, sampler, steps,
 precision, seed, length, temperature, EMA. samples_dir= (the original README's spelling) is
@@ -34,13 +37,14 @@ class GenerateArgs(CheckpointKeys):
     temperature: float = field(default=1.0, metadata={"help": "0 = argmax"})
     top_p: float = field(default=1.0, metadata={"help": "AR and the bridge: draw from the top-p nucleus"})
     min_p: float = field(default=0.0, metadata={"help": "GIDD: drop tokens below min_p x the top probability"})
-    sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache"})
+    sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache; MMDiT: ancestral | confidence"})
     latents: Optional[str] = field(default=None, metadata={"help": "latent models: a .npy of latents, one per sample"})
 
 
 def main(argv: list[str] | None = None) -> Path:
     import numpy as np
     import torch
+    from omegaconf import OmegaConf
 
     from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.io import write_atomic
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
     saved = open_saved(args.path)  # a run, a checkpoint or an export
     ckpt = saved.path
     objective, tok, cfg = args.rebuild(ckpt, device)
-    length = args.length or cfg.model.max_seq_len
+    length = args.length or OmegaConf.select(cfg, "model.max_seq_len")  # (a family without one is refused below)
     latents = None
     if args.latents:
         latents = torch.from_numpy(np.load(args.latents, allow_pickle=False)).float()
@@ -66,9 +70,12 @@ def main(argv: list[str] | None = None) -> Path:
     for start in range(0, args.num_samples, args.batch_size):
         n = min(args.batch_size, args.num_samples - start)
         lat = None if latents is None else latents[start: start + n].to(device)
-        ids.append(objective.generate(num_samples=n, length=length, steps=args.num_denoising_steps,
-                                      temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                                      sampler=args.sampler, generator=gen, latents=lat).cpu())
+        try:
+            ids.append(objective.generate(num_samples=n, length=length, steps=args.num_denoising_steps,
+                                          temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                                          sampler=args.sampler, generator=gen, latents=lat).cpu())
+        except NotImplementedError as e:  # a family that cannot: one line naming the CLI that can
+            raise SystemExit(f"{cfg.objective}: {e}") from None
         print(f"{start + n}/{args.num_samples} samples", flush=True)
     ids = torch.cat(ids)
     model_dtypes = "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in objective.parameters()}))

@@ -52,6 +52,8 @@ def mask_token_id(config, vocab: int) -> int:
 
 
 class FinetuneObjective(Objective):
+    samples_cli = ("it continues prompts: python -m mmldlm.eval.harness --checkpoint RUN --tasks NAMES "
+                   "(generate_until), or the wedlm engine on python -m wedlm_bridge.export_finetuned --format wedlm")
     def __init__(self, cfg, lm: nn.Module):
         super().__init__()
         f = cfg.finetune
