@@ -20,6 +20,7 @@ from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
 from mmldlm.data.collate import Collator
 from mmldlm.eval.text_metrics import adjacent_repeats, token_f1
+from mmldlm.flags import add_renamed
 
 
 # -- loading a trained model ----------------------------------------------------------------
@@ -144,7 +145,8 @@ def main(argv=None) -> None:
                     help="t2l: text -> latent .npy; l2t: latent .npy -> text; roundtrip: a dataset JSON -> report")
     ap.add_argument("--checkpoint", required=True, help="checkpoint_step_N.pt or a run directory")
     ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
-    ap.add_argument("--output", default=None, help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
+    add_renamed(ap, "--out", "--output", default=None,
+                help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
     ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
     ap.add_argument("--steps", type=int, default=None,
                     help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
@@ -169,7 +171,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.guidance is not None and a.guidance < 0:
         ap.error(f"--guidance: need w >= 0, got {a.guidance}")
-    if a.direction != "roundtrip" and a.output is None:
+    if a.direction != "roundtrip" and a.out is None:
         ap.error("--output is required for t2l / l2t")
     from mmldlm.config import ConfigError
     from mmldlm.data.records import DataError
@@ -190,8 +192,8 @@ def _run(a) -> None:
                                sampler=a.sampler, temperature=a.temperature, judge=a.judge,
                                allow_outside=a.allow_paths_outside_root)
         print(format_report(rep))
-        if a.output:
-            Path(a.output).write_text(json.dumps(rep, indent=2))
+        if a.out:
+            Path(a.out).write_text(json.dumps(rep, indent=2))
         return
     obj, tok, cfg = load_objective(a.checkpoint, a.device)
     dev = torch.device(a.device)
@@ -205,7 +207,7 @@ def _run(a) -> None:
             enc = collate.tokenize(texts[sl])
             out.append(t2l_encode(obj, enc.input_ids.to(dev), enc.attention_mask.to(dev),
                                   a.steps or cfg.sample.t2l_steps, generator=gen).cpu())
-        np.save(a.output, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
+        np.save(a.out, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
     else:
         z = np.load(a.input, allow_pickle=False)
         z = z[None] if z.ndim == 1 else z
@@ -221,8 +223,8 @@ def _run(a) -> None:
             ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None, a.guidance, a.sampler,
                              a.temperature, gen)
             lines += [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in ids.cpu().tolist()]
-        Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {a.output}", file=sys.stderr)
+        Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -146,12 +146,14 @@ def main(variant: str, argv: list[str] | None = None) -> dict:
     from latentIMG_mmdit.codebook import CodebookError
     from mmldlm.config import ConfigError, compose
     from mmldlm.data.records import DataError
+    from mmldlm.data.tokenizer import load_tokenizer
     from mmldlm.train import train
 
     argv = sys.argv[1:] if argv is None else argv
     extra = [x for x in argv if "=" in x and not x.startswith("-")]
     a = parser(variant).parse_args([x for x in argv if x not in extra])
     try:
+        load_tokenizer(a.tokenizer, key="--tokenizer")  # its errors name the flag typed, not data.tokenizer_name
         cfg = compose(f"image_{variant}", overrides_from(variant, a, extra))
     except (ConfigError, DataError, CodebookError) as e:
         print(f"error: {e}", file=sys.stderr)

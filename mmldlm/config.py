@@ -303,6 +303,21 @@ def unknown_override(schema: type, argv: list[str]) -> str | None:
     return None
 
 
+def no_such_group(schema: type, argv: list[str], dirs: list[Path]) -> str | None:
+    """``model=tiny`` where no config directory has a ``model/`` group (the section's keys are set
+    one by one): one line that says so, instead of Hydra's error about its defaults list."""
+    sections = {f.name: f for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.default_factory)}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq or "." in key or "/" in key or key not in sections:
+            continue
+        if not any((d / key).is_dir() for d in dirs):
+            first = dataclasses.fields(sections[key].default_factory)[0].name
+            return (f"{arg}: this config has no {key} presets (no {key}/ config group); set its keys one by one, "
+                    f"e.g. {key}.{first}=...")
+    return None
+
+
 def did_you_mean(schema: type | None, full_key: str) -> str:
     """" (did you mean training.num_train_steps?)" for a near-miss key, else ""."""
     if schema is None or not full_key:
@@ -441,6 +456,9 @@ def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable
     name, extra_dirs = _argv_config(sys.argv[1:], default_config)
     obj = objective_of(name, [*extra_dirs, Path(config_dir), SHARED_CONFIGS]) if name else None
     unknown = unknown_override(entries[obj].schema, sys.argv[1:]) if obj in entries else None
+    unknown = unknown or (no_such_group(entries[obj].schema, sys.argv[1:], [*extra_dirs, Path(config_dir),
+                                                                            SHARED_CONFIGS])
+                          if obj in entries else None)
     if unknown:
         print(f"config error: {unknown}", file=sys.stderr)
         sys.exit(2)
@@ -485,7 +503,9 @@ def compose(name: str, overrides: list[str] | tuple = (), config_dir: str | Path
     obj = objective_of(name, [*all_dirs, SHARED_CONFIGS])
     if obj not in entries:
         raise ConfigError(f"config {name!r} names no registered objective schema in its defaults")
-    unknown = unknown_override(entries[obj].schema, list(overrides))
+    schema = entries[obj].schema
+    own_dirs = [found, entries[obj].config_dir, SHARED_CONFIGS]
+    unknown = unknown_override(schema, list(overrides)) or no_such_group(schema, list(overrides), own_dirs)
     if unknown:
         raise ConfigError(unknown)
     family_dir = entries[obj].config_dir.resolve()

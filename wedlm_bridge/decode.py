@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mmldlm.flags import add_renamed
 from mmldlm.sources.cli import add_policy_args
 from wedlm_bridge.bridge import default_device, load_bridge_for_cli
 
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
     ap.add_argument("--latents", required=True, help=".npy of shape [N, latent_dim] (or [latent_dim])")
-    ap.add_argument("--output", required=True, help="text file to write, one line per latent")
+    add_renamed(ap, "--out", "--output", required=True, help="text file to write, one line per latent")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -62,8 +63,8 @@ def main(argv=None) -> None:
             lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p, gen)
         except ValueError as e:  # a t2l run (no trained decoder), a tokenizer without a stop token
             raise SystemExit(f"error: {e}") from None
-    Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {len(lines)} texts to {a.output}")
+    Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {len(lines)} texts to {a.out}")
 
 
 if __name__ == "__main__":
