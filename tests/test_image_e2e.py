@@ -15,7 +15,7 @@ from tests.helpers.common import REPO, ok, run_entry
 pytestmark = pytest.mark.slow
 HYDRA = REPO / "latentIMG_mmdit" / "train_image.py"
 SMALL = ["--image-size", "32", "--patch-size", "8", "--mmdit-depth", "1", "--heads", "2", "--dim-head", "16",
-         "--dim-cond", "32", "--num-workers", "0", "--log-every", "1"]
+         "--dim-cond", "32", "--num-workers", "0", "--log-every", "1", "--dtype", "fp32"]
 QUIET = "logging.progress_bar=false"  # a Hydra override after the flags
 
 

@@ -1,4 +1,5 @@
-"""One spelling per concept: the old spellings still work (with a note), errors name what the user typed."""
+"""One config system and one spelling per concept: an argparse CLI and its Hydra config train the same
+model; the old spellings still work (with a note); errors name what the user typed."""
 import argparse
 
 import pytest
@@ -29,3 +30,20 @@ def test_model_presets_reach_every_baseline_and_a_config_without_them_says_so():
     assert compose("t2l_regression", ["model=tiny", "data.data_files.train=x.json"]).model.hidden_size == 512
     with pytest.raises(ConfigError, match="model=tiny: this config has no model presets"):
         compose("latentwire", ["model=tiny"])
+
+
+def test_the_image_cli_and_its_hydra_config_resolve_to_the_same_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from latentIMG_mmdit import cli
+
+    train = tmp_path / "train_data.json"
+    flags = cli.parser("continuous").parse_args(["--data-root", str(tmp_path)])
+    as_cli = compose("image_continuous", cli.overrides_from("continuous", flags, []))
+    as_hydra = compose("image_continuous", [f"data.data_files.train={train}", "logging.eval_freq=0"])
+    assert OmegaConf.to_container(as_cli) == OmegaConf.to_container(as_hydra)  # no flag: the config's values
+    flags = cli.parser("continuous").parse_args(["--data-root", str(tmp_path), "--batch-size", "4", "--epochs", "3"])
+    given = compose("image_continuous", cli.overrides_from("continuous", flags, []))
+    t = given.training
+    assert (t.train_batch_size, t.eval_batch_size, t.num_train_epochs) == (4, 4, 3)
+    assert given.model == as_hydra.model and given.optimizer == as_hydra.optimizer  # only what a flag says

@@ -155,10 +155,6 @@ class _Loop:
         self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
-        if dist.is_main:
-            ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
-            for warning in start_warnings(cfg, ranks_on_node, available_cores()):
-                log.warning("%s", warning)
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
         # every source resolved (and downloaded, where allowed) by rank 0 first, then by all
         self.source_records = _agree(lambda: open_sources(cfg, self.entry).records(), dist)
@@ -168,6 +164,12 @@ class _Loop:
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
                                pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
                                fields=self.entry.records, collate=collate)
+        if t.num_train_epochs:
+            self._steps_from_epochs()
+        if dist.is_main:
+            ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+            for warning in start_warnings(cfg, ranks_on_node, available_cores()):
+                log.warning("%s", warning)
         latents = _agree(lambda: latents_record(list(self.data.latent_shards), "data.latent_data_root"), dist)
         if latents:  # the latents the records read, as a source: rewritten in place is refused on resume
             self.source_records["latents"] = latents
@@ -227,6 +229,14 @@ class _Loop:
                 self.lock.abandon()
 
     # -- set-up helpers ---------------------------------------------------------------------
+    def _steps_from_epochs(self) -> None:
+        """``training.num_train_epochs`` as steps, from the record index the loader built."""
+        t = self.cfg.training
+        per_step = t.train_batch_size * self.dist.world * t.gradient_accumulation_steps
+        t.num_train_steps = t.num_train_epochs * max(1, self.data.train_records // per_step)
+        if self.dist.is_main:
+            log.info("training.num_train_epochs=%d: %d steps (%d records, %d per step)", t.num_train_epochs,
+                     t.num_train_steps, self.data.train_records, per_step)
     def _init_from(self, path: str) -> set[str]:
         """A previous stage's trained tensors (names and shapes that exist here); fresh optimizer.
         Returns their names: this run's checkpoints keep them even where they stay frozen."""
