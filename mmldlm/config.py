@@ -82,9 +82,10 @@ class TrainingConfig:
     train_batch_size: int = 32  # per rank and micro-step; global = this x world x accumulation
     eval_batch_size: int = 32
     num_train_steps: int = 1000
-    # the run's length in passes over the training records instead (null: num_train_steps counts):
-    # the loop sets num_train_steps = epochs x (training records // global batch) from the record index
-    num_train_epochs: Optional[int] = None
+    # the run's length in passes over the training records instead (null: num_train_steps counts;
+    # fractions allowed): the loop sets num_train_steps = round(epochs x (training records // global
+    # batch)), at least 1, from the record index it builds
+    num_train_epochs: Optional[float] = None
     dtype: Dtype = Dtype.bf16  # bf16 = autocast with fp32 master weights
     compile_model: bool = False
     lr_schedule: LRSchedule = LRSchedule.cosine
@@ -114,8 +115,8 @@ class TrainingConfig:
                     "gradient_accumulation_steps"):
             _require(getattr(self, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
-        _require(self.num_train_epochs is None or self.num_train_epochs >= 1, "training.num_train_epochs",
-                 f"must be null or >= 1, got {self.num_train_epochs}")
+        _require(self.num_train_epochs is None or self.num_train_epochs > 0, "training.num_train_epochs",
+                 f"must be null or > 0, got {self.num_train_epochs}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", "must be in [0, 1]")
         _require(0.0 <= self.ema < 1.0, "training.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
         _require(self.device in ("auto", "cpu", "cuda"), "training.device",

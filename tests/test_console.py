@@ -14,8 +14,11 @@ NOISE = ("Warning", "warn(", "kernels-community", "deprecated", "model of type")
 
 @pytest.mark.slow
 def test_tiny_run_prints_eval_lines_on_ema_and_a_summary_and_nothing_else(run_tiny):
-    p = run_tiny("training.ema=0.5")  # horizon 2 steps: no EMA warning; warmup 2 < 12 steps; save every 4
+    # horizon 2 steps: no EMA warning; warmup 2 < 12 steps; save every 4. The length as epochs:
+    # 139 training records // batch 8 = 17 steps per epoch, x 0.706 -> the loop counts 12 steps
+    p = run_tiny("training.ema=0.5", "training.num_train_steps=1", "training.num_train_epochs=0.706")
     out = p.stdout + p.stderr
+    assert "training.num_train_epochs=0.706: 12 steps (139 records, 8 per step)" in out, out
     evals = [ln for ln in out.splitlines() if ln.startswith("eval step")]
     assert [ln.split(":")[0] for ln in evals] == [f"eval step {s} (EMA)" for s in (4, 8, 12)], out
     assert "| mse " in evals[0], evals  # the family's declared metrics, not only the loss

@@ -233,9 +233,9 @@ class _Loop:
         """``training.num_train_epochs`` as steps, from the record index the loader built."""
         t = self.cfg.training
         per_step = t.train_batch_size * self.dist.world * t.gradient_accumulation_steps
-        t.num_train_steps = t.num_train_epochs * max(1, self.data.train_records // per_step)
+        t.num_train_steps = max(1, round(t.num_train_epochs * max(1, self.data.train_records // per_step)))
         if self.dist.is_main:
-            log.info("training.num_train_epochs=%d: %d steps (%d records, %d per step)", t.num_train_epochs,
+            log.info("training.num_train_epochs=%g: %d steps (%d records, %d per step)", t.num_train_epochs,
                      t.num_train_steps, self.data.train_records, per_step)
     def _init_from(self, path: str) -> set[str]:
         """A previous stage's trained tensors (names and shapes that exist here); fresh optimizer.
