@@ -66,6 +66,18 @@ def settle(collated: Collated, skip: bool) -> tuple[dict, BatchInfo]:
     return collated.batch, BatchInfo(len(collated.bad), collated.truncated, collated.samples)
 
 
+def settle_later(collated: Collated, skip: bool, noted: DataError | None) -> tuple[dict, BatchInfo, DataError | None]:
+    """:func:`settle` for loops whose every batch is a collective step (evaluation): under
+    ``error`` a bad record is noted, not raised, and the batch's good records go on, so every rank
+    runs the same collectives; the caller raises the first noted error once the ranks agree
+    (``mmldlm.train.distributed.first_error``). Returns (batch, info, the first error noted)."""
+    if collated.bad and not skip:
+        noted = noted or collated.bad[0]
+        collated = collated._replace(bad=[])
+    batch, info = settle(collated, skip)
+    return batch, info, noted
+
+
 class Collator:
     """Batch tokenisation and latent stacking.
 

@@ -113,6 +113,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def first_error(err: BaseException | None, device: torch.device) -> BaseException | None:
+    """Whether any rank failed, agreed by all: the first failing rank's error on every rank (a
+    DataError names the file, record and reason), else None. One flag all-reduce; the errors are
+    gathered only when some rank failed. Collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return err
+    flag = torch.tensor([float(err is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    return next(e for e in all_gather_object(err) if e is not None)
+
+
 def broadcast_object(obj, src: int = 0):
     """``obj`` of rank ``src`` on every rank (one decision, taken once, shared by all)."""
     if dist.is_available() and dist.is_initialized():

@@ -120,12 +120,7 @@ def train(cfg: DictConfig) -> dict:
         log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
         raise SystemExit(1) from None
     except DataError as e:
-        core = lookup(cfg.objective).records.name == "core"  # the checker knows the core fields only
-        hint = "" if e.record is None else (
-            (f"\nList every bad record with: python -m latentDLM_mmdit.data_simple check {e.json_path} "
-             f"--latent-dim {cfg.data.latent_dim} (or" if core else "\n(Or") +
-            " set data.on_bad_record=skip to skip and count them)")
-        log.error("bad data: %s%s", e, hint)
+        log.error("bad data: %s%s", e, _bad_data_hint(e, cfg, loop))
         raise SystemExit(1) from None
     finally:
         if loop is not None:
@@ -140,6 +135,24 @@ def train(cfg: DictConfig) -> dict:
         if finished:
             D.barrier()
         D.teardown()
+
+
+def _bad_data_hint(e: DataError, cfg, loop: _Loop | None) -> str:
+    """What to do about a bad record: the checker's command for the run's data, and how to
+    continue (the step the run saved first, when it had trained)."""
+    if e.record is None:
+        return ""
+    if lookup(cfg.objective).records.name == "core" and lookup(cfg.objective).collator is None:
+        check = f"python -m latentDLM_mmdit.data_simple check {e.json_path} --latent-dim {cfg.data.latent_dim}"
+    elif loop is not None and (loop.run_dir / "config.yaml").is_file():
+        check = f"python -m mmldlm.data.check {e.json_path} --run {loop.run_dir}"
+    else:
+        check = f"python -m mmldlm.data.check {e.json_path} --config-name NAME [your overrides]"
+    hint = f"\nList every bad record with: {check} (or set data.on_bad_record=skip to skip and count them)"
+    if loop is not None and loop.rescued_step is not None:
+        hint += (f"\nStep {loop.rescued_step} was saved first: after the fix, continue with training.resume=auto "
+                 "(nothing trained is lost)")
+    return hint
 
 
 class _Loop:
@@ -175,6 +188,8 @@ class _Loop:
         self.step, self.skipped_steps = 0, 0
         self.batch_bad_records = 0  # this rank's records dropped at batch time (skip mode)
         self.wandb_id = None
+        self.last_saved = None  # the step of the newest checkpoint of this timeline, once known
+        self.rescued_step = None  # the step saved before a bad record ended the run
         resumed = C.resolve_resume(self.run_dir, t.resume)
         if resumed:
             self._load(*resumed)
@@ -245,6 +260,7 @@ class _Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.load_state_dict(state["data"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.last_saved = self.step  # this step's checkpoint exists: a failure now need not rewrite it
         self.wandb_id = state.get("wandb_id")
         rngs, bad, windows = state["rng"], state["batch_bad_records"], state["metric_window"]
         self.batch_bad_records = bad[self.dist.rank] if len(bad) == self.dist.world else (
@@ -295,7 +311,7 @@ class _Loop:
         dev = self.dist.device
         self.samples = torch.zeros((), dtype=torch.float64, device=dev)
         self.tokens = torch.zeros((), dtype=torch.float64, device=dev)
-        self.t_window, self.last_saved, stopped = time.perf_counter(), None, False
+        self.t_window, stopped = time.perf_counter(), False
         while self.step < t.num_train_steps:
             stop_now = self._train_step(stop)
             bar.update(1)
@@ -321,8 +337,7 @@ class _Loop:
         accum, clip = t.gradient_accumulation_steps, self.cfg.optimizer.grad_clip_norm
         step_metrics = MetricWindow(dev)
         loss_sum = torch.zeros((), device=dev)
-        for micro in range(accum):
-            batch, info = next(self.data.train)
+        for micro, (batch, info) in enumerate(self._fetch_step(accum)):
             self.batch_bad_records += info.skipped
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with D.sync_grads(self.model, micro == accum - 1):
@@ -357,6 +372,31 @@ class _Loop:
         self.step += 1
         return bool(stop_now)
 
+    def _fetch_step(self, accum: int) -> list:
+        """This step's micro-batches, fetched before any forward. A bad record on any rank
+        (``data.on_bad_record=error``) ends every rank together, after a checkpoint of the last
+        completed step at the data position before this one: no work is lost, and a resume after
+        the fix (or with ``skip``) reads this step's batches again."""
+        position = self.data.train.state_dict()
+        batches, error = [], None
+        try:
+            for _ in range(accum):
+                batches.append(next(self.data.train))
+        except DataError as e:
+            error = e
+        error = D.first_error(error, self.dist.device)
+        if error is not None:
+            self._save_before_failing(position)
+            raise error
+        return batches
+
+    def _save_before_failing(self, data_state: dict | None = None) -> None:
+        """A checkpoint of the last completed step before a bad record ends the run (collective)."""
+        if self.step > 0 and self.last_saved != self.step:
+            self._save(data_state)
+            self.last_saved = self.step
+            self.rescued_step = self.step
+
     def _after_step(self, stop_now: bool) -> dict | None:
         """Log, evaluate and checkpoint as the step number asks; returns the logged record."""
         t, lg, rec = self.cfg.training, self.cfg.logging, None
@@ -367,7 +407,11 @@ class _Loop:
             self.t_window = time.perf_counter()
         t_side = time.perf_counter()  # eval and checkpoint time is not training throughput
         if self.data.val is not None and (lg.eval_freq and self.step % lg.eval_freq == 0 or last):
-            self._evaluate()
+            try:
+                self._evaluate()  # a bad validation record ends every rank together (evaluate agrees)
+            except DataError:
+                self._save_before_failing()
+                raise
         if (lg.save_freq and self.step % lg.save_freq == 0 or last or stop_now) and self.last_saved != self.step:
             self._save()
             self.last_saved = self.step
@@ -405,9 +449,10 @@ class _Loop:
             if self.wandb:
                 self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)
 
-    def _save(self) -> None:
+    def _save(self, data_state: dict | None = None) -> None:
+        """A checkpoint of this step; ``data_state``: the data position to record (default: now)."""
         extra = {"scheduler": self.scheduler.state_dict(), "step": self.step,
-                 "data": self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
+                 "data": data_state or self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
                  "rng": D.all_gather_object(C.rng_state(self.dist.device)),
                  "metric_window": D.all_gather_object(self.window.state_dict()),
                  "skipped_steps": self.skipped_steps, "batch_bad_records": D.all_gather_object(self.batch_bad_records),
