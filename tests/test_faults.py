@@ -62,3 +62,73 @@ def test_a_bad_validation_record_saves_the_step_then_every_rank_ends_in_one_line
                  nproc=2, run_name="evalcut", expect_ok=False)
     one_line_per_rank(p, 2, str(val_path), "record 9", "not found")
     assert C.read_latest(run_tiny.run_dir("evalcut")).name == "checkpoint_step_3.pt"
+
+
+def bomb_png(path, width: int, height: int) -> None:
+    """A PNG whose header promises ``width x height`` pixels, a few bytes on disk (never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_the_checker_lists_every_record_an_image_run_would_refuse(shapes_data, tmp_path, capsys):
+    """Items 1, 7, 9: corrupt, truncated, missing, FIFO, directory and decompression-bomb images and
+    a symlink out of the root are listed by the checker with the image config (decoded as the
+    collate decodes them), and each is a bad record of the run's own collate."""
+    import os
+    import shutil
+
+    from mmldlm.data.check import check_main
+
+    root = tmp_path / "set"
+    shutil.copytree(shapes_data, root)
+    images = root / "images"
+    (images / "corrupt.png").write_bytes(os.urandom(300))
+    good = (images / "000000.png").read_bytes()
+    (images / "truncated.png").write_bytes(good[: len(good) // 2])
+    os.mkfifo(images / "fifo.png")
+    (images / "dir.png").mkdir()
+    bomb_png(images / "bomb.png", 12_000, 12_000)  # 144 Mpx, as the audit's 140 KB PNG
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(good)
+    (images / "link.png").symlink_to(outside)
+    (images / "inside_link.png").symlink_to(images / "000000.png")  # a link that stays inside is fine
+    records = json.loads((root / "train_data.json").read_text())[:8]
+    cases = {"corrupt.png": "cannot be decoded", "truncated.png": "cannot be decoded", "gone.png": "not found",
+             "fifo.png": "is a FIFO", "dir.png": "is a directory", "bomb.png": "144.0 Mpx, above the cap",
+             "link.png": "through a symlink", "inside_link.png": None}
+    for name in cases:
+        records.append({"image_path": f"images/{name}", "caption": "a red circle", "image_id": len(records)})
+    (root / "train_data.json").write_text(json.dumps(records))
+    rc = check_main([str(root / "train_data.json"), "--config-name", "image_shapes_cpu", "model.image_size=32",
+                     "model.patch_size=8", f"data.tokenizer_name={root / 'tokenizer'}"])
+    out = capsys.readouterr().out
+    bad = [ln for ln in out.splitlines() if ln.startswith("BAD")]
+    assert rc == 1 and len(bad) == 7, out
+    for line, (name, words) in zip(bad, [c for c in cases.items() if c[1]]):
+        assert f"record {8 + list(cases).index(name)}:" in line and words in line, (name, line)
+    assert f"{len(records)} records, 7 bad, 9 good" in out
+
+
+def test_the_checker_tokenises_sft_conversations_against_the_context(sft_jsonl, tiny_chat_wedlm_dir, tmp_path,
+                                                                      capsys):
+    """Item 1 (SFT): a conversation whose prompt alone fills the context is listed by the checker
+    with the fine-tuning config, as its collate would refuse it."""
+    from mmldlm.data.check import check_main
+
+    lines = sft_jsonl.read_text().splitlines()[:6]
+    long_prompt = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "short"}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(lines[:3] + [json.dumps(long_prompt)] + lines[3:]) + "\n")
+    rc = check_main([str(path), "--config-name", "wedlm8b_sft", "model=tiny",
+                     f"model.pretrained_local_dir={tiny_chat_wedlm_dir}", "data.max_seq_len=128"])
+    out = capsys.readouterr().out
+    bad = [ln for ln in out.splitlines() if ln.startswith("BAD")]
+    assert rc == 1 and len(bad) == 1 and "record 3:" in bad[0] and "the prompt alone is" in bad[0], out
+    assert "7 records, 1 bad, 6 good" in out

@@ -36,6 +36,7 @@ from mmldlm.data.records import (
     LatentError,
     LatentShard,
     RecordRules,
+    escape_problem,
     normalized,
     record_problem,
     regular_file_problem,
@@ -355,6 +356,7 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
     """One streaming pass: check every record, write the arrays, the problems and the meta. The
     arrays go to disk as they grow, so building costs no memory that grows with the corpus."""
     root = Path(rules.latent_root) if rules.latent_root else json_path.parent
+    real_root = None if rules.allow_outside else os.path.realpath(root)
     problems: list[dict] = []
     shards: dict[str, int | str] = {}  # resolved shard path -> rows, or why it is unusable
     fp = hashlib.blake2b(digest_size=16)
@@ -370,8 +372,8 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
                     obj, reason = normalized(obj, rules.fields)
                 reason = reason or record_problem(obj, rules)
                 if reason is None and rules.latent_dim is not None and obj.get("latent_row") is not None:
-                    reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_row"], rules.latent_dim,
-                                            shards)
+                    reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_path"], obj["latent_row"],
+                                            rules, real_root, shards)
                 if reason:
                     problems.append({"record": record_no, "line": line, "reason": reason})
                     continue
@@ -399,10 +401,13 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _shard_problem(path: str, row: int, latent_dim: int, shards: dict) -> str | None:
+def _shard_problem(path: str, rel: str, row: int, rules: RecordRules, real_root: str | None,
+                   shards: dict) -> str | None:
+    """Why a shard row is unusable (the shard checked once: header, size, confinement), or None."""
     if path not in shards:
         try:
-            shards[path] = LatentShard(path, latent_dim).rows
+            shards[path] = (real_root and escape_problem("latent_path", rel, path, real_root)) or \
+                LatentShard(path, rules.latent_dim).rows
         except LatentError as e:
             shards[path] = str(e)
     rows = shards[path]

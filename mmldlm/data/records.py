@@ -104,6 +104,23 @@ def outside_root(path: str) -> bool:
     return os.path.isabs(path) or norm == ".." or norm.startswith(".." + os.sep)
 
 
+def escapes_root(path: str, real_root: str) -> str | None:
+    """Where ``path`` really lies (symlinks followed) when that is outside ``real_root`` (itself a
+    real path), else None: a link inside the root may not lead a record's file out of it."""
+    real = os.path.realpath(path)
+    inside = real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+    return None if inside else real
+
+
+def escape_problem(key: str, rel: str, path: str, real_root: str) -> str | None:
+    """The bad-record reason of a record path that a symlink leads out of its root, or None."""
+    real = escapes_root(path, real_root)
+    if real is None:
+        return None
+    return (f"{key} {rel!r} leads out of its root {real_root} through a symlink (to {real}); set "
+            "data.allow_paths_outside_root=true to allow it")
+
+
 def normalized(obj, fields: RecordFields):
     """``(record, None)``, or ``(None, reason)`` when the family's ``normalize`` rejects ``obj``."""
     if fields.normalize is None:
