@@ -4,6 +4,7 @@ saving what was trained, or is survived with nothing lost."""
 import json
 
 import pytest
+import torch
 
 from mmldlm.train import checkpointing as C
 from mmldlm.train.run_log import read_jsonl
@@ -132,3 +133,60 @@ def test_the_checker_tokenises_sft_conversations_against_the_context(sft_jsonl, 
     bad = [ln for ln in out.splitlines() if ln.startswith("BAD")]
     assert rc == 1 and len(bad) == 1 and "record 3:" in bad[0] and "the prompt alone is" in bad[0], out
     assert "7 records, 1 bad, 6 good" in out
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint_and_says_what_it_skipped(run_tiny, tmp_path, caplog):
+    """Item 2: a sharded checkpoint with a missing or truncated shard, a changed file, a cut
+    .metadata (written before manifests), or a DDP file cut short is skipped by resume=auto,
+    which says which and why, and resumes from the complete one beside it."""
+    import shutil
+
+    run_tiny("training.parallelism=fsdp", run_name="fsdp")  # one process, sharded checkpoints 8 and 12
+    run_dir = run_tiny.run_dir("fsdp")
+    step12 = run_dir / "checkpoint_step_12"
+    assert (step12 / C.MANIFEST).is_file() and C.incomplete(step12) is None
+
+    def damaged(how):
+        d = tmp_path / f"ck_{how}"
+        shutil.copytree(step12, d)
+        shard = d / "__0_0.distcp"
+        if how == "missing_shard":
+            shard.unlink()
+        elif how == "truncated_shard":
+            shard.write_bytes(shard.read_bytes()[:100])
+        elif how == "changed_extra":
+            raw = bytearray((d / "extra.pt").read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            (d / "extra.pt").write_bytes(bytes(raw))
+        elif how == "legacy_truncated":  # no manifest: the DCP metadata's byte ranges decide
+            (d / C.MANIFEST).unlink()
+            shard.write_bytes(shard.read_bytes()[:100])
+        elif how == "legacy_cut_metadata":
+            (d / C.MANIFEST).unlink()
+            (d / ".metadata").write_bytes((d / ".metadata").read_bytes()[:20])
+        return C.incomplete(d)
+
+    assert damaged("missing_shard") == "__0_0.distcp is missing"
+    assert damaged("truncated_shard").startswith("__0_0.distcp is 100 bytes, its manifest says")
+    assert "extra.pt does not match its checksum" in damaged("changed_extra")
+    assert "its .metadata needs" in damaged("legacy_truncated")
+    assert "its .metadata does not read" in damaged("legacy_cut_metadata")
+    (step12 / "__0_0.distcp").unlink()
+    p = run_tiny("training.parallelism=fsdp", "training.resume=auto", run_name="fsdp")
+    out = p.stdout + p.stderr
+    assert "taking checkpoint_step_8: skipped checkpoint_step_12 (__0_0.distcp is missing)" in out
+    assert "resumed from" in out and "checkpoint_step_8 at step 8" in out
+    assert sorted(losses(run_dir)) == list(range(1, 13)) and C.incomplete(step12) is None  # step 12 again, whole
+    # a DDP checkpoint cut short (a copy that stopped half way): skipped for the one before it
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    for step in (1, 2):
+        C.save_checkpoint(ddp, step, {"w": torch.full((1000,), float(step))}, keep_last=3)
+    cut = ddp / "checkpoint_step_2.pt"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        path, state = C.resolve_resume(ddp, "auto")
+    assert path.name == "checkpoint_step_1.pt" and state["w"][0] == 1.0
+    assert "skipped checkpoint_step_2.pt (it does not load" in caplog.text
+    with pytest.raises(C.CheckpointError, match="checkpoint_step_2.pt does not load"):
+        C.resolve_resume(ddp, str(cut))

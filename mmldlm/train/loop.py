@@ -53,7 +53,8 @@ class DataChangedError(RuntimeError):
 
 
 # errors that end a run with one line (no traceback): the message says what to do
-ONE_LINE_ERRORS = (PrefetchError, ConfigError, RunDirError, C.CheckpointWriteError, DataChangedError)
+ONE_LINE_ERRORS = (PrefetchError, ConfigError, RunDirError, C.CheckpointWriteError, C.CheckpointError,
+                   DataChangedError)
 
 
 def _peak_tflops(cfg_value, device: torch.device) -> float | None:
