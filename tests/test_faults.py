@@ -9,8 +9,6 @@ import torch
 from mmldlm.train import checkpointing as C
 from mmldlm.train.run_log import read_jsonl
 
-pytestmark = pytest.mark.slow
-
 
 def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "training_log.jsonl")}
@@ -32,6 +30,7 @@ def one_line_per_rank(p, nproc: int, *words) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_a_bad_record_at_batch_time_saves_the_last_step_then_every_rank_ends_in_one_line(run_tiny, tiny_data):
     """Item 1: a record whose latent file is missing, met in step 6 on rank 0 of 2: both ranks end
     with one line, after checkpoint 5 (the last completed step; periodic ones are every 4). With
@@ -53,6 +52,7 @@ def test_a_bad_record_at_batch_time_saves_the_last_step_then_every_rank_ends_in_
     assert bad[5] == 0 and bad[6] == bad[12] == 1  # counted once, from the step that met it
 
 
+@pytest.mark.slow
 def test_a_bad_validation_record_saves_the_step_then_every_rank_ends_in_one_line(run_tiny, tiny_data, tmp_path):
     records = json.loads(tiny_data.read_text())
     val = records[:24]
@@ -135,6 +135,7 @@ def test_the_checker_tokenises_sft_conversations_against_the_context(sft_jsonl, 
     assert "7 records, 1 bad, 6 good" in out
 
 
+@pytest.mark.slow
 def test_resume_auto_takes_the_newest_complete_checkpoint_and_says_what_it_skipped(run_tiny, tmp_path, caplog):
     """Item 2: a sharded checkpoint with a missing or truncated shard, a changed file, a cut
     .metadata (written before manifests), or a DDP file cut short is skipped by resume=auto,
@@ -190,3 +191,58 @@ def test_resume_auto_takes_the_newest_complete_checkpoint_and_says_what_it_skipp
     assert "skipped checkpoint_step_2.pt (it does not load" in caplog.text
     with pytest.raises(C.CheckpointError, match="checkpoint_step_2.pt does not load"):
         C.resolve_resume(ddp, str(cut))
+
+
+def test_a_damaged_or_foreign_record_index_is_rebuilt_and_an_unwritable_cache_falls_back(tmp_path, paragraphs,
+                                                                                          caplog, monkeypatch):
+    """Item 3: records.npy cut to half, a data file changed in place with its size and mtime kept,
+    and another file's index copied over this one's are each rebuilt (never trained on); an
+    unwritable cache directory falls back to a private one with a warning; when nothing can be
+    written the error is one line naming the places."""
+    import os
+    import shutil
+
+    from mmldlm.data import index as I
+    from mmldlm.data.records import DataError, RecordRules
+    from tests.helpers.common import make_dataset
+
+    rules = RecordRules(latent_dim=4)
+    path = make_dataset(tmp_path / "a", paragraphs[:40], dim=4)
+    first = I.open_index(path, rules)
+    records = first.dir / "records.npy"
+    records.write_bytes(records.read_bytes()[: records.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert len(I.open_index(path, rules)) == 40
+    assert f"the record index {first.dir} cannot be used (records.npy holds 40 entries (cut short)" in caplog.text
+    # the same size and mtime, one record's text changed in place: the edge hash tells
+    st = path.stat()
+    raw = path.read_bytes()
+    old = json.loads(raw)[0]["text"]
+    path.write_bytes(raw.replace(old.encode(), old.upper().encode(), 1))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    idx = I.open_index(path, rules)
+    assert idx.reader().read([0])[0][1]["text"] == old.upper()
+    # another file's index, copied into place with the data (same name, other records), or only its
+    # records.npy copied over this one's (the same count: only the header's edge hash tells)
+    other = make_dataset(tmp_path / "b", paragraphs[40:60], dim=4)
+    shutil.copytree(path.parent / ".mmldlm_index", other.parent / ".mmldlm_index", dirs_exist_ok=True)
+    assert len(I.open_index(other, rules)) == 20
+    same_count = make_dataset(tmp_path / "c", paragraphs[60:100], dim=4)
+    foreign = I.open_index(same_count, rules).dir / "records.npy"
+    shutil.copy(foreign, idx.dir / "records.npy")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert I.open_index(path, rules).reader().read([0])[0][1]["text"] == old.upper()
+    assert "records.npy is not the one indexed with this header" in caplog.text
+    # an unwritable cache directory (under a regular file: even root cannot write there)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        idx = I.open_index(path, rules, cache_dir=str(blocker / "cache"))
+    assert len(idx) == 40 and idx.dir.is_relative_to(I.private_cache())
+    assert f"the record index cache {blocker / 'cache'}" in caplog.text and "cannot be written" in caplog.text
+    # nowhere to write (a full disk everywhere): one line naming each place tried
+    monkeypatch.setattr(I, "_build", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(DataError, match="its record index cannot be written anywhere: .*No space left on device"):
+        I.open_index(path, RecordRules(latent_dim=4, allow_outside=True), cache_dir=str(tmp_path / "full"))
