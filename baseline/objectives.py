@@ -382,4 +382,6 @@ def build(cfg, tokenizer) -> Objective:
 
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS)
+    register(_name, _schema, build, CONFIGS,
+             clis=("python baseline/eval/generate_samples.py", "python baseline/eval/loss.py",
+                   *(("python baseline/eval/self_correction.py",) if _name == "gidd" else ())))

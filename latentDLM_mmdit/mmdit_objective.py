@@ -272,4 +272,5 @@ def build(cfg, tokenizer) -> MMDiTObjective:
     return MMDiTObjective(cfg, tokenizer)
 
 
-register("mmdit", MMDiTRunConfig, build, CONFIGS)
+register("mmdit", MMDiTRunConfig, build, CONFIGS,
+         clis=("python -m latentDLM_mmdit.sample", "python baseline/eval/loss.py"))

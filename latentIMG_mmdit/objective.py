@@ -251,6 +251,6 @@ def _no_codebook_path(cfg, policy, source: str) -> None:
 
 
 register("image_continuous", ImageRunConfig, ContinuousImageObjective, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS)
+         records=IMAGE_RECORDS, clis=("python -m latentIMG_mmdit.sample",))
 register("image_discrete", DiscreteImageRunConfig, DiscreteImageObjective, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, on_rebuild=_no_codebook_path)
+         records=IMAGE_RECORDS, on_rebuild=_no_codebook_path, clis=("python -m latentIMG_mmdit.sample",))

@@ -24,6 +24,7 @@ import random
 import re
 from pathlib import Path
 
+from mmldlm.argtypes import all_or_at_least_one, nonneg_int
 from mmldlm.data.records import DataError, RecordFields
 
 DATASETS = ("squad", "hotpot", "synthetic")
@@ -236,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("convert", help="SQuAD / HotpotQA JSON or synthetic QA -> records JSONL")
     c.add_argument("--dataset", choices=DATASETS, required=True)
     c.add_argument("--data_file", default=None, help="the local SQuAD v1.1 / HotpotQA JSON file")
-    c.add_argument("--samples", type=int, default=-1, help="keep this many after a seeded shuffle (-1: all)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--samples", type=all_or_at_least_one, default=-1,
+                   help="keep this many after a seeded shuffle (-1: all)")
+    c.add_argument("--seed", type=nonneg_int, default=0)
     c.add_argument("--out", required=True)
     k = sub.add_parser("check", help="list the bad records of a records file")
     k.add_argument("path")

@@ -313,4 +313,4 @@ def locate_llms(cfg, policy, source: str) -> None:
 
 
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         on_rebuild=locate_llms)
+         on_rebuild=locate_llms, clis=("python latentwire/eval.py",))

@@ -1,4 +1,5 @@
-"""Atomic file writes: the one implementation (checkpoints, logs, the record index, extraction).
+"""Atomic file writes: the one implementation (checkpoints, logs, the record index, extraction);
+and :func:`load_tensors`, the one reader of the tensor files users hand the CLIs.
 
 A file is written to a temporary name in the same directory, flushed, fsynced and renamed over
 the target, then the directory is fsynced: a reader sees the old file or the new one, never half
@@ -47,3 +48,23 @@ def write_json_atomic(path: Path, obj: Any, unique_tmp: bool = False, indent: in
 
 def write_text_atomic(path: Path, text: str, unique_tmp: bool = False) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), unique_tmp)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "file"):
+    """``torch.load(weights_only=True)`` of a file a user hands a CLI (a samples file). Whatever
+    goes wrong is a ValueError naming the file in one line: missing, not a torch.save file, cut
+    short, or a payload weights-only loading refuses (pickled Python objects, which it never runs)."""
+    import pickle
+
+    import torch
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} {path}: not found (or not a regular file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} {path}: refused, it holds pickled Python objects that weights-only loading does "
+                         f"not run ({first[:200]}); save plain tensors, lists, dicts, strings and numbers") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{what} {path}: not a torch.save file, or cut short ({type(e).__name__})") from None

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmldlm.argtypes import at_least, positive_int
 from mmldlm.data.collate import Collator, partition
 from mmldlm.data.loader import RecordDataset
 from mmldlm.data.records import DataError
@@ -101,7 +102,7 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
         epilog="Trailing key=value arguments are overrides of --config-name (or of the --run config).")
     p.add_argument("json_path", help="train/validation JSON list or JSONL file")
     core = p.add_argument_group("core records ({text, latent_path, latent_row}), without a config")
-    core.add_argument("--latent-dim", type=int, default=None,
+    core.add_argument("--latent-dim", type=positive_int, default=None,
                       help="expected latent dimension D (omit for text-only records)")
     core.add_argument("--latent-data-root", default=None,
                       help="base directory of latent_path (default: the JSON file's directory)")
@@ -109,7 +110,7 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
                       help="accept absolute latent paths and paths with '..' (data.allow_paths_outside_root)")
     core.add_argument("--tokenizer", default=None,
                       help="also report how many texts exceed --max-seq-len tokens with this tokenizer")
-    core.add_argument("--max-seq-len", type=int, default=512, help="token limit for the truncation report")
+    core.add_argument("--max-seq-len", type=at_least(2), default=512, help="token limit for the truncation report")
     fam = p.add_argument_group("any family's records, read and collated as its training run would")
     fam.add_argument("--config-name", default=None, help="the training config (e.g. image_continuous, wedlm8b_sft)")
     fam.add_argument("--run", default=None, help="a run directory: the config it trained with (RUN/config.yaml)")
@@ -120,10 +121,6 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
                 "or --run)")
     if args.config_name and args.run:
         p.error("--config-name and --run both name a config; pass one")
-    if args.latent_dim is not None and args.latent_dim < 1:
-        p.error(f"--latent-dim: must be >= 1, got {args.latent_dim}")
-    if args.max_seq_len < 2:
-        p.error(f"--max-seq-len: must be >= 2, got {args.max_seq_len}")
     try:
         ds, collate, tok, texts = _reader(args, overrides)
     except DataError as e:  # the file as a whole is unreadable

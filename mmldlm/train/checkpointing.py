@@ -245,6 +245,13 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path / EXTRA if path.is_dir() else path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_objective(path: Path) -> str | None:
+    """The objective a checkpoint names, read without loading its tensors (memory-mapped)."""
+    path = Path(path)
+    state = torch.load(path / EXTRA if path.is_dir() else path, map_location="cpu", weights_only=True, mmap=True)
+    return (state.get("config") or {}).get("objective")
+
+
 def load_sharded(path: Path, model, optimizer, keys: set[str]) -> None:
     """Model (``keys``) and optimizer state of a sharded checkpoint into ``model`` / ``optimizer``
     (FSDP or plain, any number of ranks). Collective under a process group."""

@@ -83,7 +83,10 @@ def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy:
     state = load_checkpoint(path)
     name = state["config"].get("objective") or expect
     if name is None or (expect is not None and name != expect):
-        raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}; this command reads {expect!r} runs")
+        from mmldlm.objective import readers
+
+        raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}; this command reads {expect!r} "
+                                    f"runs: {readers(name)}")
     entry = lookup(name)
     cfg = OmegaConf.merge(OmegaConf.structured(entry.schema), state["config"])
     apply_load_policy(cfg, policy, str(path))

@@ -193,4 +193,4 @@ def collator(cfg, tokenizer) -> SFTCollator:
 
 
 register("wedlm_finetune", FinetuneRunConfig, build, CONFIGS, collator=collator, records=SFT_RECORDS,
-         on_rebuild=locate_backbone)
+         on_rebuild=locate_backbone, clis=("python -m wedlm_bridge.export_finetuned",))
