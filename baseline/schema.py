@@ -91,6 +91,7 @@ class HdlmModelConfig(DiTModelConfig):
         if self.cluster_size < 1:
             raise ConfigError(f"model.cluster_size: need >= 1, got {self.cluster_size}")
         require_min("model", self, gamma=0.0)
+        require_fraction("model", self, "p_perturb")
         if self.cluster_dict_path is None:
             raise ConfigError("model.cluster_dict_path: HDLM needs a cluster dict for the tokenizer's vocabulary; "
                               "build one offline with python -m baseline.build_clusters --model DIR "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -63,8 +64,11 @@ def load_tensors(path: str | os.PathLike, what: str = "file"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{what} {path}: refused, it holds pickled Python objects that weights-only loading does "
-                         f"not run ({first[:200]}); save plain tensors, lists, dicts, strings and numbers") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle torch wrote (random bytes, another format)
+            raise ValueError(f"{what} {path}: not a torch.save file, or cut short (UnpicklingError)") from None
+        raise ValueError(f"{what} {path}: refused, it holds pickled Python objects ({found.group(1)}) that "
+                         "weights-only loading does not run; save plain tensors, lists, dicts, strings and "
+                         "numbers") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{what} {path}: not a torch.save file, or cut short ({type(e).__name__})") from None

@@ -2,6 +2,7 @@
 run is cheap to share. A fault either ends every rank with one line naming what to fix, after
 saving what was trained, or is survived with nothing lost."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +247,184 @@ def test_a_damaged_or_foreign_record_index_is_rebuilt_and_an_unwritable_cache_fa
     monkeypatch.setattr(I, "_build", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(DataError, match="its record index cannot be written anywhere: .*No space left on device"):
         I.open_index(path, RecordRules(latent_dim=4, allow_outside=True), cache_dir=str(tmp_path / "full"))
+
+
+# values a key legitimately takes at 0 or -1 (each says what it means); every other numeric key of
+# every shipped schema refuses 0 and -1 (integers) or -1.0 (floats) with a one-line config error
+MEANINGFUL = {
+    "data.num_workers": {0},  # load in the main process
+    "logging.eval_freq": {0}, "logging.save_freq": {0},  # 0 = off (final and preemption saves still happen)
+    "logging.num_eval_batches": {0},  # 0 = the whole validation set
+    "training.seed": {0}, "training.warmup_steps": {0},
+    "optimizer.grad_clip_norm": {-1.0},  # <= 0: no clipping (the norm is still logged)
+    "loss.cycle_text_ramp_steps": {0, -1}, "loss.cycle_latent_ramp_steps": {0, -1},  # <= 0: no ramp
+    "loss.cycle_text_warmup_steps": {0}, "loss.cycle_latent_warmup_steps": {0},
+    "loss.first_token_ce_warmup_steps": {0},
+    "model.latent_private_len": {0}, "model.lora_r": {0},  # no private slots; no adapters
+    "finetune.num_learnable_im_end": {0},
+    "sample.eval_batches": {0}, "sample.eval_roundtrip_batches": {0},  # 0 = off
+    "sample.i2t_steps": {0}, "sample.l2t_steps": {0},  # 0 = one step per position
+}
+
+
+def _numeric_keys(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            yield from _numeric_keys(sub, f"{prefix}{f.name}.")
+            continue
+        t = hints[f.name]
+        t = typing.get_args(t)[0] if typing.get_origin(t) is typing.Union else t
+        if t in (int, float):
+            yield f"{prefix}{f.name}", t
+
+
+def _run_checks(node) -> None:
+    """Every section's ``check()``, as ``mmldlm.config.validate`` runs them on the typed config."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(node):
+        if hasattr(node, "check"):
+            node.check()
+        for f in dataclasses.fields(node):
+            _run_checks(getattr(node, f.name))
+
+
+def test_every_numeric_key_of_every_family_has_its_range_checked(tmp_path):
+    """Item 9 (keys): 0 / -1 are refused at start by every schema, unless they mean something."""
+    import copy
+    import functools
+
+    from mmldlm.config import ConfigError, compose, objective_of, validate
+    from mmldlm.objective import registered
+
+    stand_in = tmp_path / "stand_in"  # configs that name a file (HDLM's clusters, a codebook)
+    stand_in.write_text("")
+    accepted, families = {}, set()
+    for name, entry in sorted(registered().items()):
+        config = next((y.stem for y in sorted(entry.config_dir.glob("*.yaml"))
+                       if objective_of(y.stem, [entry.config_dir]) == name), None)
+        if config is None:
+            continue
+        extra = {"hdlm": [f"model.cluster_dict_path={stand_in}"], "image_discrete": [f"model.codebook={stand_in}"]}
+        cfg0 = compose(config, ["data.data_files.train=/x", *extra.get(name, [])])
+        families.add(name)
+        typed = validate(cfg0)
+        for key, kind in _numeric_keys(type(typed)):
+            for value in ((0, -1) if kind is int else (-1.0,)):
+                obj = copy.deepcopy(typed)  # the typed config, one key changed, every section's check() run
+                *path, leaf = key.split(".")
+                setattr(functools.reduce(getattr, path, obj), leaf, value)
+                try:
+                    _run_checks(obj)
+                except ConfigError as e:
+                    assert key.split(".")[-1] in str(e), (key, str(e))  # (a key interpolated from it, too)
+                    continue
+                accepted.setdefault(key, set()).add(value)
+    assert families >= {"mdlm", "gidd", "hdlm", "ar", "mmdit", "bridge", "wedlm_finetune", "latentwire",
+                        "image_continuous", "image_discrete", "t2l_regression", "mdlm_latent"}
+    wrong = {k: v for k, v in accepted.items() if not v <= MEANINGFUL.get(k, set())}
+    assert not wrong, f"accepted without a check: {wrong}"
+
+
+def test_every_numeric_flag_has_a_ranged_type_and_out_of_range_values_end_in_one_line(capsys):
+    """Item 9 (flags): no command parses a number with a bare int/float (a test over the sources),
+    and the audit's --batch_size 0, --epochs 0, --world-size 0, num_t=0 end in one line each."""
+    import ast
+    import subprocess
+
+    from tests.helpers.common import REPO
+
+    bare = []
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for rel in tracked:  # the commands users run: not the tests, not the benchmarks
+        if rel.startswith(("tests/", "scripts/bench/", "scripts/estimate_table")):
+            continue
+        for node in ast.walk(ast.parse((REPO / rel).read_text())):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith("--")):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            t = kw.get("type")
+            if isinstance(t, ast.Name) and t.id in ("int", "float") and "choices" not in kw:
+                bare.append(f"{rel}:{node.lineno} {node.args[0].value}")
+    assert not bare, bare
+
+    from baseline.eval.loss import main as loss_main
+    from latentIMG_mmdit.cli import parser as image_parser
+    from latentwire.cli import train_parser
+    from mmldlm.estimate.__main__ import main as estimate_main
+
+    for run, words in [(lambda: train_parser().parse_args(["--batch_size", "0"]), "--batch_size: must be >= 1, got 0"),
+                       (lambda: train_parser().parse_args(["--epochs", "0"]), "--epochs: must be > 0.0, got 0"),
+                       (lambda: image_parser("continuous").parse_args(["--data-root", "d", "--epochs", "0"]),
+                        "--epochs: must be >= 1, got 0"),
+                       (lambda: estimate_main(["--config-name", "mmdit", "--world-size", "0"]),
+                        "--world-size: must be >= 1, got 0"),
+                       (lambda: loss_main(["path=x", "num_t=0"]), "num_t=0: must be >= 1")]:
+        with pytest.raises(SystemExit) as e:
+            run()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "Traceback" not in err, err
+
+
+def test_eval_clis_accept_every_key_their_docs_and_errors_name_and_help_marks_only_required_keys(capsys):
+    """Item 4: loss.py's data_files.validation=PATH (its docs and its own error name it) parses;
+    every key=value in an eval CLI's docstring, its hint messages and docs/baselines.md is known;
+    --help calls only keys without any default required."""
+    import ast
+    import dataclasses
+    import importlib
+    import re
+
+    from baseline.eval.loss import LossArgs
+    from mmldlm.eval.cli import known_key, parse_keys
+    from tests.helpers.common import REPO
+
+    args = parse_keys(LossArgs, ["path=RUN", "data_files.validation=/data/val.json"], "")
+    assert args.data_files == {"validation": "/data/val.json"}
+    key = re.compile(r"(?<![\w.\-/$(])([a-z_][a-z0-9_]*(?:\.[a-z_]+)*)=(?!=)")  # not f(x=...): a call
+    docs = (REPO / "docs" / "baselines.md").read_text() + (REPO / "README.md").read_text()
+    for module, spec, aliases in [("loss", "LossArgs", {}), ("generate_samples", "GenerateArgs",
+                                                              {"samples_dir": "samples_path"}),
+                                  ("generative_ppl", "GenPPLArgs", {}), ("self_correction", "CorrectionArgs", {})]:
+        mod = importlib.import_module(f"baseline.eval.{module}")
+        fields = {f.name: f for f in dataclasses.fields(getattr(mod, spec))}
+        source = Path(mod.__file__).read_text()
+        named = set(key.findall(mod.__doc__))
+        for node in ast.walk(ast.parse(source)):  # the hints of its messages ("pass data_files.validation=PATH")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "pass " in node.value:
+                named |= set(key.findall(node.value))
+        for line in docs.splitlines():
+            if f"{module}.py " in line:
+                named |= set(key.findall(line[line.index(f"{module}.py"):]))
+        unknown = [k for k in named - {"key"} if not known_key(fields, aliases.get(k, k))]
+        assert not unknown, (module, unknown)
+        with pytest.raises(SystemExit):
+            mod.main(["--help"])
+        required = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.endswith("(required)")]
+        assert required == [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                            and f.default_factory is dataclasses.MISSING], (module, required)
+
+
+def test_a_samples_file_with_a_pickled_payload_is_refused_in_one_line(tmp_path, capsys):
+    """Item 9: weights-only loading refuses a samples file holding pickled Python objects; the CLI
+    says so in one line, as it does for a file that is not a torch.save file at all."""
+    import argparse
+
+    from baseline.eval.generative_ppl import main as gen_ppl
+
+    payload = tmp_path / "samples.pt"
+    torch.save({"ids": torch.zeros(2, 4, dtype=torch.long), "header": argparse.Namespace(a=1)}, payload)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file at all")
+    for path, words in [(payload, "refused, it holds pickled Python objects (argparse.Namespace)"),
+                        (junk, "not a torch.save file, or cut short")]:
+        with pytest.raises(SystemExit) as e:
+            gen_ppl([f"samples_path={path}"])
+        assert str(e.value.code).startswith(f"error: samples_path {path}: {words}"), e.value.code
+        assert "\n" not in str(e.value.code)

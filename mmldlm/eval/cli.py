@@ -35,8 +35,7 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
     for arg in argv:
         key, eq, value = arg.partition("=")
         key = (aliases or {}).get(key, key)
-        section = key.split(".", 1)[0]  # data_files.validation=PATH: a key inside a section
-        if not eq or section not in fields or ("." in key) != _is_section(fields[section]):
+        if not eq or not known_key(fields, key):
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             _fail(f"{arg!r} is not key=value with a known key{hint}; keys: {', '.join(fields)}")
@@ -50,8 +49,10 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
     return obj
 
 
-def _is_section(f: dataclasses.Field) -> bool:
-    return f.default_factory is not dataclasses.MISSING
+def known_key(fields: dict, key: str) -> bool:
+    """``key`` is a field, or a key inside a section field (``data_files.validation``)."""
+    section = key.split(".", 1)[0]
+    return section in fields and ("." in key) == (fields[section].default_factory is not dataclasses.MISSING)
 
 
 def _check_ranges(obj, fields: dict) -> None:
