@@ -199,10 +199,10 @@ def train_main(argv: list[str] | None = None) -> dict:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    write_records(records, cfg.data.data_files.train)  # every rank writes the same bytes, atomically
     from mmldlm.train import train
 
-    result = train(cfg)
+    # the records go into the run directory only once the loop holds its lock (rank 0 writes them)
+    result = train(cfg, prepare=lambda run_dir: write_records(records, cfg.data.data_files.train))
     if int(os.environ.get("RANK", "0")) == 0:
         write_training_stats(Path(result["run_dir"]))
     return result

@@ -189,9 +189,9 @@ def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> lis
 
 
 def write_records(records: list[dict], path: str | Path) -> Path:
-    """QA records as JSONL. Every torchrun rank calls this with the same records: a file that
-    already holds them is left alone (its index stays valid), and each writer renames its own
-    temporary file over the target, so ranks racing never expose half a file or lose a rename."""
+    """QA records as JSONL, written atomically; a file that already holds them is left alone (its
+    index stays valid). Training writes them into the run directory from rank 0, under the run's
+    lock (``mmldlm.train.train``'s ``prepare``); a unique temporary name keeps any two writers apart."""
     from mmldlm.io import write_text_atomic
 
     path = Path(path)

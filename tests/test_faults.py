@@ -428,3 +428,26 @@ def test_a_samples_file_with_a_pickled_payload_is_refused_in_one_line(tmp_path, 
             gen_ppl([f"samples_path={path}"])
         assert str(e.value.code).startswith(f"error: samples_path {path}: {words}"), e.value.code
         assert "\n" not in str(e.value.code)
+
+
+def test_latentwire_takes_the_run_lock_before_writing_into_the_run_directory(tmp_path, caplog):
+    """Item 5: a second LatentWire command on a running run's directory is refused before it
+    writes anything there (it used to replace the running run's data/train.jsonl first)."""
+    from latentwire.cli import train_main
+    from mmldlm.train.run_dir import RunDirLock
+
+    run_dir = tmp_path / "runs" / "qa"
+    held = RunDirLock(run_dir)
+    held.acquire()  # the running run
+    records = run_dir / "data" / "train.jsonl"
+    records.parent.mkdir(parents=True)
+    records.write_text('{"source": "the running run\'s own records", "answers": ["x"]}\n')
+    before = records.read_bytes()
+    try:
+        with caplog.at_level("ERROR"), pytest.raises(SystemExit) as e:
+            train_main(["--dataset", "synthetic", "--samples", "16", "--batch_size", "4", "--epochs", "1",
+                        "--llama_id", "none/llama", "--qwen_id", "none/qwen", "--output_dir", str(run_dir)])
+    finally:
+        held.release()
+    assert e.value.code == 1 and "is in use by a running job" in caplog.text
+    assert records.read_bytes() == before and sorted(p.name for p in (run_dir / "data").iterdir()) == ["train.jsonl"]

@@ -2,10 +2,11 @@
 
 ``train(cfg)`` builds the objective registered under ``cfg.objective`` and runs it. Start-up
 order (cheap checks first, so a mistake never costs the expensive part): the save directory is
-writable; the run directory does not hold another run; the tokenizer loads; every record is
-checked (``mmldlm.data``); only then is the run directory created and locked (one run per
-directory) and the objective built (for the bridge: 8B weights loaded), wrapped (DDP or FSDP2)
-and, if asked, resumed.
+writable; the run directory does not hold another run; the run directory is created and locked
+(one run per directory; nothing is written into it before); the tokenizer loads; every record is
+checked (``mmldlm.data``); only then is the objective built (for the bridge: 8B weights loaded),
+wrapped (DDP or FSDP2) and, if asked, resumed. A run that fails before it starts leaves no empty
+run directory behind.
 
 A step (``_train_step``): ``gradient_accumulation_steps`` micro-batches (gradient sync only on the
 last), bf16 autocast over fp32 master weights, clipping, then one all-reduced flag tells every
@@ -21,6 +22,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -106,13 +108,15 @@ def _check_run_dir(run_dir: Path, resume) -> None:
                           "it, or choose another logging.run_name")
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``."""
+def train(cfg: DictConfig, prepare: Callable[[Path], None] | None = None) -> dict:
+    """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``. ``prepare(run_dir)``: a
+    family's own writes into the run directory (LatentWire's records file), done by rank 0 once the
+    run directory is locked, before any data is read."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fsdp = cfg.training.parallelism.name == "fsdp"
     dist, loop, finished = D.setup(cfg.training.device, need_group=fsdp), None, False
     try:
-        loop = _Loop(cfg, dist)
+        loop = _Loop(cfg, dist, prepare)
         with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
             out = loop.run()
         finished = True
@@ -157,21 +161,25 @@ def _bad_data_hint(e: DataError, cfg, loop: _Loop | None) -> str:
 
 
 class _Loop:
-    def __init__(self, cfg, dist: D.DistInfo):
+    def __init__(self, cfg, dist: D.DistInfo, prepare: Callable[[Path], None] | None = None):
         self.cfg, self.dist, t = cfg, dist, cfg.training
         self.entry = lookup(cfg.objective)
         self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
+        # locked before anything is written into it or read from it: a second command on a running
+        # run's directory is refused before it can touch that run's files
+        if dist.is_main:
+            self.lock = RunDirLock(self.run_dir)
+        _agree(lambda: self.lock.acquire(), dist)
+        if prepare is not None:
+            _agree(lambda: prepare(self.run_dir), dist)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer_name)
         collate = self.entry.collator(cfg, self.tokenizer) if self.entry.collator else None
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
                                pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
                                fields=self.entry.records, collate=collate)
-        if dist.is_main:
-            self.lock = RunDirLock(self.run_dir)
-        _agree(lambda: self.lock.acquire(), dist)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.objective = self.entry.build(cfg, self.tokenizer).to(dist.device)
         carried = self._init_from(t.init_from) if t.init_from else set()
