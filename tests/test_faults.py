@@ -451,3 +451,38 @@ def test_latentwire_takes_the_run_lock_before_writing_into_the_run_directory(tmp
         held.release()
     assert e.value.code == 1 and "is in use by a running job" in caplog.text
     assert records.read_bytes() == before and sorted(p.name for p in (run_dir / "data").iterdir()) == ["train.jsonl"]
+
+
+MEMORY_OF_ONE_LONG_RECORD = """
+import resource, sys
+from mmldlm.data.collate import Collator
+from mmldlm.data.tokenizer import load_tokenizer
+col = Collator(load_tokenizer(sys.argv[1]), 512)
+text = ("A long record of prose, many times over. " * 130_000)[:5_000_000]
+col.tokenize(["warm up the tokenizer"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = col.tokenize([text, "a short one"])
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(f"{grew:.1f} {out.input_ids.shape[1]} {out.truncated.tolist()}")
+"""
+
+
+@pytest.mark.slow
+def test_an_over_long_text_record_is_cut_before_tokenising_with_the_same_ids(tokenizer, tokenizer_path, paragraphs):
+    """Item 9: one 5 MB text record cost ~590 MB of tokenizer encodings to keep 512 tokens; now the
+    peak memory grows by a few MB, and the ids are those of the whole text."""
+    import subprocess
+    import sys
+
+    from mmldlm.data.collate import Collator
+
+    texts = [" ".join(paragraphs[i: i + 40]) for i in range(0, 200, 40)] + ["y" * 200 + " " + "z" * 20_000,
+                                                                          "word " * 20_000]
+    for L in (8, 128):
+        want = tokenizer(texts, truncation=True, max_length=L, padding="longest", return_tensors="pt",
+                         split_special_tokens=True)["input_ids"]
+        assert torch.equal(Collator(tokenizer, L).tokenize(texts).input_ids, want)
+    p = subprocess.run([sys.executable, "-c", MEMORY_OF_ONE_LONG_RECORD, tokenizer_path], capture_output=True,
+                       text=True, timeout=300)
+    grew, width, truncated = p.stdout.split(maxsplit=2)
+    assert float(grew) < 100 and width == "512" and truncated.strip() == "[True, False]", p.stdout + p.stderr
