@@ -486,3 +486,75 @@ def test_an_over_long_text_record_is_cut_before_tokenising_with_the_same_ids(tok
                        text=True, timeout=300)
     grew, width, truncated = p.stdout.split(maxsplit=2)
     assert float(grew) < 100 and width == "512" and truncated.strip() == "[True, False]", p.stdout + p.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_ranks_whose_launcher_is_killed_checkpoint_and_exit_and_free_the_run_lock(run_tiny, tmp_path):
+    """Item 8: SIGKILL torchrun alone (its 2 ranks parked mid-run): both ranks notice within a
+    second, finish the step, checkpoint and exit; the run lock is free within 30 s, and the
+    checkpoint holds every step they trained."""
+    import os
+    import signal
+    import time
+
+    from filelock import FileLock
+
+    from tests.helpers.common import wait_for
+
+    hold, ranks = tmp_path / "go", []
+    p = run_tiny("loss.hold_at_step=3", f"loss.hold_file={hold}", "training.num_train_steps=100000",
+                 "logging.save_freq=0", "logging.eval_freq=0", nproc=2, run_name="orphans", background=True)
+    try:
+        wait_for(lambda: Path(f"{hold}.ready").exists(), "the ranks to reach step 3", proc=p)
+        ranks = _children(p.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(p.pid, signal.SIGKILL)  # the launcher alone
+        p.wait(timeout=30)
+        hold.touch()  # the ranks go on from step 3, now orphans
+        lock = FileLock(str(run_tiny.run_dir("orphans") / ".run.lock"), timeout=0)
+        deadline = time.monotonic() + 30
+
+        def stopped() -> bool:
+            if not all(_gone(r) for r in ranks):
+                return False
+            lock.acquire()  # raises Timeout while a rank holds it
+            lock.release()
+            return True
+
+        while True:
+            try:
+                if stopped():
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() < deadline, "ranks or their lock outlived the launcher by 30 s"
+            time.sleep(0.1)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for r in ranks:
+            if not _gone(r):
+                os.kill(r, signal.SIGKILL)
+    run_dir = run_tiny.run_dir("orphans")
+    state = C.load_checkpoint(C.read_latest(run_dir))
+    assert state["step"] >= 3 and sorted(losses(run_dir)) == list(range(1, state["step"] + 1))
