@@ -173,6 +173,16 @@ class _Loop:
         if dist.is_main:
             self.lock = RunDirLock(self.run_dir)
         _agree(lambda: self.lock.acquire(), dist)
+        try:
+            self._start(prepare)
+        except BaseException:
+            self.close()  # failed before the run started: the lock goes, and an empty run directory
+            raise
+        self.started = True
+
+    def _start(self, prepare) -> None:
+        """Everything after the lock: the family's files, tokenizer, data, objective, resume, logs."""
+        cfg, dist, t = self.cfg, self.dist, self.cfg.training
         if prepare is not None:
             _agree(lambda: prepare(self.run_dir), dist)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer_name)
@@ -214,7 +224,6 @@ class _Loop:
         if dist.is_main:
             self._open_logs(resumed, n_train, n_frozen)
         D.barrier()
-        self.started = True
 
     def close(self) -> None:
         if self.data is not None:
