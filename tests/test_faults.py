@@ -108,14 +108,25 @@ def test_the_checker_lists_every_record_an_image_run_would_refuse(shapes_data, t
     for name in cases:
         records.append({"image_path": f"images/{name}", "caption": "a red circle", "image_id": len(records)})
     (root / "train_data.json").write_text(json.dumps(records))
-    rc = check_main([str(root / "train_data.json"), "--config-name", "image_shapes_cpu", "model.image_size=32",
-                     "model.patch_size=8", f"data.tokenizer_name={root / 'tokenizer'}"])
+    overrides = ["model.image_size=32", "model.patch_size=8", f"data.tokenizer_name={root / 'tokenizer'}"]
+    rc = check_main([str(root / "train_data.json"), "--config-name", "image_shapes_cpu", *overrides])
     out = capsys.readouterr().out
     bad = [ln for ln in out.splitlines() if ln.startswith("BAD")]
     assert rc == 1 and len(bad) == 7, out
     for line, (name, words) in zip(bad, [c for c in cases.items() if c[1]]):
         assert f"record {8 + list(cases).index(name)}:" in line and words in line, (name, line)
     assert f"{len(records)} records, 7 bad, 9 good" in out
+    # --run reads the config a run saved (the command the loop's bad-data message prints)
+    from omegaconf import OmegaConf
+
+    from mmldlm.config import compose
+
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(compose("image_shapes_cpu", [f"data.data_files.train={root / 'train_data.json'}", *overrides]),
+                   run / "config.yaml", resolve=True)
+    assert check_main([str(root / "train_data.json"), "--run", str(run)]) == 1
+    assert capsys.readouterr().out.count("BAD ") == 7
 
 
 def test_the_checker_tokenises_sft_conversations_against_the_context(sft_jsonl, tiny_chat_wedlm_dir, tmp_path,

@@ -154,9 +154,9 @@ def _bad_data_hint(e: DataError, cfg, loop: _Loop | None) -> str:
     else:
         check = f"python -m mmldlm.data.check {e.json_path} --config-name NAME [your overrides]"
     hint = f"\nList every bad record with: {check} (or set data.on_bad_record=skip to skip and count them)"
-    if loop is not None and loop.rescued_step is not None:
-        hint += (f"\nStep {loop.rescued_step} was saved first: after the fix, continue with training.resume=auto "
-                 "(nothing trained is lost)")
+    if loop is not None and loop.step > 0 and loop.last_saved == loop.step:  # the trained steps are on disk
+        how = "was saved first" if loop.rescued_step == loop.step else "is saved"
+        hint += f"\nStep {loop.step} {how}: after the fix, continue with training.resume=auto (nothing trained is lost)"
     return hint
 
 
