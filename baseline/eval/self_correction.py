@@ -19,6 +19,9 @@ from typing import Optional
 
 from mmldlm.eval.cli import CheckpointKeys
 
+NEEDS = ("a GIDD model trained with uniform noise (model.p_uniform > 0), which learned to tell wrong tokens from "
+         "right ones")
+
 
 @dataclass
 class CorrectionArgs(CheckpointKeys):
@@ -46,11 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_keys(CorrectionArgs, argv, __doc__)
     device = resolve_device(args.device)
-    objective, tok, cfg = args.rebuild(args.path, device, "python baseline/eval/self_correction.py", needs="forward")
+    objective, tok, cfg = args.rebuild(args.path, device, "python baseline/eval/self_correction.py", needs="forward",
+                                       what=f"it needs {NEEDS}")
     if cfg.objective != "gidd" or not cfg.model.p_uniform > 0:
         what = f"a {cfg.objective} checkpoint" if cfg.objective != "gidd" else "a mask-only GIDD (p_uniform=0)"
-        raise SystemExit(f"error: {args.path} is {what}; self-correction needs a GIDD model trained with "
-                         "uniform noise (model.p_uniform > 0), which learned to tell wrong tokens from right ones")
+        raise SystemExit(f"error: {args.path} is {what}; self-correction needs {NEEDS}")
     samples = load_tensors(args.samples_path, "samples_path")
     if not isinstance(samples, dict) or not isinstance(samples.get("ids"), torch.Tensor):
         raise ValueError(f"samples_path {args.samples_path}: not a samples file (a dict with 'ids' [N, L], as "

@@ -92,11 +92,12 @@ class CheckpointKeys:
     trust_remote_code: bool = field(default=False, metadata={
         "help": "let the backbone directory's own Python code run (only if you trust it)"})
 
-    def rebuild(self, checkpoint, device: str, cli: str, needs: str):
+    def rebuild(self, checkpoint, device: str, cli: str, needs: str, what: str = ""):
         """(objective in eval mode, tokenizer, config) under this command line's load policy. ``cli``
         (this command, as families list their readers) and ``needs`` (the objective method it calls:
         generate | nelbo): a checkpoint of a family this command does not read is refused before
-        anything is built, naming its objective and the commands that do read it."""
+        anything is built, naming its objective, ``what`` the command needs, and the commands that
+        do read it."""
         from mmldlm.objective import Objective, lookup, readers
         from mmldlm.train.checkpointing import checkpoint_objective, resolve_checkpoint
         from mmldlm.train.rebuild import CheckpointPolicyError, LoadPolicy, rebuild_from_checkpoint
@@ -108,8 +109,8 @@ class CheckpointKeys:
         except KeyError:
             declared = ()
         if declared and cli not in declared:
-            raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}, which {cli} does not read: "
-                                        f"{readers(name)}")
+            raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}, which {cli} does not read"
+                                        f"{f' ({what})' if what else ''}: {readers(name)}")
         policy = LoadPolicy(trust_remote_code=self.trust_remote_code, backbone_dir=self.backbone_dir)
         built = rebuild_from_checkpoint(path, device, policy, ema=self.ema)
         if getattr(type(built[0]), needs) is getattr(Objective, needs):
