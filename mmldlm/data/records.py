@@ -3,7 +3,8 @@
 A dataset is a JSON list or a JSONL file of records (or a text file: one record ``{"text": line}``
 per non-empty line, ``data.dataset_name: text``). Core fields: ``text`` (a non-empty string),
 and, unless ``data.latent_dim`` is null, ``latent_path`` (relative to the JSON file's directory or
-``data.latent_data_root``, never outside it unless ``data.allow_paths_outside_root``) with an
+``data.latent_data_root``, never outside it, symlinks followed, unless
+``data.allow_paths_outside_root``) with an
 optional ``latent_row`` (a row of a 2-D shard ``[N, D]``). Without ``latent_row`` the file holds
 one sample: ``[D]``, ``[1, D]`` or ``[K, D]``. A family may require more fields
 (:class:`RecordFields`). Every problem is a :class:`DataError` naming the JSON file, the record
