@@ -19,11 +19,8 @@ from tqdm import tqdm
 
 from mmldlm.argtypes import nonneg_float, nonneg_int, positive_int, unit
 from mmldlm.data.records import LatentError, read_latent_input
-from wedlm_bridge.bridge import (
-    add_load_policy_args,
-    default_device,
-    load_bridge_for_cli,
-)
+from mmldlm.sources.cli import add_policy_args
+from wedlm_bridge.bridge import default_device, load_bridge_for_cli
 
 
 @torch.no_grad()
@@ -51,7 +48,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=positive_int, default=16)
     ap.add_argument("--seed", type=nonneg_int, default=0)
     ap.add_argument("--device", default=default_device())
-    add_load_policy_args(ap)
+    add_policy_args(ap)
     a = ap.parse_args(argv)
     obj, tok, cfg = load_bridge_for_cli(a, a.device)
     try:

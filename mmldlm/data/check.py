@@ -71,6 +71,7 @@ def _reader(args, overrides: list[str]):
     from mmldlm.data.loader import rules_from, source_of
     from mmldlm.data.records import RecordRules
     from mmldlm.data.tokenizer import load_tokenizer
+    from mmldlm.sources import open_sources
 
     if not (args.config_name or args.run):
         rules = RecordRules(latent_dim=args.latent_dim, latent_root=args.latent_data_root,
@@ -81,9 +82,10 @@ def _reader(args, overrides: list[str]):
     cfg, entry = _family(args, overrides)
     src = source_of(cfg.data)
     rules = rules_from(cfg.data, entry.records, "text" if src.kind == "text" else "json")
-    tok = load_tokenizer(cfg.data.tokenizer_name)
+    sources = open_sources(cfg, entry)  # resolved as the run resolves them; no weights are loaded
+    tok = sources.tokenizer
     if entry.collator is not None:
-        collate = entry.collator(cfg, tok)
+        collate = entry.collator(cfg, sources)
     else:
         collate = Collator(tok, cfg.data.max_seq_len, cfg.data.padding.name == "max_length",
                            cfg.data.pad_to_multiple_of, wrap=cfg.data.wrap)
@@ -96,6 +98,7 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
     from tqdm import tqdm
 
     from mmldlm.config import ConfigError
+    from mmldlm.sources import SourceError
 
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
@@ -126,7 +129,7 @@ def check_main(argv: list[str] | None = None, prog: str = "python -m mmldlm.data
     except DataError as e:  # the file as a whole is unreadable
         print(f"BAD {e}")
         return 1
-    except (ConfigError, KeyError) as e:
+    except (ConfigError, SourceError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     problems, cut = list(ds.index.problems), 0

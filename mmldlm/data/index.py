@@ -51,7 +51,8 @@ from mmldlm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3  # 2: *.jsonl is always JSON Lines; 3: the header (meta.json) holds counts and edge hashes
+INDEX_VERSION = 4  # 2: *.jsonl is always JSON Lines; 3: the latent shards the records read are listed;
+# 4: the header (meta.json) holds counts and edge hashes
 _EDGE = 1 << 16  # the bytes at each end of a data file that its header hashes
 RECORD_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("record", "<u4")])
 # The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
@@ -236,6 +237,7 @@ class RecordIndex:
     problems: list[DataError]
     fingerprint: dict
     dir: Path
+    latent_shards: tuple[str, ...] = ()  # the 2-D shards its records read (latent_row), for their fingerprint
 
     def __len__(self) -> int:
         return len(self.records)
@@ -464,11 +466,13 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
         write_json_atomic(tmp / "problems.json", problems)
         fingerprint = {"path": str(json_path), "size": source_before["size"],
                        "mtime": source_before["mtime_ns"] / 1e9, "records": n, "table_hash": fp.hexdigest()}
+        used = sorted(p for p, rows in shards.items() if isinstance(rows, int))
         # the header, checked on every open (_check)
         records_edges = _edges(tmp / "records.npy", (tmp / "records.npy").stat().st_size)
         write_json_atomic(tmp / "meta.json", {"version": INDEX_VERSION, "data": source_before, "records": n,
                                               "records_edges": records_edges, "problems": len(problems),
-                                              "rules": rules.key(), "fingerprint": fingerprint})
+                                              "rules": rules.key(), "fingerprint": fingerprint,
+                                              "latent_shards": used})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -545,4 +549,4 @@ def open_index(json_path: str | os.PathLike, rules: RecordRules, cache_dir: str 
     records = NpyRows(d / "records.npy")
     problems = [DataError(json_path, p["record"], p["reason"], line=p["line"])
                 for p in json.loads((d / "problems.json").read_text())]
-    return RecordIndex(json_path, rules, records, problems, meta["fingerprint"], d)
+    return RecordIndex(json_path, rules, records, problems, meta["fingerprint"], d, tuple(meta["latent_shards"]))

@@ -88,35 +88,56 @@ class CheckpointKeys:
     ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     backbone_dir: Optional[str] = field(default=None, metadata={
-        "help": "the bridge: local directory of its frozen backbone (checkpoints hold only heads and adapters)"})
+        "help": "the bridge / fine-tune: its backbone's directory here (default: the one the run names, if unchanged)"})
+    source: dict = field(default_factory=dict, metadata={
+        "help": "source.NAME=PATH: where a source of the run is on this machine (source.backbone, source.tokenizer, "
+                "source.llm.NAME ...)"})
     trust_remote_code: bool = field(default=False, metadata={
-        "help": "let the backbone directory's own Python code run (only if you trust it)"})
+        "help": "let the code of the directories named on this command line run (only if you trust them)"})
+    allow_source_change: bool = field(default=False, metadata={
+        "help": "accept a source whose fingerprint differs from the one the run trained with"})
 
-    def rebuild(self, checkpoint, device: str, cli: str, needs: str, what: str = ""):
-        """(objective in eval mode, tokenizer, config) under this command line's load policy. ``cli``
-        (this command, as families list their readers) and ``needs`` (the objective method it calls:
-        generate | nelbo): a checkpoint of a family this command does not read is refused before
-        anything is built, naming its objective, ``what`` the command needs, and the commands that
-        do read it."""
+    def policy(self):
+        from mmldlm.sources import LoadPolicy
+
+        paths = dict(_flat(self.source))
+        if self.backbone_dir:
+            paths["backbone"] = self.backbone_dir
+        return LoadPolicy(trust_remote_code=self.trust_remote_code, paths=paths,
+                          allow_source_change=self.allow_source_change)
+
+    def rebuild(self, checkpoint, device: str, cli: str | None = None, needs: str | None = None, what: str = ""):
+        """(objective in eval mode, tokenizer, config) under this command line's load policy, of a
+        run, checkpoint, export or :class:`~mmldlm.train.rebuild.Saved`. ``cli`` (this command, as
+        families list their readers) and ``needs`` (the objective method it calls: generate |
+        nelbo): a run of a family this command does not read is refused before anything is built,
+        naming its objective, ``what`` the command needs, and the commands that do read it."""
         from mmldlm.objective import Objective, lookup, readers
-        from mmldlm.train.checkpointing import checkpoint_objective, resolve_checkpoint
-        from mmldlm.train.rebuild import CheckpointPolicyError, LoadPolicy, rebuild_from_checkpoint
+        from mmldlm.train.rebuild import CheckpointPolicyError, Saved, open_saved, rebuild_from_checkpoint
 
-        path = resolve_checkpoint(checkpoint)
-        name = checkpoint_objective(path)
+        saved = checkpoint if isinstance(checkpoint, Saved) else open_saved(checkpoint)
+        name = saved.objective
         try:
             declared = lookup(name).clis if name else ()
         except KeyError:
             declared = ()
-        if declared and cli not in declared:
-            raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}, which {cli} does not read"
+        if cli and declared and cli not in declared:
+            raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}, which {cli} does not read"
                                         f"{f' ({what})' if what else ''}: {readers(name)}")
-        policy = LoadPolicy(trust_remote_code=self.trust_remote_code, backbone_dir=self.backbone_dir)
-        built = rebuild_from_checkpoint(path, device, policy, ema=self.ema)
-        if getattr(type(built[0]), needs) is getattr(Objective, needs):
-            raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}, which defines no {needs}() "
+        built = rebuild_from_checkpoint(saved, device, self.policy(), ema=self.ema)
+        if needs and getattr(type(built[0]), needs) is getattr(Objective, needs):
+            raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}, which defines no {needs}() "
                                         f"for {cli}: {readers(name)}")
         return built
+
+
+def _flat(node: dict, prefix: str = ""):
+    """(``a.b``, value) pairs of a nested dict (``source.llm.qwen=DIR`` arrives nested)."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", str(v)
 
 
 def _fail(msg: str) -> None:
