@@ -389,16 +389,21 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
 SHARED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # groups every family shares (data/)
 
 
+_STORED: dict[str, type] = {}  # name -> the schema stored under it (storing converts it: not free)
+
+
 def _store_schemas() -> dict:
     """Every registered family's schema in Hydra's ConfigStore as ``<name>_schema`` (the primary
-    YAMLs list theirs first in their defaults)."""
+    YAMLs list theirs first in their defaults); each once per process, unless it changed."""
     from hydra.core.config_store import ConfigStore
 
     from mmldlm.objective import registered
 
     entries = registered()
     for name, entry in entries.items():
-        ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+        if _STORED.get(name) is not entry.schema:
+            ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+            _STORED[name] = entry.schema
     return entries
 
 
