@@ -411,4 +411,6 @@ METRICS = {"loss": ("loss", "elbo"), "terms": ("kl", "is", "loss_clusters", "los
            "latent gain": ("latent_gain", "latent_pred_cos")}
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None, metrics=METRICS)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None, metrics=METRICS,
+             clis=("python baseline/eval/generate_samples.py", "python baseline/eval/loss.py",
+                   *(("python baseline/eval/self_correction.py",) if _name == "gidd" else ())))

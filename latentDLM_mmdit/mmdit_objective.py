@@ -356,4 +356,6 @@ METRICS = {"loss": ("loss", "text_loss", "latent_loss"),
            "cycle": ("cycle_text_loss", "cycle_latent_loss"),
            "accuracy": ("text_acc", "l2t/text_acc", "t2l2t_acc", "t2l2t_f1"),
            "latent": ("l2t2l_cos", "x0_pred_norm", "t2l/latent_loss")}
-register("mmdit", MMDiTRunConfig, build, CONFIGS, metrics=METRICS)
+register("mmdit", MMDiTRunConfig, build, CONFIGS, metrics=METRICS,
+         clis=("python -m latentDLM_mmdit.sample", "python baseline/eval/generate_samples.py",
+               "python baseline/eval/loss.py"))

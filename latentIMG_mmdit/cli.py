@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmldlm.argtypes import at_least, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from mmldlm.flags import add_renamed
 
 # each flag's keys: a flag given sets them; a flag not given leaves the config's value (one source
@@ -55,43 +56,44 @@ def parser(variant: str) -> argparse.ArgumentParser:
     a("--data-root", required=True, help="directory holding {split}_data.json (and validation_data.json)")
     a("--split", default="train", help="the training file's prefix: {data-root}/{split}_data.json")
     a("--output-dir", help="the run directory: logs, config, checkpoints (logging.save_dir/logging.run_name)")
-    a("--epochs", type=int, help="passes over the training records (training.num_train_epochs: the loop counts the "
-                                 "steps); default: the config's training.num_train_steps")
-    a("--batch-size", type=int, help="records per step and rank")
-    a("--lr", type=float)
-    a("--weight-decay", type=float)
-    a("--max-samples", type=int, help="use the first N training records (validation: min(1000, N))")
+    a("--epochs", type=positive_int,
+      help="passes over the training records (training.num_train_epochs: the loop counts the steps); default: "
+           "the config's training.num_train_steps")
+    a("--batch-size", type=positive_int, help="records per step and rank")
+    a("--lr", type=positive_float)
+    a("--weight-decay", type=nonneg_float)
+    a("--max-samples", type=positive_int, help="use the first N training records (validation: min(1000, N))")
     a("--device", choices=["auto", "cuda", "cpu"])
-    a("--log-every", type=int, help="steps between training_log.jsonl lines")
-    a("--save-every", type=int, help="steps between checkpoints")
-    a("--val-every", type=int, help="steps between evaluations (when validation_data.json exists)")
-    a("--seed", type=int)
-    a("--dim-cond", type=int, help="width of the time conditioning")
-    a("--dim-image", type=int, help="width of the image stream (any value)")
-    a("--dim-text", type=int, help="width of the caption stream (any value)")
-    a("--patch-size", type=int)
-    a("--image-size", type=int)
-    a("--mmdit-depth", type=int)
-    a("--num-residual-streams", type=int)
-    a("--dropout", type=float, help="dropout of the embeddings and feed-forward layers")
-    a("--max-length", type=int, help="caption tokens at most")
+    a("--log-every", type=positive_int, help="steps between training_log.jsonl lines")
+    a("--save-every", type=nonneg_int, help="steps between checkpoints")
+    a("--val-every", type=nonneg_int, help="steps between evaluations (when validation_data.json exists)")
+    a("--seed", type=nonneg_int)
+    a("--dim-cond", type=positive_int, help="width of the time conditioning")
+    a("--dim-image", type=positive_int, help="width of the image stream (any value)")
+    a("--dim-text", type=positive_int, help="width of the caption stream (any value)")
+    a("--patch-size", type=positive_int)
+    a("--image-size", type=positive_int)
+    a("--mmdit-depth", type=positive_int)
+    a("--num-residual-streams", type=positive_int)
+    a("--dropout", type=fraction, help="dropout of the embeddings and feed-forward layers")
+    a("--max-length", type=at_least(2), help="caption tokens at most")
     a("--noise-schedule", choices=["cosine", "linear", "sigmoid"],
       help="how masking levels are drawn (each with its own ELBO weight: the loss stays MDLM's bound)")
-    a("--image-loss-weight", type=float)
+    a("--image-loss-weight", type=nonneg_float)
     g = p.add_argument_group("added here")
     g.add_argument("--tokenizer", help="caption tokenizer (hub name or local dir)")
     g.add_argument("--mode", choices=["t2i", "i2t", "joint", "mixed"],
                    help="what is diffused: mixed trains both directions (docs/image_mmdit.md)")
-    g.add_argument("--heads", type=int)
-    g.add_argument("--dim-head", type=int)
-    g.add_argument("--num-workers", type=int, help="data loader processes")
+    g.add_argument("--heads", type=positive_int)
+    g.add_argument("--dim-head", type=positive_int)
+    g.add_argument("--num-workers", type=nonneg_int, help="data loader processes")
     g.add_argument("--dtype", choices=["bf16", "fp32"])
     g.add_argument("--resume", help="auto (continue the run in --output-dir) or a checkpoint path")
     g.add_argument("--allow-paths-outside-root", action="store_true",
                    help="accept image paths outside --data-root (the original's files hold absolute paths)")
     if variant == "discrete":
         g.add_argument("--codebook", default=None, help="codebook .npz (default: OUT/codebook.npz, built on first use)")
-        add_renamed(g, "--codebook-size", "--codes", type=int, help="k-means codes K")
+        add_renamed(g, "--codebook-size", "--codes", type=at_least(2), help="k-means codes K")
     return p
 
 

@@ -71,8 +71,6 @@ def mask_level(u: torch.Tensor, schedule: str) -> tuple[torch.Tensor, torch.Tens
 
 
 class ImageObjective(Objective):
-    samples_cli = ("its samples are images and captions: python -m latentIMG_mmdit.sample t2i|i2t|report "
-                   "--checkpoint RUN")
     discrete = False
 
     def __init__(self, cfg, tokenizer):
@@ -266,6 +264,6 @@ METRICS = {"loss": ("loss", "text_loss", "image_loss"), "accuracy": ("text_acc",
            "caption -> image": ("t2i_mse", "t2i_mse_chance", "mean_image_mse", "codebook_mse"),
            "image -> caption": ("i2t_f1", "i2t_f1_chance")}
 register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS,
-         metrics=METRICS)
+         metrics=METRICS, clis=("python -m latentIMG_mmdit.sample",))
 register("image_discrete", DiscreteImageRunConfig, build_discrete, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, sources=codebook_source, metrics=METRICS)
+         records=IMAGE_RECORDS, sources=codebook_source, metrics=METRICS, clis=("python -m latentIMG_mmdit.sample",))

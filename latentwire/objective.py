@@ -51,7 +51,6 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class LatentWireObjective(Objective):
-    samples_cli = "its answers come from the frozen LLMs: python latentwire/eval.py --ckpt RUN_DIR"
     def __init__(self, cfg, sources, tokenizers: dict, llms: dict[str, nn.Module]):
         super().__init__()
         m, self.lcfg = cfg.model, cfg.loss
@@ -304,4 +303,4 @@ def policy_from_args(args) -> LoadPolicy:
 METRICS = {"loss": ("loss", "tf", "kd", "kce", "state"), "first token": ("first", "first_acc"),
            "prefix": ("raw_rms", "scale_pen")}
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         sources=llm_sources, metrics=METRICS)
+         sources=llm_sources, metrics=METRICS, clis=("python latentwire/eval.py",))

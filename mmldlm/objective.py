@@ -102,14 +102,9 @@ class Objective(nn.Module):
             batch["latent"] = torch.empty(B, cfg.data.latent_dim, device=device)
         return batch
 
-    # where a family whose objective draws no text samples (generate) gets its samples instead:
-    # the one line the generate CLI answers with
-    samples_cli = ""
-
     def generate(self, **kwargs) -> Any:
         """Samples for the generate CLI."""
-        raise NotImplementedError(f"{type(self).__name__} draws no text samples here"
-                                  + (f"; {self.samples_cli}" if self.samples_cli else ""))
+        raise NotImplementedError(f"{type(self).__name__} defines no generate()")
 
     def sampler_name(self, requested: str) -> str:
         """The sampler that ``generate`` / ``complete`` run for the ``requested`` one, as outputs record it."""
@@ -152,6 +147,8 @@ class Entry:
     records: RecordFields = field(default_factory=RecordFields)
     sources: Callable[[Any], list] | None = None  # cfg -> [mmldlm.sources.Source]; the tokenizer is implied
     metrics: MetricGroups = field(default_factory=lambda: dict(DEFAULT_METRICS))  # plots + the eval line
+    # the commands that read this objective's runs (a CLI handed another family's checkpoint names them)
+    clis: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -159,11 +156,22 @@ _REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, schema: type, build: Callable, config_dir: str | Path, *,
              collator: Callable | None = None, records: RecordFields | None = None,
-             sources: Callable | None = None, metrics: MetricGroups | None = None) -> None:
+             sources: Callable | None = None, metrics: MetricGroups | None = None,
+             clis: tuple[str, ...] = ()) -> None:
     """Make a family's objective known by ``name`` (its schema's ``objective`` default);
-    ``metrics``: what its runs' plots draw and its eval line shows (default: the loss)."""
+    ``metrics``: what its runs' plots draw and its eval line shows (default: the loss); ``clis``: the
+    commands that read its runs."""
     _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources,
-                            dict(metrics or DEFAULT_METRICS))
+                            dict(metrics or DEFAULT_METRICS), tuple(clis))
+
+
+def readers(name: str | None) -> str:
+    """Which commands read runs of objective ``name``, as a clause for an error message."""
+    try:
+        clis = lookup(name).clis if name else ()
+    except KeyError:
+        return f"no installed family registers objective {name!r}"
+    return f"read it with {' or '.join(clis)}" if clis else "no command of this repository evaluates it"
 
 
 def load_families() -> None:

@@ -76,8 +76,9 @@ def test_discrete_readme_command_builds_its_codebook_and_the_sampling_cli_writes
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["step"] == 2
     assert (tmp_path / "rep" / "t2i_grid.png").stat().st_size > 1000 and "chance" in capsys.readouterr().out
     from baseline.eval.generate_samples import main as generate_main  # refused, naming the CLI that samples it
+    from mmldlm.train.rebuild import CheckpointPolicyError
 
-    with pytest.raises(SystemExit, match="image_discrete: .* python -m latentIMG_mmdit.sample t2i"):
+    with pytest.raises(CheckpointPolicyError, match="'image_discrete'.*python -m latentIMG_mmdit.sample"):
         generate_main([f"path={out}", f"samples_path={tmp_path / 's.pt'}", "num_samples=1"])
     (tmp_path / "caps.txt").write_text("a red circle above a blue square\na green square left of a red triangle\n")
     sample_cli.main(["t2i", "--checkpoint", str(out), "--captions", str(tmp_path / "caps.txt"), "--steps", "2",

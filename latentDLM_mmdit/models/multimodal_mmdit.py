@@ -23,7 +23,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
     raise ImportError("the MMDiT model needs the `mmdit` package: pip install 'mmdit==0.3.0' "
                       "(or pip install -e . in this repository, which lists it)") from e
 
-from mmldlm.config import ConfigError
+from mmldlm.config import ConfigError, require_fraction, require_positive
 from mmldlm.nn import TimeMLP
 
 
@@ -73,6 +73,8 @@ class MMDiTModelConfig:
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
             raise ConfigError("model.t_eps: must be in (0, 1)")
+        require_fraction("model", self, "dropout")
+        require_positive("model", self, "x0_clamp")
 
 
 class MultimodalMMDiT(nn.Module):

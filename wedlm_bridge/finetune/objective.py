@@ -52,8 +52,6 @@ def mask_token_id(config, vocab: int) -> int:
 
 
 class FinetuneObjective(Objective):
-    samples_cli = ("it continues prompts: python -m mmldlm.eval.harness --checkpoint RUN --tasks NAMES "
-                   "(generate_until), or the wedlm engine on python -m wedlm_bridge.export_finetuned --format wedlm")
     def __init__(self, cfg, lm: nn.Module):
         super().__init__()
         f = cfg.finetune
@@ -236,4 +234,5 @@ def collator(cfg, sources) -> SFTCollator:
 
 
 register("wedlm_finetune", FinetuneRunConfig, build, CONFIGS, collator=collator, records=SFT_RECORDS,
-         sources=backbone_sources, metrics={"loss": ("loss", "mlm_loss", "ar_loss")})
+         sources=backbone_sources, metrics={"loss": ("loss", "mlm_loss", "ar_loss")},
+         clis=("python -m wedlm_bridge.export_finetuned", "python -m mmldlm.eval.harness"))
