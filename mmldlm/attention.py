@@ -43,18 +43,21 @@ def key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                 is_causal: bool = False) -> str:
+                 is_causal: bool = False, dtype: torch.dtype | None = None) -> str:
     """``flash`` | ``efficient`` | ``math``: the kernel CUDA SDPA selects for these arguments on an
-    sm80+ GPU (A100, H100, H200), by the checks of torch's ``sdp_utils.cpp`` (dense inputs)."""
+    sm80+ GPU (A100, H100, H200), by the checks of torch's ``sdp_utils.cpp`` (dense inputs).
+    ``dtype``: the inputs' dtype when it differs from ``q``'s (CUDA autocast casts SDPA's inputs to
+    its dtype: a float32 q under bf16 autocast runs in bf16)."""
+    dtype = dtype or q.dtype
     d_q, d_k, d_v = q.shape[-1], k.shape[-1], v.shape[-1]
     strides_ok = all(t.stride(-1) == 1 for t in (q, k, v))
     square = q.shape[-2] == k.shape[-2]
-    if (attn_mask is None and q.dtype in HALF and d_q == d_k == d_v <= 256 and strides_ok
+    if (attn_mask is None and dtype in HALF and d_q == d_k == d_v <= 256 and strides_ok
             and (square or not is_causal)):
         return "flash"
-    align = 8 if q.dtype in HALF else 4
-    aligned = all(t.storage_offset() * t.element_size() % (align * t.element_size()) == 0 for t in (q, k, v))
-    if (q.dtype in (*HALF, torch.float32) and d_q == d_k and d_q % align == 0 and d_v % align == 0 and strides_ok
+    align = 8 if dtype in HALF else 4
+    aligned = all(t.storage_offset() % align == 0 for t in (q, k, v))
+    if (dtype in (*HALF, torch.float32) and d_q == d_k and d_q % align == 0 and d_v % align == 0 and strides_ok
             and aligned):
         return "efficient"
     return "math"

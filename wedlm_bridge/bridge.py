@@ -225,20 +225,33 @@ class BridgeObjective(Objective):
             logits, labels = self.lm_logits(prefix, ids, mask)
             return TextCE(*shifted_text_ce(logits, labels), *_shifted_nll(logits, labels))
         embeds, mask, labels = self._lm_inputs(prefix, ids, mask)
-        out = self.backbone(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False,
-                            output_hidden_states=True, logits_to_keep=1)
+        hidden = self._final_hidden(inputs_embeds=embeds, attention_mask=mask.long())
         tgt = labels[:, 1:]
         valid = tgt != -100
-        res = head_loss(out.hidden_states[-1][:, :-1][valid], head.weight, head.bias, token_ce, tgt[valid])
+        res = head_loss(hidden[:, :-1][valid], head.weight, head.bias, token_ce, tgt[valid])
         n = valid.sum()
         nll = torch.zeros(valid.shape, device=valid.device).masked_scatter(valid, res.per_token["loss"])
         return TextCE(res.loss / n.clamp_min(1), res.per_token["correct"].sum() / n.clamp_min(1), nll.sum(1),
                       valid.sum(1))
 
+    def _final_hidden(self, **inputs) -> torch.Tensor:
+        """The backbone's last hidden states (after its final norm: what the LM head reads), from its
+        own forward (an FSDP unit gathers as usual) computing the logits of one position only. The
+        final norm's output is caught by a hook: ``output_hidden_states`` would put a context-variable
+        read inside every decoder layer, a graph break under ``training.compile_model``."""
+        causal = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        caught = []
+        hook = causal.model.norm.register_forward_hook(lambda module, args, out: caught.append(out))
+        try:
+            self.backbone(**inputs, use_cache=False, logits_to_keep=1)
+        finally:
+            hook.remove()
+        return caught[-1]
+
     def _encode_scaled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ids, mask = right_pad(ids, mask)
-        out = self.backbone(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
-        return self.t2l_head(pool(out.hidden_states[-1], mask, self.pooling).float())
+        hidden = self._final_hidden(input_ids=ids, attention_mask=mask.long())
+        return self.t2l_head(pool(hidden, mask, self.pooling).float())
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text -> latent ``[B, D]`` in data units."""

@@ -46,9 +46,9 @@ def mark_varying(x) -> None:
             mark_varying(v)
 
 
-def compile_unit(unit: nn.Module) -> None:
+def compile_unit(unit: nn.Module, backend: str = "inductor") -> None:
     """Replace ``unit.forward`` by its compiled version (no graph break allowed), in place."""
-    compiled = torch.compile(unit.forward, fullgraph=True)
+    compiled = torch.compile(unit.forward, fullgraph=True, backend=backend)
 
     @functools.wraps(unit.forward)
     def forward(*args, **kwargs):
@@ -59,15 +59,17 @@ def compile_unit(unit: nn.Module) -> None:
     unit.forward = forward
 
 
-def compile_model(objective: nn.Module, model: nn.Module) -> nn.Module:
+def compile_model(objective: nn.Module, model: nn.Module, backend: str = "inductor") -> nn.Module:
     """Compile ``objective``'s units in place and return the module the loop calls (``model``: the
-    objective, or its DDP / FSDP wrapper); without units, the whole ``model`` compiled."""
+    objective, or its DDP / FSDP wrapper); without units, the whole ``model`` compiled.
+    ``backend``: torch.compile's (``aot_eager`` traces and checks without generating kernels)."""
     units = objective.compile_units()
     if not units:
         log.info("compile_model: %s declares no compile units; compiling it whole", type(objective).__name__)
-        return torch.compile(model, options={"fallback_random": True})
+        options = {"fallback_random": True} if backend == "inductor" else None
+        return torch.compile(model, backend=backend, options=options)
     for unit in units:
-        compile_unit(unit)
+        compile_unit(unit, backend)
     kinds = sorted({type(u).__name__ for u in units})
     log.info("compile_model: %d units compiled per block (%s)", len(units), ", ".join(kinds))
     return model
