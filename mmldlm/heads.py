@@ -36,8 +36,9 @@ class HeadLoss(NamedTuple):
     per_token: dict[str, torch.Tensor]  # fn's reports, [N] each, detached
 
 
-def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    return max(1, chunk_bytes // (4 * vocab))
+def chunk_rows_for(vocab: int, chunk_bytes: int | None = None) -> int:
+    """Tokens per chunk: ``chunk_bytes`` (default :data:`CHUNK_BYTES`) of float32 logits."""
+    return max(1, (chunk_bytes or CHUNK_BYTES) // (4 * vocab))
 
 
 def _chunks(hidden, weight, bias, fn, rows, needs, aux):

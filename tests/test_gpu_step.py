@@ -1,0 +1,101 @@
+"""The GPU step, checked on the CPU for every family's row of scripts/bench/gpu_check.py at tiny size:
+the compiled step (``training.compile_model``) against the eager one, recompilations, the SDPA
+kernel each attention call would get on a GPU, and gpu_check's dry run as users run it."""
+import json
+
+import pytest
+import torch
+
+from mmldlm.config import compose
+from mmldlm.estimate.measure import SdpaLog, build_random, compare_compiled, example, loss_and_grads
+from mmldlm.estimate.shapes import shapes_only
+from scripts.bench import gpu_check
+from tests.helpers.common import REPO, ok, run_entry
+
+ROWS = {r.label: r for r in gpu_check.ROWS}
+DENSE_MASK = {"wedlm8b_sft"}  # WeDLM's dual stream: a 2-D mask by construction (the efficient kernel)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    return gpu_check.tiny_assets(tmp_path_factory.mktemp("tiny_backbones"))
+
+
+def tiny(row, assets):
+    """(config, objective with random weights, id range) of a gpu_check row at its dry-run size."""
+    with shapes_only("cpu"):
+        cfg = compose(row.config, [*gpu_check.overrides_of(row, assets), "data.data_files.train=x"], row.config_dir)
+    obj, tok = build_random(cfg, "cpu")
+    return cfg, obj, len(tok) - 2
+
+
+def batches_of(cfg, obj, vocab) -> list[dict]:
+    """Rows and lengths that change from batch to batch, padding that comes and goes."""
+    B, L = cfg.training.train_batch_size, cfg.data.max_seq_len
+    return [example(obj, cfg, vocab, "cpu", rows, length, padded)
+            for rows, length, padded in ((B, L, False), (B + 1, L - 8, True), (B + 2, L - 4, False))]
+
+
+@pytest.mark.parametrize("label", list(ROWS))
+def test_attention_takes_flash_without_padding_and_never_the_math_path(label, assets):
+    row = ROWS[label]
+    cfg, obj, vocab = tiny(row, assets)
+    unpadded, padded, _ = batches_of(cfg, obj, vocab)
+    for batch, has_pads in ((unpadded, False), (padded, True)):
+        with SdpaLog() as sdpa:  # bf16 autocast, as the loop runs a GPU step
+            loss_and_grads(obj, obj, batch, 10, seed=0, bf16=True)
+        assert sdpa.counts and "math" not in sdpa.counts, (has_pads, dict(sdpa.counts))
+        if not has_pads and row.config not in DENSE_MASK:  # nothing padded: no mask, the flash kernel
+            assert set(sdpa.counts) == {"flash"}, dict(sdpa.counts)
+
+
+# a row per family and model kind (GIDD and HDLM run MDLM's DiT blocks: their difference, the
+# process and its head, is outside the compiled blocks)
+COMPILED = [label for label in ROWS if not label.startswith(("GIDD", "HDLM"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", COMPILED)
+def test_compiled_step_equals_eager_and_a_new_batch_shape_compiles_nothing(label, assets):
+    cfg, obj, vocab = tiny(ROWS[label], assets)
+    # dynamo's capture (fullgraph: a graph break fails) run eagerly; inductor's kernels: the MMDiT test below
+    result = compare_compiled(obj, batches_of(cfg, obj, vocab), backend="eager")
+    for (loss_e, grads_e), (loss_c, grads_c) in zip(result.eager, result.compiled):
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+        assert grads_c.keys() == grads_e.keys() and grads_e
+        for name in grads_e:
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+    # a graph per attention form (no mask / a key mask) per block kind: the third batch's new shape none
+    assert result.graphs[1] == result.graphs[2], result.graphs
+
+
+@pytest.mark.slow
+def test_inductor_compiled_mmdit_step_draws_the_eager_noise():
+    """Issue 29's bug: compiled whole, the MMDiT drew its masks and levels from inductor's generator
+    (first-step L2T loss 9.988 against eager's 9.680). Per block, with inductor's kernels, it
+    computes the eager loss."""
+    with shapes_only("cpu"):
+        cfg = compose("mmdit", ["model=tiny", "loss.loss_type=l2t", "training.train_batch_size=4",
+                                "data.max_seq_len=24", "data.data_files.train=x"])
+    obj, tok = build_random(cfg, "cpu")
+    batches = [example(obj, cfg, len(tok) - 2, "cpu", 4, 24), example(obj, cfg, len(tok) - 2, "cpu", 3, 20)]
+    result = compare_compiled(obj, batches, backend="inductor")
+    assert result.graphs[0] == result.graphs[1] == 1  # the two blocks share one graph; a new shape none
+    for (loss_e, grads_e), (loss_c, grads_c) in zip(result.eager, result.compiled):
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
+        for name in grads_e:
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-3, atol=1e-5)
+
+
+def test_gpu_check_dry_run_writes_its_table_and_json(tmp_path):
+    out, table = tmp_path / "rows.json", tmp_path / "table.md"
+    ok(run_entry(REPO / "scripts" / "bench" / "gpu_check.py",
+                 ["--dry-run", "--backend", "eager", "--steps", "1", "--only", "MDLM small",
+                  "--json", str(out), "--table", str(table)], timeout=600))
+    (row,) = json.loads(out.read_text())
+    assert row["row"] == "MDLM small (OWT recipe)" and row["sdpa"] == {"flash": 2}  # 2 blocks, no padding
+    assert row["eager"]["tokens_per_s"] > 0 and row["compiled"]["tokens_per_s"] > 0
+    assert row["loss_compiled"] == pytest.approx(row["loss_eager"], rel=1e-5)
+    text = table.read_text()
+    assert "CPU (dry run)" in text and "commit" in text and "| MDLM small (OWT recipe) | 2 x 32 |" in text
