@@ -23,7 +23,6 @@ the adapters train; the LLMs are frozen and stay out of checkpoints (recorded by
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,11 +34,11 @@ from latentwire.adapter import Adapter, calibrate, embedding_stats, prefix_rms
 from latentwire.collate import LatentWireCollator
 from latentwire.data import QA_FIELDS
 from latentwire.encoder import build_encoder
-from latentwire.llm import load_llm, token_info
+from latentwire.llm import build_llm, llm_sources, token_info
 from latentwire.schema import LatentWireRunConfig, total_latent_len
 from mmldlm.config import ConfigError
 from mmldlm.objective import BatchCount, Objective, register
-from mmldlm.train.rebuild import CheckpointPolicyError, LoadPolicy
+from mmldlm.sources import LoadPolicy
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 GOLD_LENGTH_WARNING = "uses gold answer length (model.adapter_metadata=true): the adapter reads the label's length"
@@ -52,11 +51,11 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class LatentWireObjective(Objective):
-    def __init__(self, cfg, tokenizers: dict, llms: dict[str, nn.Module]):
+    def __init__(self, cfg, sources, tokenizers: dict, llms: dict[str, nn.Module]):
         super().__init__()
         m, self.lcfg = cfg.model, cfg.loss
         self.names = [s.name for s in m.llms]
-        self.paths = {s.name: s.path for s in m.llms}
+        self.colorize = m.adapter_colorize
         self.total_steps = cfg.training.num_train_steps
         self.sequential, self.metadata = m.sequential_models, m.adapter_metadata
         self.calibration, self.target_fixed, self.gain = m.calibration.name, m.prefix_target_rms, m.prefix_gain
@@ -66,16 +65,18 @@ class LatentWireObjective(Objective):
                       for n in self.names}
         self.M, self.encoder_dim = total_latent_len(m), m.d_z
         self.max_answer = m.max_answer_tokens
-        self.encoder = build_encoder(m, self.names)
+        self.encoder = build_encoder(m, self.names, sources)
+        self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
         self.adapters = nn.ModuleDict()
-        self.emb_rms: dict[str, float] = {}
+        # each LLM's embedding RMS, set once its weights are loaded (sources_loaded); 1.0 until then
+        # (the estimator never loads them, and no FLOP or byte count depends on the value)
+        self.emb_rms: dict[str, float] = dict.fromkeys(self.names, 1.0)
         for n in self.names:
-            emb = llms[n].get_input_embeddings().weight
-            rms, mean, std = embedding_stats(emb)
-            self.emb_rms[n] = rms
-            self.adapters[n] = Adapter(m.d_z, emb.shape[1], self.M, m.adapter_hidden_mult, m.adapter_dropout,
+            d = llms[n].get_input_embeddings().weight.shape[1]
+            # the colorizer starts at the embeddings' per-dimension statistics (sources_loaded)
+            self.adapters[n] = Adapter(m.d_z, d, self.M, m.adapter_hidden_mult, m.adapter_dropout,
                                        m.adapter_metadata, m.max_answer_tokens,
-                                       (mean, std) if m.adapter_colorize else None)
+                                       (torch.zeros(d), torch.ones(d)) if m.adapter_colorize else None)
             # running (sum, count) of the adapter's raw output RMS: eval's calibration=train_stats
             self.register_buffer(f"raw_rms_{n}", torch.zeros(2, dtype=torch.float64))
             self.register_buffer(f"anchor_{n}", torch.tensor(self.infos[n].anchor_ids, dtype=torch.long),
@@ -251,71 +252,57 @@ class LatentWireObjective(Objective):
         return [m for m in self.modules() if type(m).__name__.endswith("DecoderLayer")
                 or isinstance(m, nn.TransformerEncoderLayer)]
 
-    def checkpoint_metadata(self) -> dict:
-        from mmldlm.prefetch import read_marker
+    def sources_loaded(self) -> None:
+        """Each LLM's embedding statistics: the calibration's target RMS, the colorizer's start."""
+        for n in self.names:
+            rms, mean, std = embedding_stats(self.llms[n].get_input_embeddings().weight)
+            self.emb_rms[n] = rms
+            color = self.adapters[n].color
+            if color is not None:
+                with torch.no_grad():
+                    color.gamma.copy_(std.clamp_min(1e-6))
+                    color.beta.copy_(mean)
 
+    def checkpoint_metadata(self) -> dict:
         out = {"uses_gold_answer_length": self.metadata, "llms": {}}
         for n in self.names:
-            marker = read_marker(self.paths[n]) if Path(self.paths[n]).is_dir() else None
             total, count = getattr(self, f"raw_rms_{n}").tolist()
             i = self.infos[n]
-            out["llms"][n] = {"path": self.paths[n], "revision": (marker or {}).get("commit"),
-                              "embed_rms": self.emb_rms[n], "raw_prefix_rms_mean": total / count if count else None,
+            out["llms"][n] = {"embed_rms": self.emb_rms[n], "raw_prefix_rms_mean": total / count if count else None,
                               "anchor_text": i.anchor_text, "anchor_ids": list(i.anchor_ids),
                               "bos_after_prefix": i.append_bos, "bos_id": i.bos_id, "eos_id": i.eos_id}
         return out
 
 
-def load_tokenizers(m) -> dict:
-    from mmldlm.data.tokenizer import load_tokenizer
-    from mmldlm.estimate.shapes import is_shape_only, tokenizer_for
-
-    if is_shape_only():  # the estimator: a stand-in where the tokenizer is not on this machine
-        return {s.name: tokenizer_for(s.path) for s in m.llms}
-    return {s.name: load_tokenizer(s.path, m.trust_remote_code, m.local_files_only, key=f"model.llms[{i}].path")
-            for i, s in enumerate(m.llms)}
-
-
-def build(cfg, tokenizer=None) -> LatentWireObjective:
+def build(cfg, sources) -> LatentWireObjective:
     m = cfg.model
     if cfg.training.parallelism.name == "fsdp":
         raise ConfigError("training.parallelism: LatentWire runs under ddp (its trainable part is small; the "
                           "frozen LLMs are replicated), fsdp is not supported")
-    llms = {s.name: load_llm(s.path, m.llm_dtype, m.trust_remote_code, m.local_files_only) for s in m.llms}
-    return LatentWireObjective(cfg, load_tokenizers(m), llms)
+    llms = {s.name: build_llm(sources, s.name, m.llm_dtype) for s in m.llms}
+    tokenizers = {s.name: sources.tokenizer_of(f"llm.{s.name}") for s in m.llms}
+    return LatentWireObjective(cfg, sources, tokenizers, llms)
 
 
-def collator(cfg, tokenizer=None) -> LatentWireCollator:
+def collator(cfg, sources) -> LatentWireCollator:
     m = cfg.model
-    toks = load_tokenizers(m)
-    infos = {}
-    for s in m.llms:  # the generation config's end ids are not needed to build batches
-        infos[s.name] = token_info(toks[s.name], m)
-    return LatentWireCollator(m, cfg.loss, toks, infos)
+    toks = {s.name: sources.tokenizer_of(f"llm.{s.name}") for s in m.llms}
+    infos = {s.name: token_info(toks[s.name], m) for s in m.llms}  # generation end ids are not needed here
+    st = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
+    return LatentWireCollator(m, cfg.loss, toks, infos, st)
 
 
-@dataclass
-class LatentWirePolicy(LoadPolicy):
-    """The load policy of the eval CLI, plus where each LLM is on this machine (``--llm NAME=DIR``)."""
-
-    llm_dirs: dict = field(default_factory=dict)
-
-
-def locate_llms(cfg, policy, source: str) -> None:
-    """A checkpoint holds the encoder and adapters; the LLMs load from the paths the user's own
-    training command named, or from ``--llm NAME=DIR`` (never with remote code or downloads the
-    eval command line did not allow: :func:`~mmldlm.train.rebuild.apply_load_policy`)."""
-    dirs = dict(getattr(policy, "llm_dirs", {}) or {})
-    names = [s.name for s in cfg.model.llms]
-    unknown = sorted(set(dirs) - set(names))
-    if unknown:
-        raise CheckpointPolicyError(f"--llm {unknown}: {source} was trained with LLMs {names}")
-    first = cfg.model.llms[0].path
-    for s in cfg.model.llms:
-        s.path = dirs.get(s.name, s.path)
-    if cfg.data.tokenizer_name == first:
-        cfg.data.tokenizer_name = cfg.model.llms[0].path
+def policy_from_args(args) -> LoadPolicy:
+    """The eval CLI's load policy: ``--llm NAME=DIR`` names where each LLM is on this machine."""
+    paths = {}
+    for spec in args.llm:
+        name, eq, path = spec.partition("=")
+        if not eq:
+            raise ValueError(f"--llm: expected NAME=DIR, got {spec!r}")
+        paths[f"llm.{name}"] = path
+    return LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
+                      paths=paths, allow_source_change=getattr(args, "allow_source_change", False))
 
 
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         on_rebuild=locate_llms)
+         sources=llm_sources)

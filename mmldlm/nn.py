@@ -80,3 +80,10 @@ def text_out(stream: torch.Tensor, head: nn.Linear, what):
     if callable(what):
         return what(stream, head)
     return head(stream) if what else None
+
+
+@torch.no_grad()
+def global_rms(weight: torch.Tensor) -> torch.Tensor:
+    """The RMS of every element of ``weight`` (fp32), also of an FSDP-sharded one (DTensor)."""
+    value = weight.float().pow(2).mean().sqrt()
+    return value.full_tensor() if hasattr(value, "full_tensor") else value

@@ -8,7 +8,6 @@ import torch
 
 from mmldlm.config import compose
 from mmldlm.estimate.measure import SdpaLog, build_random, compare_compiled, example, loss_and_grads
-from mmldlm.estimate.shapes import shapes_only
 from scripts.bench import gpu_check
 from tests.helpers.common import REPO, ok, run_entry
 
@@ -23,8 +22,7 @@ def assets(tmp_path_factory) -> dict:
 
 def tiny(row, assets):
     """(config, objective with random weights, id range) of a gpu_check row at its dry-run size."""
-    with shapes_only("cpu"):
-        cfg = compose(row.config, [*gpu_check.overrides_of(row, assets), "data.data_files.train=x"], row.config_dir)
+    cfg = compose(row.config, [*gpu_check.overrides_of(row, assets), "data.data_files.train=x"], row.config_dir)
     obj, tok = build_random(cfg, "cpu")
     return cfg, obj, len(tok) - 2
 
@@ -75,9 +73,8 @@ def test_inductor_compiled_mmdit_step_draws_the_eager_noise():
     """Issue 29's bug: compiled whole, the MMDiT drew its masks and levels from inductor's generator
     (first-step L2T loss 9.988 against eager's 9.680). Per block, with inductor's kernels, it
     computes the eager loss."""
-    with shapes_only("cpu"):
-        cfg = compose("mmdit", ["model=tiny", "loss.loss_type=l2t", "training.train_batch_size=4",
-                                "data.max_seq_len=24", "data.data_files.train=x"])
+    cfg = compose("mmdit", ["model=tiny", "loss.loss_type=l2t", "training.train_batch_size=4", "data.max_seq_len=24",
+                            "data.data_files.train=x"])
     obj, tok = build_random(cfg, "cpu")
     batches = [example(obj, cfg, len(tok) - 2, "cpu", 4, 24), example(obj, cfg, len(tok) - 2, "cpu", 3, 20)]
     result = compare_compiled(obj, batches, backend="inductor")

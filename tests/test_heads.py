@@ -11,6 +11,7 @@ from mmldlm.config import compose
 from mmldlm.data.collate import mean_latent
 from mmldlm.heads import head_loss, token_ce
 from mmldlm.objective import lookup
+from mmldlm.sources import Sources
 from tests.helpers.common import make_batch
 
 
@@ -80,7 +81,7 @@ def test_no_tensor_of_a_chunked_head_holds_more_than_a_chunk_of_logits():
 def _objective(name, tokenizer, *overrides):
     cfg = compose(name, ["data.data_files.train=x", "model=tiny", *overrides])
     torch.manual_seed(0)
-    return lookup(cfg.objective).build(cfg, tokenizer)
+    return lookup(cfg.objective).build(cfg, Sources.of_tokenizer(tokenizer))  # HDLM: clusters from the sizes
 
 
 def _grads(obj, loss):
@@ -102,11 +103,8 @@ BASELINE = ["model.hidden_size=64", "model.n_heads=2", "model.n_blocks=2", "mode
 @pytest.mark.parametrize("name,extra", [("mdlm", []), ("gidd", ["model.p_uniform=0.1"]),
                                         ("hdlm-small-cluster_64-gamma_1.0-xi_1.0", [])])
 def test_diffusion_baselines_train_on_the_whole_logits_loss(name, extra, tokenizer, paragraphs, monkeypatch):
-    from mmldlm.estimate.shapes import shapes_only
-
     monkeypatch.setattr(heads, "CHUNK_BYTES", 4 * 30522 * 7)  # 7 tokens a chunk: many chunks, a partial last
-    with shapes_only("cpu"):  # HDLM: clusters from the shapes (no cluster file needed)
-        obj = _objective(name, tokenizer, *BASELINE, *extra)
+    obj = _objective(name, tokenizer, *BASELINE, *extra)
     batch = make_batch(tokenizer, paragraphs, dim=4, b=4)
     mask, ids = batch["attention_mask"], batch["input_ids"]
     noise = obj.noise(batch, 3)

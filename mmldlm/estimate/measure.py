@@ -21,15 +21,21 @@ import torch
 
 
 def build_random(cfg, device: str | torch.device):
-    """(objective in train mode, tokenizer) at the config's size with random weights on ``device``."""
-    from mmldlm.estimate.shapes import shapes_only, tokenizer_for
+    """(objective in train mode, tokenizer) at the config's size with random weights on ``device``:
+    its sources resolved ``shapes_only`` (a pretrained model from its files' shapes or declared
+    shape, never its weights), built, its source models' meta parameters drawn instead of loaded."""
     from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
+    from mmldlm.sources.weights import materialize
 
-    tok = tokenizer_for(str(cfg.data.tokenizer_name))
+    entry = lookup(cfg.objective)
+    sources = open_sources(cfg, entry, shapes_only=True)
     device = torch.device(device)
-    with shapes_only(device.type), torch.device(device):
+    with torch.device(device):
         torch.manual_seed(0)
-        obj = lookup(cfg.objective).build(cfg, tok)
+        obj = entry.build(cfg, sources)
+    materialize(obj, device)
+    sources.random_init()
     obj = obj.to(device).train()
     with torch.no_grad():
         for p in obj.parameters():
@@ -37,7 +43,8 @@ def build_random(cfg, device: str | torch.device):
                 p.data = p.data.float()  # fp32 masters, as the loop keeps them
             if p.is_floating_point():  # zero-initialised gates and heads would hide the blocks' work
                 p.add_(torch.randn_like(p) * 0.02)
-    return obj, tok
+    obj.sources_loaded()
+    return obj, sources.tokenizer
 
 
 def fill(batch: dict, vocab: int, padded: bool = False) -> dict:

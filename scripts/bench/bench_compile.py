@@ -39,14 +39,12 @@ def one_step(obj, model, batch, opt, step: int) -> float:
 def bench_row(row, assets: dict, steps: int) -> dict:
     from mmldlm.config import compose
     from mmldlm.estimate.measure import build_random, example
-    from mmldlm.estimate.shapes import shapes_only
     from mmldlm.train.compile import compile_model
     from mmldlm.train.optim import build_optimizer
     from scripts.bench.gpu_check import overrides_of
 
-    with shapes_only("cpu"):
-        cfg = compose(row.config, [*overrides_of(row, assets), "data.data_files.train=x", "training.dtype=fp32"],
-                      row.config_dir)
+    cfg = compose(row.config, [*overrides_of(row, assets), "data.data_files.train=x", "training.dtype=fp32"],
+                  row.config_dir)
     copies = {}
     for mode in ("eager", "compiled"):
         obj, tok = build_random(cfg, "cpu")

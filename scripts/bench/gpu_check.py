@@ -150,12 +150,10 @@ def timed_steps(obj, model, batch, opt, n: int, warmup: int, bf16: bool, device:
 def measure(row: Row, assets: dict | None, device: torch.device, steps: int, compiled: bool, backend: str) -> dict:
     from mmldlm.config import compose
     from mmldlm.estimate.measure import SdpaLog, build_random, example, loss_and_grads
-    from mmldlm.estimate.shapes import shapes_only
     from mmldlm.train.compile import compile_model
     from mmldlm.train.optim import build_optimizer
 
-    with shapes_only(device.type):  # what only data or weights need is not checked (the HDLM clusters file)
-        cfg = compose(row.config, [*overrides_of(row, assets), "data.data_files.train=x"], row.config_dir)
+    cfg = compose(row.config, [*overrides_of(row, assets), "data.data_files.train=x"], row.config_dir)
     obj, tok = build_random(cfg, device)
     batch = example(obj, cfg, len(tok) - 2, device)
     bf16 = cfg.training.dtype.name == "bf16"
