@@ -175,6 +175,7 @@ def measure(row: Row, assets: dict | None, device: torch.device, steps: int, com
         with torch.no_grad():  # back to the weights of the eager loss, for the compiled one
             for n, p in params:
                 p.copy_(start[n])
+        torch._dynamo.reset()  # a row compiles from nothing: no earlier row's graphs of the same block class
         model = compile_model(obj, obj, backend)
         t0 = time.perf_counter()
         loss_compiled, _ = loss_and_grads(obj, model, batch, 1000, seed=0, bf16=bf16)
