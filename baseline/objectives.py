@@ -414,4 +414,6 @@ def hdlm_sources(cfg) -> list[Source]:
 
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None,
+             clis=("python baseline/eval/generate_samples.py", "python baseline/eval/loss.py",
+                   *(("python baseline/eval/self_correction.py",) if _name == "gidd" else ())))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldlm.attention import padding_or_none
-from mmldlm.config import ConfigError, RunConfig
+from mmldlm.config import ConfigError, RunConfig, require_fraction, require_min
 from mmldlm.data.collate import mean_latent
 from mmldlm.nn import masked_mean
 from mmldlm.objective import Objective, register
@@ -30,6 +30,8 @@ class T2LModelConfig:
     latent_dim: int = 384
 
     def check(self) -> None:
+        require_min("model", self, hidden_size=1, n_blocks=1, n_heads=1, max_seq_len=2, latent_dim=1)
+        require_fraction("model", self, "dropout")
         if self.hidden_size % self.n_heads:
             raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                               f"model.n_heads ({self.n_heads})")
@@ -38,6 +40,9 @@ class T2LModelConfig:
 @dataclass
 class T2LLossConfig:
     cosine_weight: float = 0.0  # adds cosine_weight * (1 - cos) to the MSE
+
+    def check(self) -> None:
+        require_min("loss", self, cosine_weight=0.0)
 
 
 @dataclass

@@ -332,4 +332,5 @@ def build(cfg, sources) -> MMDiTObjective:
     return MMDiTObjective(cfg, sources.tokenizer)
 
 
-register("mmdit", MMDiTRunConfig, build, CONFIGS)
+register("mmdit", MMDiTRunConfig, build, CONFIGS,
+         clis=("python -m latentDLM_mmdit.sample", "python baseline/eval/loss.py"))

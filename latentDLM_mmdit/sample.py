@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
+from mmldlm.argtypes import at_least, nonneg_float, nonneg_int, positive_int
 from mmldlm.data.collate import Collator
+from mmldlm.data.records import read_latent_input
 from mmldlm.eval.text_metrics import adjacent_repeats, token_f1
 
 
@@ -145,22 +147,22 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", required=True, help="checkpoint_step_N.pt or a run directory")
     ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
     ap.add_argument("--output", default=None, help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
-    ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--n", type=positive_int, default=64, help="roundtrip: records to score")
+    ap.add_argument("--steps", type=positive_int, default=None,
                     help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
-    ap.add_argument("--guidance", type=float, default=None,
+    ap.add_argument("--guidance", type=nonneg_float, default=None,
                     help="l2t / roundtrip: classifier-free guidance w (default: the run's sample.l2t_guidance)")
     ap.add_argument("--sampler", choices=["ancestral", "confidence"], default=None,
                     help="l2t / roundtrip: MDLM ancestral sampling, or the confidence heuristic (default: the run's "
                          "sample.l2t_sampler)")
-    ap.add_argument("--temperature", type=float, default=None,
+    ap.add_argument("--temperature", type=nonneg_float, default=None,
                     help="l2t / roundtrip, ancestral: sampling temperature (default: the run's sample.l2t_temperature)")
     ap.add_argument("--judge", default=None,
                     help="roundtrip: also score the L2T texts' generative perplexity with this judge (smollm2 = the "
                          "offline SmolLM2-135M-Instruct; not comparable with gpt2-large figures)")
-    ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
+    ap.add_argument("--length", type=at_least(3), default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
+    ap.add_argument("--batch-size", type=positive_int, default=32)
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--latent-data-root", default=None,
                     help="roundtrip: base of the records' latent_path (default: the JSON file's directory)")
@@ -172,7 +174,7 @@ def main(argv=None) -> None:
     if a.direction != "roundtrip" and a.output is None:
         ap.error("--output is required for t2l / l2t")
     from mmldlm.config import ConfigError
-    from mmldlm.data.records import DataError
+    from mmldlm.data.records import DataError, LatentError
     from mmldlm.train.rebuild import CheckpointPolicyError
 
     try:
@@ -180,7 +182,7 @@ def main(argv=None) -> None:
     except DataError as e:
         raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
                          f"check {e.json_path} --latent-dim D)") from None
-    except (ConfigError, CheckpointPolicyError) as e:
+    except (ConfigError, CheckpointPolicyError, LatentError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
@@ -207,11 +209,7 @@ def _run(a) -> None:
                                   a.steps or cfg.sample.t2l_steps, generator=gen).cpu())
         np.save(a.output, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
     else:
-        z = np.load(a.input, allow_pickle=False)
-        z = z[None] if z.ndim == 1 else z
-        D = cfg.model.latent_dim
-        if z.ndim != 2 or z.shape[1] != D:
-            raise SystemExit(f"{a.input}: expected latents of shape [N, {D}], got {list(z.shape)}")
+        z = read_latent_input(a.input, cfg.model.latent_dim)  # NaN/Inf rows refused, naming the first
         if not 3 <= a.length <= cfg.model.max_seq_len:
             raise SystemExit(f"--length must be in [3, model.max_seq_len={cfg.model.max_seq_len}]")
         lines, gen = [], torch.Generator(device=dev).manual_seed(a.seed)

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from mmldlm.argtypes import at_least, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+
 ORIGINAL_DEFAULTS = {"continuous": {"output_dir": "outputs", "max_length": 77, "noise_schedule": "linear"},
                      "discrete": {"output_dir": "outputs_masked", "max_length": 128, "noise_schedule": "cosine"}}
 
@@ -35,42 +37,43 @@ def parser(variant: str) -> argparse.ArgumentParser:
     a("--data-root", required=True, help="directory holding {split}_data.json (and validation_data.json)")
     a("--split", default="train", help="the training file's prefix: {data-root}/{split}_data.json")
     a("--output-dir", default=d["output_dir"], help="the run directory: logs, config, checkpoints")
-    a("--epochs", type=int, default=100, help="passes over the training records (sets the step count)")
-    a("--batch-size", type=int, default=8, help="records per step and rank")
-    a("--lr", type=float, default=1e-4)
-    a("--weight-decay", type=float, default=0.05)
-    a("--max-samples", type=int, default=None, help="use the first N training records (validation: min(1000, N))")
+    a("--epochs", type=positive_int, default=100, help="passes over the training records (sets the step count)")
+    a("--batch-size", type=positive_int, default=8, help="records per step and rank")
+    a("--lr", type=positive_float, default=1e-4)
+    a("--weight-decay", type=nonneg_float, default=0.05)
+    a("--max-samples", type=positive_int, default=None,
+      help="use the first N training records (validation: min(1000, N))")
     a("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    a("--log-every", type=int, default=100, help="steps between training_log.jsonl lines")
-    a("--save-every", type=int, default=5000, help="steps between checkpoints")
-    a("--val-every", type=int, default=1000, help="steps between evaluations (when validation_data.json exists)")
-    a("--seed", type=int, default=1337)
-    a("--dim-cond", type=int, default=256, help="width of the time conditioning")
-    a("--dim-image", type=int, default=512, help="width of the image stream (any value)")
-    a("--dim-text", type=int, default=768, help="width of the caption stream (any value)")
-    a("--patch-size", type=int, default=16)
-    a("--image-size", type=int, default=256)
-    a("--mmdit-depth", type=int, default=12)
-    a("--num-residual-streams", type=int, default=4)
-    a("--dropout", type=float, default=0.1, help="dropout of the embeddings and feed-forward layers")
-    a("--max-length", type=int, default=d["max_length"], help="caption tokens at most")
+    a("--log-every", type=positive_int, default=100, help="steps between training_log.jsonl lines")
+    a("--save-every", type=nonneg_int, default=5000, help="steps between checkpoints")
+    a("--val-every", type=nonneg_int, default=1000, help="steps between evaluations (when validation_data.json exists)")
+    a("--seed", type=nonneg_int, default=1337)
+    a("--dim-cond", type=positive_int, default=256, help="width of the time conditioning")
+    a("--dim-image", type=positive_int, default=512, help="width of the image stream (any value)")
+    a("--dim-text", type=positive_int, default=768, help="width of the caption stream (any value)")
+    a("--patch-size", type=positive_int, default=16)
+    a("--image-size", type=positive_int, default=256)
+    a("--mmdit-depth", type=positive_int, default=12)
+    a("--num-residual-streams", type=positive_int, default=4)
+    a("--dropout", type=fraction, default=0.1, help="dropout of the embeddings and feed-forward layers")
+    a("--max-length", type=at_least(2), default=d["max_length"], help="caption tokens at most")
     a("--noise-schedule", default=d["noise_schedule"], choices=["cosine", "linear", "sigmoid"],
       help="how masking levels are drawn (each with its own ELBO weight: the loss stays MDLM's bound)")
-    a("--image-loss-weight", type=float, default=1.0)
+    a("--image-loss-weight", type=nonneg_float, default=1.0)
     g = p.add_argument_group("added here")
     g.add_argument("--tokenizer", default="bert-base-uncased", help="caption tokenizer (hub name or local dir)")
     g.add_argument("--mode", default="mixed", choices=["t2i", "i2t", "joint", "mixed"],
                    help="what is diffused: mixed trains both directions (docs/image_mmdit.md)")
-    g.add_argument("--heads", type=int, default=8)
-    g.add_argument("--dim-head", type=int, default=64)
-    g.add_argument("--num-workers", type=int, default=4, help="data loader processes")
+    g.add_argument("--heads", type=positive_int, default=8)
+    g.add_argument("--dim-head", type=positive_int, default=64)
+    g.add_argument("--num-workers", type=nonneg_int, default=4, help="data loader processes")
     g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, else fp32")
     g.add_argument("--resume", default=None, help="auto (continue the run in --output-dir) or a checkpoint path")
     g.add_argument("--allow-paths-outside-root", action="store_true",
                    help="accept image paths outside --data-root (the original's files hold absolute paths)")
     if variant == "discrete":
         g.add_argument("--codebook", default=None, help="codebook .npz (default: OUT/codebook.npz, built on first use)")
-        g.add_argument("--codebook-size", type=int, default=512, help="k-means codes K")
+        g.add_argument("--codebook-size", type=at_least(2), default=512, help="k-means codes K")
     return p
 
 

@@ -263,6 +263,7 @@ def build_discrete(cfg, sources) -> DiscreteImageObjective:
     return DiscreteImageObjective(cfg, sources.tokenizer, sources.path("codebook"))
 
 
-register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS)
+register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS,
+         clis=("python -m latentIMG_mmdit.sample",))
 register("image_discrete", DiscreteImageRunConfig, build_discrete, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, sources=codebook_source)
+         records=IMAGE_RECORDS, sources=codebook_source, clis=("python -m latentIMG_mmdit.sample",))

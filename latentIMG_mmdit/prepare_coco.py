@@ -22,6 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from mmldlm.argtypes import positive_int
+
 
 class CocoError(ValueError):
     """The annotation file or the image directory does not match COCO's layout."""
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--captions", required=True, help="COCO captions annotation file (captions_train2014.json)")
     p.add_argument("--out", required=True, help="data root to write {split}_data.json into (--data-root)")
     p.add_argument("--split", default="train", help="train | validation (the file name's prefix)")
-    p.add_argument("--captions-per-image", type=int, default=None, help="keep the first N captions of each image")
+    p.add_argument("--captions-per-image", type=positive_int, default=None,
+                   help="keep the first N captions of each image")
     p.add_argument("--copy", action="store_true", help="copy the images under OUT instead of linking their directory")
     p.add_argument("--skip-missing", action="store_true", help="leave out captions whose image file is missing")
     a = p.parse_args(argv)

@@ -305,4 +305,4 @@ def policy_from_args(args) -> LoadPolicy:
 
 
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         sources=llm_sources)
+         sources=llm_sources, clis=("python latentwire/eval.py",))

@@ -74,6 +74,27 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def require_min(section: str, obj, **lows) -> None:
+    """ConfigError naming the first of ``obj``'s keys below its lower bound (None passes)."""
+    for key, low in lows.items():
+        v = getattr(obj, key)
+        _require(v is None or v >= low, f"{section}.{key}", f"must be >= {low}, got {v}")
+
+
+def require_positive(section: str, obj, *keys: str) -> None:
+    """ConfigError naming the first of ``obj``'s keys that is not > 0 (None passes)."""
+    for key in keys:
+        v = getattr(obj, key)
+        _require(v is None or v > 0, f"{section}.{key}", f"must be > 0, got {v}")
+
+
+def require_fraction(section: str, obj, *keys: str) -> None:
+    """ConfigError naming the first of ``obj``'s keys outside [0, 1) (a dropout, a probability)."""
+    for key in keys:
+        v = getattr(obj, key)
+        _require(0 <= v < 1, f"{section}.{key}", f"must be in [0, 1), got {v}")
+
+
 @dataclass
 class TrainingConfig:
     seed: int = 42
@@ -109,6 +130,8 @@ class TrainingConfig:
                     "gradient_accumulation_steps"):
             _require(getattr(self, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
+        _require(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")  # it keys the data order
+        require_positive("training", self, "peak_tflops")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", "must be in [0, 1]")
         _require(0.0 <= self.ema < 1.0, "training.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
         _require(self.device in ("auto", "cpu", "cuda"), "training.device",
@@ -366,16 +389,21 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
 SHARED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # groups every family shares (data/)
 
 
+_STORED: dict[str, type] = {}  # name -> the schema stored under it (storing converts it: not free)
+
+
 def _store_schemas() -> dict:
     """Every registered family's schema in Hydra's ConfigStore as ``<name>_schema`` (the primary
-    YAMLs list theirs first in their defaults)."""
+    YAMLs list theirs first in their defaults); each once per process, unless it changed."""
     from hydra.core.config_store import ConfigStore
 
     from mmldlm.objective import registered
 
     entries = registered()
     for name, entry in entries.items():
-        ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+        if _STORED.get(name) is not entry.schema:
+            ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+            _STORED[name] = entry.schema
     return entries
 
 

@@ -150,6 +150,8 @@ class Entry:
     collator: Callable[[Any, Any], Callable] | None = None  # (cfg, sources) -> collate(items) -> Collated
     records: RecordFields = field(default_factory=RecordFields)
     sources: Callable[[Any], list] | None = None  # cfg -> [mmldlm.sources.Source]; the tokenizer is implied
+    # the commands that read this objective's runs (a CLI handed another family's checkpoint names them)
+    clis: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -157,9 +159,20 @@ _REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, schema: type, build: Callable, config_dir: str | Path, *,
              collator: Callable | None = None, records: RecordFields | None = None,
-             sources: Callable | None = None) -> None:
-    """Make a family's objective known by ``name`` (its schema's ``objective`` default)."""
-    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources)
+             sources: Callable | None = None, clis: tuple[str, ...] = ()) -> None:
+    """Make a family's objective known by ``name`` (its schema's ``objective`` default); ``clis``:
+    the commands that read its runs."""
+    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources,
+                            tuple(clis))
+
+
+def readers(name: str | None) -> str:
+    """Which commands read runs of objective ``name``, as a clause for an error message."""
+    try:
+        clis = lookup(name).clis if name else ()
+    except KeyError:
+        return f"no installed family registers objective {name!r}"
+    return f"read it with {' or '.join(clis)}" if clis else "no command of this repository evaluates it"
 
 
 def load_families() -> None:

@@ -148,6 +148,8 @@ def _bad_cases(d):
     (d / "junk.npy").write_bytes(pickle.dumps([1, 2, 3]))
     os.mkfifo(d / "fifo.npy")  # opening it would hang the reader
     (d / "adir.npy").mkdir()
+    (d.parent / f"{d.name}_outside.npy").write_bytes((d / "shard.npy").read_bytes())
+    (d / "link.npy").symlink_to(d.parent / f"{d.name}_outside.npy")  # a link that leads out of the root
     ok = {"text": "fine", "latent_path": "ok.npy"}
     return [
         ("no_text", {"latent_path": "ok.npy"}, "no 'text' field"),
@@ -171,6 +173,8 @@ def _bad_cases(d):
         ("fifo", {"text": "x", "latent_path": "fifo.npy"}, "is a FIFO"),
         ("fifo_shard", {"text": "x", "latent_path": "fifo.npy", "latent_row": 0}, "is a FIFO"),
         ("directory", {"text": "x", "latent_path": "adir.npy"}, "is a directory"),
+        ("symlink_out", {"text": "x", "latent_path": "link.npy"}, "through a symlink"),
+        ("symlink_out_shard", {"text": "x", "latent_path": "link.npy", "latent_row": 0}, "through a symlink"),
     ], ok
 
 
@@ -206,12 +210,12 @@ def test_skip_mode_counts_instead_of_raising(tmp_path, tokenizer):
     cases, ok = _bad_cases(tmp_path)
     path = write_json(tmp_path / "mixed.json", [ok] * 8 + [bad for _, bad, _ in cases])
     data, training = cfgs(path, on_bad_record="skip", shuffle=False)
-    training.train_batch_size = 19  # 29 records, 10 dropped while reading
+    training.train_batch_size = 20  # 31 records, 11 dropped while reading
     bundle = build_data(data, training, tokenizer)
     # field and shard problems are found while reading; per-file latents when loaded
-    assert bundle.bad_records == 10
+    assert bundle.bad_records == 11
     batch, info = next(bundle.train)
-    assert info.skipped == 11 and batch["input_ids"].shape[0] == 8 and info.texts == 8
+    assert info.skipped == 12 and batch["input_ids"].shape[0] == 8 and info.texts == 8
     assert set(batch) == {"input_ids", "attention_mask", "index", "latent"}  # no bookkeeping inside
     assert (batch["latent"] == 0).all()  # what remains is the good data, nothing filled in
 

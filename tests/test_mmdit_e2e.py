@@ -69,6 +69,35 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     loss_main([f"path={tmp_path / 'cyc'}", "num_t=2", "batch_size=8", f"metrics_path={tmp_path / 'loss.json'}"])
     loss = json.loads((tmp_path / "loss.json").read_text())
     assert loss["objective"] == "mmdit" and math.isfinite(loss["nelbo"]) and loss["num_t"] == 2 and loss["tokens"] > 0
+    # the key loss.py's docs and its own error name (its parser once refused it), on 12 records
+    import shutil
+
+    val = tmp_path / "val"
+    shutil.copytree(minilm_data.parent / "latents", val / "latents")
+    (val / "val.json").write_text(json.dumps(json.loads(minilm_data.read_text())[:12]))
+    loss_main([f"path={tmp_path / 'cyc'}", "num_t=2", "batch_size=8", f"data_files.validation={val / 'val.json'}",
+               f"metrics_path={tmp_path / 'loss_val.json'}"])
+    assert json.loads((tmp_path / "loss_val.json").read_text())["sequences"] == 12
+
+    # faults that end in one line (issue 25): a latents file with a NaN row; this run handed to
+    # commands of other families (each names the objective and the commands that read it)
+    z_nan = np.load(tmp_path / "z.npy")
+    z_nan[1, 5] = np.nan
+    np.save(tmp_path / "z_nan.npy", z_nan)
+    with pytest.raises(SystemExit, match=r"error: latents .*z_nan.npy: row 1 has non-finite values"):
+        sample_main(["l2t", "--checkpoint", str(tmp_path / "cyc"), "--input", str(tmp_path / "z_nan.npy"),
+                     "--output", str(tmp_path / "nan.txt")])
+    assert not (tmp_path / "nan.txt").exists()
+    from baseline.eval.generate_samples import main as generate_main
+    from latentIMG_mmdit.sample import load as image_load
+    from mmldlm.train.rebuild import CheckpointPolicyError
+
+    readers = "read it with python -m latentDLM_mmdit.sample or python baseline/eval/loss.py"
+    with pytest.raises(CheckpointPolicyError, match="objective 'mmdit', which python baseline/eval/generate_samples.py "
+                                                    f"does not read: {readers}"):
+        generate_main([f"path={tmp_path / 'cyc'}", f"samples_path={tmp_path / 's.pt'}"])
+    with pytest.raises(SystemExit, match=f"objective 'mmdit', not of the image MMDiT: {readers}"):
+        image_load(str(tmp_path / "cyc"))
 
     # the round-trip report, and a missing latent file named in a message rather than dropped
     roundtrip = lambda data: sample_main(["roundtrip", "--checkpoint", str(tmp_path / "cyc"),  # noqa: E731

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldlm.config import ConfigError, RunConfig, TrainingConfig
+from mmldlm.config import ConfigError, RunConfig, TrainingConfig, require_fraction, require_min, require_positive
 from mmldlm.data.collate import mean_latent
 from mmldlm.heads import head_loss, token_ce
 from mmldlm.nn import global_rms, pool
@@ -81,6 +81,8 @@ class BridgeModelConfig(BackboneConfig):
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if self.lora_r < 0:
             raise ConfigError("model.lora_r: must be >= 0 (0 = no adapters)")
+        require_positive("model", self, "lora_alpha")
+        require_fraction("model", self, "lora_dropout")
         if self.lora_r and not self.freeze_backbone:
             raise ConfigError("model.lora_r: adapters train on a frozen backbone; set model.freeze_backbone=true "
                               "or model.lora_r=0 for full fine-tuning")
@@ -91,6 +93,10 @@ class BridgeTrainingConfig(TrainingConfig):
     task: Task = Task.t2l
     text_loss_weight: float = 1.0
     latent_loss_weight: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        require_min("training", self, text_loss_weight=0.0, latent_loss_weight=0.0)
 
 
 @dataclass
@@ -403,4 +409,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources)
+register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources,
+         clis=("python -m wedlm_bridge.decode|encode|export", "python baseline/eval/generate_samples.py",
+               "python baseline/eval/loss.py"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmldlm.argtypes import positive_int
 from mmldlm.data.collate import Collator
 from mmldlm.sources.cli import add_policy_args
 from wedlm_bridge.bridge import default_device, load_bridge_for_cli
@@ -29,7 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
     ap.add_argument("--input", required=True, help="text file, one text per line")
     ap.add_argument("--output", required=True, help=".npy to write")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=positive_int, default=16)
     ap.add_argument("--device", default=default_device())
     add_policy_args(ap)
     a = ap.parse_args(argv)

@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
                       "(or pip install -e . in this repository, which lists it)") from e
 
 from mmldlm.attention import padding_or_none, sdpa_joint_attention
-from mmldlm.config import ConfigError
+from mmldlm.config import ConfigError, require_fraction, require_positive
 from mmldlm.nn import TimeMLP, text_out
 
 
@@ -75,6 +75,8 @@ class MMDiTModelConfig:
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
             raise ConfigError("model.t_eps: must be in (0, 1)")
+        require_fraction("model", self, "dropout")
+        require_positive("model", self, "x0_clamp")
 
 
 class MultimodalMMDiT(nn.Module):

@@ -240,4 +240,4 @@ def collator(cfg, sources) -> SFTCollator:
 
 
 register("wedlm_finetune", FinetuneRunConfig, build, CONFIGS, collator=collator, records=SFT_RECORDS,
-         sources=backbone_sources)
+         sources=backbone_sources, clis=("python -m wedlm_bridge.export_finetuned",))
