@@ -48,12 +48,14 @@ def _chunks(hidden, weight, bias, fn, rows, needs, aux):
     reports: list[dict[str, torch.Tensor]] = []
     grads = [torch.empty_like(hidden) if needs[0] else None, torch.zeros_like(weight) if needs[1] else None,
              torch.zeros_like(bias) if needs[2] else None]
+    # one leaf for every chunk: autocast caches its low-precision copy of a leaf that requires grad
+    # until the forward's autocast region ends, so a new leaf per chunk would keep a copy per chunk
+    w = weight.detach().requires_grad_(needs[1])
+    b = None if bias is None else bias.detach().requires_grad_(needs[2])
     for start in range(0, n, rows) if n else [0]:  # an empty selection: one empty chunk (the reports' names)
         end = min(start + rows, n)
         with torch.enable_grad():
             h = hidden[start:end].detach().requires_grad_(needs[0])
-            w = weight.detach().requires_grad_(needs[1])
-            b = None if bias is None else bias.detach().requires_grad_(needs[2])
             loss, report = fn(F.linear(h, w, b).float(), *(a[start:end] for a in aux))
             total += loss.detach().sum()
             reports.append({k: v.detach() for k, v in report.items()})
