@@ -169,8 +169,6 @@ def main(argv=None) -> None:
     ap.add_argument("--allow-paths-outside-root", action="store_true",
                     help="roundtrip: accept absolute latent paths and paths with '..'")
     a = ap.parse_args(argv)
-    if a.guidance is not None and a.guidance < 0:
-        ap.error(f"--guidance: need w >= 0, got {a.guidance}")
     if a.direction != "roundtrip" and a.output is None:
         ap.error("--output is required for t2l / l2t")
     from mmldlm.config import ConfigError

@@ -9,6 +9,8 @@ Writes ``OUT/{split}_data.json``: one record ``{image_path, caption, image_id}``
 has about five per image; ``--captions-per-image`` keeps the first N by annotation id), in
 image-id order. Image paths stay relative to OUT, as the loader requires: they go through a
 link ``OUT/images/{split}`` to ``--images`` (made here; ``--copy`` copies the files instead).
+Record paths are confined to their root with symlinks followed, so a run on linked records names
+``--allow-paths-outside-root`` (``data.allow_paths_outside_root=true``); copied ones need nothing.
 Every image an annotation names must exist: missing ones are an error listing them
 (``--skip-missing`` leaves their captions out and says how many).
 """
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     extra = f" ({n['missing_images']} images missing, their captions left out)" if n["missing_images"] else ""
     print(f"wrote {n['records']} records of {n['images']} images to {n['file']}{extra}")
+    if not a.copy:
+        print(f"the records reach {a.images} through a link: train with --allow-paths-outside-root "
+              "(data.allow_paths_outside_root=true), or prepare with --copy")
 
 
 if __name__ == "__main__":
