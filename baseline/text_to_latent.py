@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmldlm.attention import padding_or_none
 from mmldlm.config import ConfigError, RunConfig, require_fraction, require_min
 from mmldlm.data.collate import mean_latent
 from mmldlm.nn import masked_mean
@@ -66,8 +67,12 @@ class TextToLatentRegression(Objective):
 
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=~attention_mask)
+        pads = padding_or_none(attention_mask)  # none padded: no mask, so SDPA may take the flash kernel
+        h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=None if pads is None else ~pads)
         return self.head(masked_mean(self.norm(h), attention_mask))
+
+    def compile_units(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
 
     def forward(self, batch: dict, step: int):
         target = mean_latent(batch).float()

@@ -247,6 +247,11 @@ class LatentWireObjective(Objective):
         student positions, twice the teacher's forward-only cost (an upper bound for MFU)."""
         return 4.0 * sum(sum(p.numel() for p in m.parameters()) for m in self.llms.values()) / len(self.llms)
 
+    def compile_units(self) -> list[nn.Module]:
+        """The LLMs' decoder layers and the byte encoder's layers (no FSDP units here: DDP only)."""
+        return [m for m in self.modules() if type(m).__name__.endswith("DecoderLayer")
+                or isinstance(m, nn.TransformerEncoderLayer)]
+
     def sources_loaded(self) -> None:
         """Each LLM's embedding statistics: the calibration's target RMS, the colorizer's start."""
         for n in self.names:

@@ -82,6 +82,17 @@ class Objective(nn.Module):
         """The submodules FSDP shards one by one (transformer blocks); the root is sharded last."""
         return []
 
+    def compile_units(self) -> list[nn.Module]:
+        """The blocks ``training.compile_model`` compiles one by one (``mmldlm.train.compile``). The
+        default: the shard units that hold no other unit (the transformer blocks), embeddings
+        aside. Empty: the objective is compiled whole."""
+        units, leaves = self.shard_units(), []
+        for u in units:
+            inside = {id(m) for m in u.modules() if m is not u}
+            if not isinstance(u, nn.Embedding) and not any(id(o) in inside for o in units):
+                leaves.append(u)
+        return leaves
+
     nelbo_needs_t = True  # False: nelbo() is exact without a noise level (AR), scored once
 
     def nelbo(self, batch: dict, t: torch.Tensor | None, k: int):

@@ -42,6 +42,7 @@ from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
 from mmldlm.train.advice import available_cores, start_warnings
+from mmldlm.train.compile import compile_model
 from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
 from mmldlm.train.optim import build_optimizer, build_scheduler
@@ -241,8 +242,8 @@ class _Loop:
             self._load(*resumed)
         else:
             torch.manual_seed(t.seed + 1 + dist.rank)  # per-rank noise from here on
-        if t.compile_model:
-            self.model = torch.compile(self.model)
+        if t.compile_model:  # per block, noise drawn eagerly between them (mmldlm.train.compile)
+            self.model = compile_model(self.objective, self.model)
         self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         self.peak = _peak_tflops(t.peak_tflops, dist.device)
         n_train = sum(p.numel() for _, p in self.params)
