@@ -124,7 +124,8 @@ def train_parser() -> Parser:
     p("--adapter-colorize", action="store_true", default=None)
     p("--adapter-metadata", action="store_true", default=None,
       help="the original's default: the adapter reads the GOLD answer length (labelled in every report)")
-    p("--no-adapter-metadata", dest="adapter_metadata", action="store_false", help="(the config's default)")
+    p("--no-adapter-metadata", dest="adapter_metadata", action="store_false", default=None,
+      help="(the config's default)")
     p("--max-answer-tokens", type=positive_int)
     p("--warm-anchor-text", help='anchor after the prefix, e.g. "Answer: "')
     p("--warm-anchor-mode", choices=("auto", "text", "chat", "none"))
