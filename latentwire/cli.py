@@ -146,6 +146,9 @@ def train_parser() -> Parser:
     lo("--state-kd-weight", type=nonneg_float)
     lo("--state-kd-layers", type=_layers, help="hidden_states indices, e.g. 0,1,2")
     lo("--scale-l2", type=nonneg_float)
+    for action in ap._actions:  # each flag's help names the key it sets
+        if action.dest in FLAG_KEYS:
+            action.help = f"{action.help}: {FLAG_KEYS[action.dest]}" if action.help else FLAG_KEYS[action.dest]
     return ap
 
 
