@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from mmldlm.config import PATH_OR_NAME, ConfigError, DataConfig, OptimizerConfig, RunConfig, TrainingConfig
+from mmldlm.config import PATH, PATH_OR_NAME, ConfigError, DataConfig, OptimizerConfig, RunConfig, TrainingConfig
 from mmldlm.nn import DTYPES
 
 ENCODERS = ("byte", "simple-st")
@@ -147,8 +147,15 @@ class LatentWireLossConfig:
     state_kd_weight: float = 0.0
     state_kd_layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # hidden_states indices (0 = embeddings)
     scale_l2: float = 0.05
+    # the KD teacher's logits, cached on disk per record and receiver (latentwire/kd_cache.py):
+    # computed in the first epoch, read back after (the teacher is ~80 % of a step's FLOPs)
+    kd_cache: bool = True
+    kd_cache_dir: Optional[str] = field(default=None, metadata=PATH)  # null: RUN_DIR/kd_cache
+    kd_cache_topk: int = 256  # logits kept per step (+ the tail's mass); 0: all V (exact, V floats per step)
 
     def check(self) -> None:
+        if self.kd_cache_topk < 0:
+            raise ConfigError("loss.kd_cache_topk: must be >= 0 (0 keeps every logit)")
         if self.K < 1:
             raise ConfigError("loss.K: must be >= 1")
         if self.kd_tau <= 0:
