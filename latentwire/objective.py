@@ -217,7 +217,8 @@ class LatentWireObjective(Objective):
             t_logits, t_hidden = teacher.logits, teacher.hidden
             k = t_logits.shape[1]
             if lc.kd_first_k_weight > 0:
-                t["kd"] = L.kd_loss(logits[:, :k], t_logits, mask[:, :k], lc.kd_tau, counts, K)
+                rows = mask[:, :k] & (t_logits.argmax(-1) == ans[:, :k]) if lc.kd_gate else mask[:, :k]
+                t["kd"] = L.kd_loss(logits[:, :k], t_logits, rows, lc.kd_tau, counts, K)
             if layers:
                 t["state"] = L.state_loss([h[:, :k] for h in hidden], t_hidden, mask[:, :k], counts, K)
         with torch.no_grad():

@@ -40,6 +40,11 @@ class Calibration(Enum):
     none = "none"
 
 
+class TeacherPrompt(Enum):
+    chat = "chat"  # the text baseline's prompt: chat template, system prompt, source, anchor as prefill
+    raw = "raw"  # the original's: source + anchor as plain text
+
+
 class FirstSchedule(Enum):
     none = "none"
     warmup = "warmup"  # 0 -> first_token_ce_weight linearly over first_token_ce_warmup_steps, then hold
@@ -144,6 +149,10 @@ class LatentWireLossConfig:
     K: int = 4
     kd_first_k_weight: float = 1.0
     kd_tau: float = 2.0
+    kd_teacher_prompt: TeacherPrompt = TeacherPrompt.chat
+    # KD only at the steps where the teacher's greedy token is the gold one: a teacher that reads
+    # the text wrongly is not followed (latentwire/README.md: SmolLM2's teacher is right on a third)
+    kd_gate: bool = True
     state_kd_weight: float = 0.0
     state_kd_layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # hidden_states indices (0 = embeddings)
     scale_l2: float = 0.05
