@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
+from latentwire import metrics as Mx
 from latentwire.collate import _pad, answer_ids, prompt_then_answer, text_prompt
 from latentwire.metrics import clean_pred, em_f1, exact_match, f1_score, normalize_answer, payload_bytes, quantize
 from latentwire.objective import LatentWireObjective, positions
@@ -182,7 +183,7 @@ def _per_row_nll(logits, ans, mask) -> torch.Tensor:
 
 def _report(obj, paths, golds, prompts, joint_scores, records, k, opts):
     wire = payload_bytes(obj.M, obj.encoder_dim)
-    out = {"samples": len(records), "uses_gold_answer_length": bool(obj.metadata),
+    out = {"samples": len(records), "chance": Mx.chance(records), "uses_gold_answer_length": bool(obj.metadata),
            "gold_length_cap": opts.gold_length_cap, "latent_shape": [obj.M, obj.encoder_dim],
            "payload_bytes": wire, "models": {}}
     for n in obj.names:
