@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from latentwire import losses as L
 from latentwire.adapter import calibrate
 
+SIGN_STEPS = (1e-4, 1e-3)  # the lr of the one-update probe (:func:`sign_step`)
+
 
 class Geometry(NamedTuple):
     cos: float  # mean pairwise cosine between examples' flattened rows
@@ -111,7 +113,7 @@ def gradient_flow(obj, n: str, batch: dict, teacher, step: int = 0) -> dict:
     z = obj.encoder(batch)[n]
     raw = obj.adapters[n](z, batch.get(f"{n}.answer_len") if obj.metadata else None)
     prefix = calibrate(raw, obj.target_rms(n), obj.gain)
-    counts = L.counts(batch[f"{n}.answer_mask"], obj.max_answer + 1)
+    counts = _counts(obj, n, batch)
     terms = obj.prefix_terms(n, prefix, raw, batch, counts, teacher)
     loss, w_first = obj.weighted(terms, step)
     lc = obj.lcfg
@@ -139,6 +141,24 @@ def gradient_flow(obj, n: str, batch: dict, teacher, step: int = 0) -> dict:
     obj.zero_grad(set_to_none=True)
     obj.train(was)
     return out
+
+
+def sign_step(obj, n: str, batches: list[dict], lr: float, seed: int = 0) -> Geometry:
+    """The latents' :class:`Geometry` after ONE sign step of size ``lr`` on the encoder (Adam's
+    first update is one) along a random gradient at ``z`` with no common part (zero mean over the
+    examples): how much per-example content a single update leaves, whatever the loss."""
+    import copy
+
+    enc = copy.deepcopy(obj.encoder).train()
+    z = torch.cat([enc(b)[n] for b in batches])
+    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)
+    (z * (g - g.mean(0))).sum().backward()
+    with torch.no_grad():
+        for p in enc.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad.sign()
+        enc.eval()
+        return geometry(torch.cat([enc(b)[n] for b in batches]))
 
 
 class FirstToken(NamedTuple):
@@ -205,6 +225,7 @@ def diagnose(obj, batches: list[dict], step: int = 0, teachers: dict | None = No
                   "scale": {"embed_rms": obj.emb_rms[n],
                             **scale_stats(prefix, obj.llms[n].get_input_embeddings().weight)},
                   "grad": gradient_flow(obj, n, batches[0], tl[0], step),
+                  "z_after_one_sign_step": {str(lr): sign_step(obj, n, batches, lr)._asdict() for lr in SIGN_STEPS},
                   "first_token": first_token(obj, n, batches, tl)._asdict()}
     return out
 
@@ -215,8 +236,9 @@ def render(step: int, d: dict) -> str:
     for n, r in d.items():
         z, p, s, f, g = r["z"], r["prefix"], r["scale"], r["first_token"], r["grad"]
         lines.append(f"[step {step}] {n}")
-        for name, x in (("z", z), ("prefix", p)):
-            lines.append(f"  {name:<7} cos between examples {x['cos']:.4f} | between-example share {x['between']:.2e} "
+        rows = [("z", z), ("prefix", p)] + [(f"z, 1 step {lr}", x) for lr, x in r["z_after_one_sign_step"].items()]
+        for name, x in rows:
+            lines.append(f"  {name:<16} cos between examples {x['cos']:.4f} | between-example share {x['between']:.2e} "
                          f"| effective dim {x['eff_dim']:.2f} | slot cos {x['slot_cos']:.3f}")
         lines.append(f"  scale   slot norm {s['slot_norm_mean']:.3f} ({s['slot_norm_min']:.3f}-"
                      f"{s['slot_norm_max']:.3f}) vs token norm {s['token_norm_mean']:.3f} +- "
@@ -233,6 +255,49 @@ def render(step: int, d: dict) -> str:
         lines.append(f"  params  encoder grad {g['param_grad_encoder']:.3e} | adapter grad "
                      f"{g['param_grad_adapter']:.3e}")
     return "\n".join(lines)
+
+
+def _counts(obj, n: str, batch: dict) -> L.Counts:
+    return L.counts(batch[f"{n}.answer_mask"], obj.max_answer + 1)
+
+
+def receiver_fit(obj, batches: list[dict], teachers: dict, steps: int, lr: float, every: int = 20,
+                 seed: int = 0) -> list[dict]:
+    """Can the receiver side fit at all? Every record gets a FIXED random latent (``N(0, 1)``, so
+    the latents differ as much as latents can) and only the adapters train (AdamW at ``lr``, the
+    objective's loss, the batches in a seeded order): rows of (step, loss terms, first-token top-1
+    over every record). The objective's adapters are restored afterwards."""
+    import copy
+
+    state = copy.deepcopy(obj.adapters.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    table = [torch.randn(b["index"].shape[0], obj.M, obj.encoder_dim, generator=gen) for b in batches]
+    opt = torch.optim.AdamW(obj.adapters.parameters(), lr=lr)
+    rows, step = [], 0
+    obj.train()
+    while step < steps:
+        for i in torch.randperm(len(batches), generator=gen).tolist():
+            loss, terms = 0.0, {}
+            for n in obj.names:
+                terms = obj.model_terms(n, table[i], batches[i], _counts(obj, n, batches[i]), teachers[n][i])
+                loss = loss + obj.weighted(terms, step)[0] / len(obj.names)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % every == 0 or step == steps:
+                with torch.no_grad():
+                    hits = [float(obj.model_terms(n, table[j], b, _counts(obj, n, b))["first_acc"])
+                            * b["index"].shape[0] for n in obj.names for j, b in enumerate(batches)]
+                total = sum(b["index"].shape[0] for b in batches) * len(obj.names)
+                rows.append({"step": step, "loss": float(loss.detach()), "first_top1": sum(hits) / total,
+                             **{k: float(v.detach()) for k, v in terms.items() if k in ("tf", "first", "kd")}})
+                print(f"  receiver fit, fixed latents, lr {lr:g}: step {step} loss {rows[-1]['loss']:.3f} first-token "
+                      f"top1 {rows[-1]['first_top1']:.3f}", flush=True)
+            if step >= steps:
+                break
+    obj.adapters.load_state_dict(state)
+    return rows
 
 
 def _batches(cfg, records: list[dict]) -> list[dict]:
@@ -252,6 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--ckpt", default=None, help="a run directory: every checkpoint it holds (default: a fresh "
                                                 "objective built from the flags, seeded as training)")
     g.add_argument("--json", default=None, help="also write the figures here")
+    g.add_argument("--receiver_fit", type=int, default=0, metavar="STEPS",
+                   help="also train the adapters alone on fixed random latents for STEPS steps (at --lr): can "
+                        "the receiver side fit these records when the latents differ?")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg, records = train_config(args, rest)
     out = {}
@@ -279,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
             teachers = {n: [obj.teacher_targets(n, b) for b in batches] for n in obj.names}
         out[step] = diagnose(obj, batches, step, teachers)
         print(render(step, out[step]), flush=True)
+        if args.receiver_fit and args.ckpt is None:
+            out[step]["receiver_fit"] = receiver_fit(obj, batches, teachers, args.receiver_fit, args.lr)
     if args.json:
         from mmldlm.io import write_json_atomic
 
