@@ -1,5 +1,5 @@
-"""The text-diffusion baselines as registered objectives: MDLM, GIDD(+), HDLM, AR and the
-latent-conditioned MDLM (adaLN or cross-attention), all on the shared loop.
+"""The text-diffusion baselines as registered objectives: MDLM, GIDD(+), HDLM, AR (``baseline.ar``)
+and the latent-conditioned MDLM (adaLN or cross-attention), all on the shared loop.
 
 Every diffusion objective is the same recipe around a different forward process
 (``mmldlm.diffusion``): draw t (low-discrepancy over the global batch), corrupt the real tokens,
@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from baseline.ar import AutoregressiveLM
 from baseline.dit import DiT
 from baseline.schema import (
     ARRunConfig,
@@ -29,11 +30,13 @@ from baseline.schema import (
 )
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
+from mmldlm.diffusion.gidd import GiddDiffusion
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
 from mmldlm.diffusion.noise import keyed_uniform, position_uniforms
 from mmldlm.eval.likelihood import Nelbo
 from mmldlm.nn import masked_mean, rank_share
 from mmldlm.objective import Objective, register
+from mmldlm.sources import Kind, Source
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -161,14 +164,12 @@ class DiffusionLM(Objective):
     def sampler_name(self, requested: str) -> str:
         if isinstance(self.process, MDLMProcess):
             return requested
-        return "gidd posterior" if hasattr(self.process, "marginal_of_probs") else "hdlm two-stage (mdlm)"
+        return "gidd posterior" if isinstance(self.process, GiddDiffusion) else "hdlm two-stage (mdlm)"
 
     @torch.no_grad()
     def generate(self, num_samples: int, length: int, steps: int, temperature: float = 1.0, min_p: float = 0.0,
                  sampler: str = "ddpm", generator=None, latents=None, top_p: float = 1.0, **_) -> torch.Tensor:
         """``num_samples`` sequences of ``length`` tokens (``mmldlm.eval.samplers``)."""
-        from mmldlm.eval import samplers as S
-
         if top_p < 1:
             raise ValueError("top_p is a nucleus for AR sampling; the diffusion samplers take temperature (and GIDD "
                              "min_p)")
@@ -179,12 +180,19 @@ class DiffusionLM(Objective):
             cond = {}
             if self.model.conditioning is not None:
                 raise ValueError("this model is conditioned on latents: pass latents=FILE.npy")
+        return self._sample(cond, num_samples, length, steps, temperature, min_p, sampler, generator)
+
+    def _sample(self, cond: dict, num_samples: int, length: int, steps: int, temperature: float, min_p: float,
+                sampler: str, generator, init: torch.Tensor | None = None) -> torch.Tensor:
+        """The family's own sampler from all-[MASK] (or from ``init``: a context kept, [MASK] drawn)."""
+        from mmldlm.eval import samplers as S
+
         device = next(self.parameters()).device
 
         def denoise(ids, t):
             return self.model(ids, None, t, **cond)[..., : self.vocab]
 
-        common = {"temperature": temperature, "generator": generator, "device": device}
+        common = {"temperature": temperature, "generator": generator, "device": device, "init": init}
         if isinstance(self.process, MDLMProcess):
             if sampler not in ("ddpm", "ddpm_cache"):
                 raise ValueError(f"sampler={sampler!r}: MDLM samples with ddpm | ddpm_cache")
@@ -193,9 +201,66 @@ class DiffusionLM(Objective):
                                  "without time conditioning (model.time_conditioning=false); use ddpm")
             return S.mdlm_sample(denoise, num_samples, length, steps, self.process.text.mask_id,
                                  self.process.excluded, cache=sampler == "ddpm_cache", eps=self.t_lo, **common)
-        if hasattr(self.process, "marginal_of_probs"):
+        if isinstance(self.process, GiddDiffusion):
             return S.gidd_sample(denoise, self.process, num_samples, length, steps, min_p=min_p, **common)
         return S.hdlm_sample(denoise, self.process, num_samples, length, steps, **common)
+
+    # -- the lm-eval harness (Objective.conditional_nelbo and co.) ----------------------------
+    def mask_id(self) -> int:
+        return self.process.text.mask_id if isinstance(self.process, MDLMProcess) else self.process.mask_id
+
+    def _blocked(self, device) -> torch.Tensor:
+        """``[V]`` bool: the ids no clean token is ([MASK], padding; GIDD / HDLM: their excluded ids)."""
+        if isinstance(self.process, MDLMProcess):
+            out = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+            out[[self.mask_id(), *self.process.excluded]] = True
+            return out
+        if isinstance(self.process, GiddDiffusion):
+            return ~self.process.allowed.to(device)
+        return self.process.blocked.to(device)
+
+    def _harness_conditioning(self, batch: dict) -> dict:
+        """The conditioning of a harness batch: none (a latent model overrides this to refuse)."""
+        return self.conditioning(batch)
+
+    def conditional_nelbo(self, batch: dict, t: torch.Tensor, k: int) -> Nelbo:
+        """The NELBO of the target tokens given the clean context at ``t``: only targets are noised
+        and scored. MDLM's masks are the loss CLI's (``nelbo``: the same uniforms of (seed, grid
+        point, record, position)); GIDD's and HDLM's noise is keyed the same way."""
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+        key = (self.seed, -2 - k)
+        t = t.float()
+        if isinstance(self.process, MDLMProcess):
+            noisy = self.process.corrupt(ids, target, t, self.mask_uniforms(batch, key))
+        else:
+            fields = 2 if isinstance(self.process, GiddDiffusion) else 3
+            u = tuple(position_uniforms(batch["index"], ids.shape[1], *key, 3 + j, dtype=torch.float64)
+                      for j in range(fields))
+            noisy = self.process.corrupt(ids, target, t, u=u)
+        logits = self.model(noisy, mask, t, **self._harness_conditioning(batch))
+        terms = self.process.terms(logits[..., : self.vocab], ids, noisy, target, t)
+        return Nelbo(terms.elbo.sum(1), target.sum(1), {})
+
+    @torch.no_grad()
+    def conditional_greedy(self, batch: dict) -> torch.Tensor:
+        """Every target token is the argmax of p(x0 | context, all targets [MASK]) at the top noise level."""
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+        hidden = torch.where(target, self.mask_id(), ids)
+        t = torch.full((ids.shape[0],), self.t_hi, device=ids.device)
+        logits = self.model(hidden, mask, t, **self._harness_conditioning(batch))[..., : self.vocab].float()
+        guess = logits.masked_fill(self._blocked(ids.device), -torch.inf).argmax(-1)
+        return ((guess == ids) | ~target).all(1)
+
+    @torch.no_grad()
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator=None, stop=None) -> torch.Tensor:
+        """``[1, length]`` ids after ``context [1, P]``: the family's sampler (MDLM ancestral, GIDD's
+        posterior, HDLM's two-stage) over [context, [MASK] x length], the context kept clean."""
+        cond = self._harness_conditioning({})
+        masks = torch.full((1, length), self.mask_id(), dtype=torch.long, device=context.device)
+        init = torch.cat([context, masks], 1)
+        out = self._sample(cond, 1, init.shape[1], steps, temperature, 0.0, "ddpm", generator, init)
+        return out[:, context.shape[1]:]
 
 
 class LatentDiffusionLM(DiffusionLM):
@@ -210,6 +275,13 @@ class LatentDiffusionLM(DiffusionLM):
         self.pred_weight = cfg.loss.latent_prediction_weight
         self.latent_head = (nn.Sequential(nn.Linear(m.hidden_size, 2 * m.hidden_size), nn.SiLU(),
                                           nn.Linear(2 * m.hidden_size, m.latent_dim)) if m.predict_latents else None)
+
+    def _harness_conditioning(self, batch: dict) -> dict:
+        if self.adaln or self.cross:
+            raise ValueError("this MDLM reads a latent per text (model.use_latent_conditioning=true) and lm-eval's "
+                             "requests carry none; a run with use_latent_conditioning=false is a plain MDLM the "
+                             "harness evaluates")
+        return {}
 
     def conditioning(self, batch: dict) -> dict:
         if self.adaln:
@@ -252,61 +324,6 @@ class LatentDiffusionLM(DiffusionLM):
         return {"nelbo_true_latent": nelbo[0], "nelbo_shuffled_latent": nelbo[1], "latent_gain": nelbo[1] - nelbo[0]}
 
 
-class AutoregressiveLM(Objective):
-    """A Llama of the preset's sizes; next-token cross-entropy over real tokens (``elbo`` = NLL)."""
-
-    def __init__(self, cfg, tokenizer):
-        super().__init__()
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        m = cfg.model
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=4 * m.hidden_size,
-                             num_hidden_layers=m.n_blocks, num_attention_heads=m.n_heads,
-                             num_key_value_heads=m.n_heads, max_position_embeddings=m.max_seq_len,
-                             attention_dropout=m.dropout, pad_token_id=tokenizer.pad_token_id,
-                             # a BERT vocabulary's documents run [CLS] ... [SEP]
-                             bos_token_id=_first(tokenizer.bos_token_id, tokenizer.cls_token_id),
-                             eos_token_id=_first(tokenizer.eos_token_id, tokenizer.sep_token_id))
-        config._attn_implementation = "sdpa"
-        self.model = LlamaForCausalLM(config)
-
-    def forward(self, batch: dict, step: int):
-        out = self.nelbo(batch, None, 0)
-        loss = out.nats.sum() / rank_share(out.tokens.sum()).clamp_min(1)
-        return loss, {"elbo": loss.detach()}
-
-    nelbo_needs_t = False  # the NLL is exact
-
-    def nelbo(self, batch: dict, t, k: int) -> Nelbo:
-        """Next-token NLL nats per sequence over real predicted tokens."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
-        real = mask[:, 1:] & mask[:, :-1]
-        nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(real)
-        return Nelbo((nll * real).sum(1), real.sum(1), {})
-
-    def shard_units(self) -> list[nn.Module]:
-        return list(self.model.model.layers)
-
-    def sampler_name(self, requested: str) -> str:
-        return "ar (kv cache)"
-
-    @torch.no_grad()
-    def generate(self, num_samples: int, length: int, temperature: float = 1.0, top_p: float = 1.0, generator=None,
-                 **_) -> torch.Tensor:
-        from mmldlm.eval.samplers import ar_sample
-
-        cfg = self.model.config
-        bos = _first(cfg.bos_token_id, cfg.eos_token_id)
-        excluded = [] if cfg.pad_token_id in (None, cfg.eos_token_id, cfg.bos_token_id) else [cfg.pad_token_id]
-        return ar_sample(self.model, num_samples, length, bos, cfg.eos_token_id, temperature=temperature,
-                         top_p=top_p, generator=generator, excluded=excluded, device=next(self.parameters()).device)
-
-
-def _first(*ids):
-    return next((i for i in ids if i is not None), None)
-
-
 def _excluded_and_mask(tokenizer) -> tuple[int, list[int]]:
     return mask_token_id(tokenizer), never_predicted(tokenizer)
 
@@ -317,8 +334,6 @@ def build_mdlm(cfg, tokenizer) -> DiffusionLM:
 
 
 def build_gidd(cfg, tokenizer) -> DiffusionLM:
-    from mmldlm.diffusion.gidd import GiddDiffusion
-
     mask_id, excluded = _excluded_and_mask(tokenizer)
     m, lo = cfg.model, cfg.loss
     process = _config_errors(GiddDiffusion, len(tokenizer), mask_id, p_uniform=m.p_uniform, gamma=m.gamma,
@@ -327,7 +342,7 @@ def build_gidd(cfg, tokenizer) -> DiffusionLM:
     return DiffusionLM(cfg, tokenizer, process, len(tokenizer))
 
 
-def build_hdlm(cfg, tokenizer) -> DiffusionLM:
+def build_hdlm(cfg, tokenizer, clusters_file: Path | None = None) -> DiffusionLM:
     from mmldlm.diffusion.hdlm import HierarchicalDiffusion, load_clusters
 
     mask_id, excluded = _excluded_and_mask(tokenizer)
@@ -335,12 +350,10 @@ def build_hdlm(cfg, tokenizer) -> DiffusionLM:
     if lo.loss_weighting is LossWeighting.dynamic:
         raise ConfigError("loss.loss_weighting: HDLM's training weights are its ELBO weights, clipped (clip) or not "
                           "(none); dynamic is GIDD's")
-    from mmldlm.estimate.shapes import is_shape_only
-
-    if is_shape_only() and not Path(m.cluster_dict_path).is_file():  # the estimator: sizes, not the clusters
+    if clusters_file is None:  # the estimator without the file: its sizes are all it needs
         clusters = torch.arange(len(tokenizer), device="cpu") % m.cluster_size
     else:
-        clusters = _config_errors(load_clusters, m.cluster_dict_path, len(tokenizer), key="model.cluster_dict_path")
+        clusters = _config_errors(load_clusters, str(clusters_file), len(tokenizer), key="model.cluster_dict_path")
     n = int(clusters.max()) + 1
     if n != m.cluster_size:
         raise ConfigError(f"model.cluster_size={m.cluster_size} but {m.cluster_dict_path} holds {n} clusters")
@@ -375,11 +388,22 @@ BUILDERS = {"mdlm": build_mdlm, "gidd": build_gidd, "hdlm": build_hdlm, "ar": bu
             "mdlm_cross_attention": build_latent}
 
 
-def build(cfg, tokenizer) -> Objective:
+def build(cfg, sources) -> Objective:
     """The objective ``loss.loss_type`` names (the schema made sure it is the config's objective)."""
-    return BUILDERS[cfg.loss.loss_type.name](cfg, tokenizer)
+    kind = cfg.loss.loss_type.name
+    if kind == "hdlm":
+        return build_hdlm(cfg, sources.tokenizer, sources.path("clusters"))
+    return BUILDERS[kind](cfg, sources.tokenizer)
+
+
+def hdlm_sources(cfg) -> list[Source]:
+    """HDLM's cluster table (``model.cluster_dict_path``), made offline by baseline.build_clusters."""
+    m = cfg.model
+    hint = (f"build it offline: python -m baseline.build_clusters --model DIR_WITH_TOKEN_EMBEDDINGS --n-clusters "
+            f"{m.cluster_size} --out {m.cluster_dict_path}")
+    return [Source("clusters", Kind.file, "model.cluster_dict_path", m.cluster_dict_path, hint=hint)]
 
 
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None)

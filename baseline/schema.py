@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Optional
 
 from mmldlm.config import PATH, ConfigError, RunConfig, TrainingConfig
@@ -87,12 +86,6 @@ class HdlmModelConfig(DiTModelConfig):
             raise ConfigError("model.cluster_dict_path: HDLM needs a cluster dict for the tokenizer's vocabulary; "
                               "build one offline with python -m baseline.build_clusters --model DIR "
                               f"--n-clusters {self.cluster_size} --out FILE.pt")
-        from mmldlm.estimate.shapes import is_shape_only
-
-        if not Path(self.cluster_dict_path).is_file() and not is_shape_only():  # the estimator needs no file
-            raise ConfigError(f"model.cluster_dict_path: {self.cluster_dict_path} not found; build it offline with "
-                              f"python -m baseline.build_clusters --model DIR_WITH_TOKEN_EMBEDDINGS --n-clusters "
-                              f"{self.cluster_size} --out {self.cluster_dict_path}")
 
 
 @dataclass

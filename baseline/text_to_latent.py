@@ -73,7 +73,8 @@ class TextToLatentRegression(Objective):
         return loss, {"latent_loss": mse.detach(), "latent_cos": cos.detach()}
 
 
-def build(cfg, tokenizer) -> TextToLatentRegression:
+def build(cfg, sources) -> TextToLatentRegression:
+    tokenizer = sources.tokenizer
     return TextToLatentRegression(cfg.model, cfg.loss, len(tokenizer), tokenizer.pad_token_id)
 
 

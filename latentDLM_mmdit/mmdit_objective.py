@@ -32,7 +32,7 @@ from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
-from mmldlm.diffusion.noise import position_uniforms
+from mmldlm.diffusion.noise import position_normals, position_uniforms
 from mmldlm.objective import Objective, register
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -119,19 +119,72 @@ class MMDiTObjective(Objective):
     def nelbo(self, batch: dict, t: torch.Tensor, k: int):
         """L2T's likelihood bound: the NELBO of each text given its clean latent at noise level ``t``
         (MDLM's bound; masks keyed by grid point ``k``, record and position), for the loss CLI."""
+        latent = mean_latent(batch).float() * self.latent_scale
+        t = t.float()
+        return self._text_nelbo(batch, batch["attention_mask"], latent, torch.zeros_like(t), t, k)
+
+    def _text_nelbo(self, batch: dict, scored: torch.Tensor, latent, t_lat, t: torch.Tensor, k: int):
+        """MDLM's NELBO of the ``scored`` tokens (the rest stay clean) given ``latent`` at ``t_lat``."""
         from mmldlm.eval.likelihood import Nelbo
 
         ids, mask = batch["input_ids"], batch["attention_mask"]
         u = position_uniforms(batch["index"], ids.shape[1], self.seed, -2 - k, 2)
-        t = t.float()
-        noisy, masked = self.text.corrupt(ids, mask, t, u)
-        latent = mean_latent(batch).float() * self.latent_scale
-        logits, _ = self.model(noisy, mask, latent, t, torch.zeros_like(t), text_logits=masked)
+        noisy, masked = self.text.corrupt(ids, scored, t, u)
+        logits, _ = self.model(noisy, mask, latent, t, t_lat, text_logits=masked)
         ce = F.cross_entropy(self.text.subs(logits), ids[masked], reduction="none")
         weighted = ce * self.text.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
         rows = masked.nonzero()[:, 0]
         nats = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, weighted)
-        return Nelbo(nats, mask.sum(1), {})
+        return Nelbo(nats, scored.sum(1), {})
+
+    # -- the lm-eval harness: the text side alone, on the null latent ------------------------
+    def keyed_null_latent(self, index: torch.Tensor, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null latent (:meth:`null_latent`) with its noise keyed by (seed, ``key``, record)."""
+        D = self.model.latent_head.out_features
+        x = position_normals(index, D, self.seed, *key)
+        last = torch.full((index.shape[0],), self.latent.timesteps - 1, device=index.device)
+        return x, self.latent.time_code(last)
+
+    def conditional_nelbo(self, batch: dict, t: torch.Tensor, k: int):
+        """The L2T NELBO of the target tokens given the clean context and the null latent (pure noise
+        at the last latent step, keyed by grid point ``k`` and record): the text side alone.
+        Meaningful for runs that trained it (``loss.l2t_uncond_prob`` > 0, the unconditional mode)."""
+        latent, t_lat = self.keyed_null_latent(batch["index"], -2 - k, 6)
+        return self._text_nelbo(batch, batch["target_mask"], latent, t_lat, t.float(), k)
+
+    @torch.no_grad()
+    def conditional_greedy(self, batch: dict) -> torch.Tensor:
+        """Every target token is the argmax of p(x0 | context, targets all [MASK], null latent) at t = 1."""
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+        latent, t_lat = self.keyed_null_latent(batch["index"], -2, 7)
+        hidden = torch.where(target, self.text.mask_id, ids)
+        t = torch.ones(ids.shape[0], device=ids.device)
+        logits, _ = self.model(hidden, mask, latent, t, t_lat, text_logits=target)
+        hit = torch.ones_like(target).masked_scatter(target, self.text.subs(logits).argmax(-1) == ids[target])
+        return hit.all(1)
+
+    def sampler_name(self, requested: str) -> str:
+        return "mdlm ancestral on the null latent"
+
+    @torch.no_grad()
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator=None, stop=None) -> torch.Tensor:
+        """``[1, length]`` ids after ``context [1, P]``: MDLM's ancestral sampler (``sampling``) on the
+        null latent, the context kept clean."""
+        from latentDLM_mmdit.sampling import _ancestral
+
+        B, dev = context.shape[0], context.device
+        where = generator.device if generator is not None else dev
+        D = self.model.latent_head.out_features
+        null = torch.randn(B, D, generator=generator, device=where).to(dev)
+        t_null = self.latent.time_code(torch.full((B,), self.latent.timesteps - 1, device=dev))
+        ids = torch.cat([context, torch.full((B, length), self.text.mask_id, device=dev)], 1)
+        attention = torch.ones_like(ids, dtype=torch.bool)
+
+        def logits_at(x, still, t):
+            return self.text.subs(self.model(x, attention, null, t, t_null, text_logits=still)[0])
+
+        return _ancestral(self, ids, attention, steps, logits_at, temperature, generator)[:, context.shape[1]:]
 
     def t2l_pass(self, ids, mask, x0, t_idx=None) -> T2LOut:
         """Latent diffusion conditioned on clean text. The text head is not evaluated (clean text
@@ -268,8 +321,8 @@ class MMDiTObjective(Objective):
         return [*self.model.backbone.blocks, self.model]
 
 
-def build(cfg, tokenizer) -> MMDiTObjective:
-    return MMDiTObjective(cfg, tokenizer)
+def build(cfg, sources) -> MMDiTObjective:
+    return MMDiTObjective(cfg, sources.tokenizer)
 
 
 register("mmdit", MMDiTRunConfig, build, CONFIGS)

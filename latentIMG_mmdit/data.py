@@ -63,9 +63,9 @@ class ImageCollator:
         return Collated(batch, bad, int(tok.truncated.sum()), len(kept))
 
 
-def collator(cfg, tokenizer) -> ImageCollator:
+def collator(cfg, sources) -> ImageCollator:
     """The family's collate (the registry's ``collator`` hook)."""
-    return ImageCollator(tokenizer, cfg.data.max_seq_len, cfg.model.image_size,
+    return ImageCollator(sources.tokenizer, cfg.data.max_seq_len, cfg.model.image_size,
                          cfg.data.padding.name == "max_length")
 
 

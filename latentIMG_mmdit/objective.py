@@ -41,6 +41,7 @@ from mmldlm.diffusion.masked_text import MaskedTextDiffusion
 from mmldlm.diffusion.noise import keyed_uniform, position_normals, position_uniforms
 from mmldlm.nn import rank_share
 from mmldlm.objective import BatchCount, Objective, register
+from mmldlm.sources import Kind, Source
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 T2I, I2T, JOINT = 0, 1, 2
@@ -201,17 +202,15 @@ class ContinuousImageObjective(ImageObjective):
 class DiscreteImageObjective(ImageObjective):
     discrete = True
 
-    def __init__(self, cfg, tokenizer):
+    def __init__(self, cfg, tokenizer, codebook: Path | None = None):
         super().__init__(cfg, tokenizer)
         m = cfg.model
-        from mmldlm.estimate.shapes import is_shape_only
-
         # a rebuild: the checkpoint's weights bring the codebook; the estimator: its size is enough
-        if m.codebook is None or (is_shape_only() and not Path(m.codebook).is_file()):
+        if codebook is None:
             centroids = torch.full((m.codebook_size, patch_dim(m)), math.nan)
         else:
             try:
-                centroids = torch.from_numpy(C.load(m.codebook, m.patch_size, m.codebook_size).centroids)
+                centroids = torch.from_numpy(C.load(str(codebook), m.patch_size, m.codebook_size).centroids)
             except C.CodebookError as e:
                 raise ConfigError(f"model.codebook: {e}") from None
         self.register_buffer("centroids", centroids)  # persistent: checkpoints carry the codebook
@@ -244,13 +243,22 @@ class DiscreteImageObjective(ImageObjective):
         return noisy, t, metrics, loss_of
 
 
-def _no_codebook_path(cfg, policy, source: str) -> None:
-    """A rebuilt discrete model takes its codebook from the checkpoint's weights, not from a file
-    the saved config names (it may have moved or changed since)."""
-    cfg.model.codebook = None
+def codebook_source(cfg) -> list[Source]:
+    """The discrete variant's k-means codebook: needed to train; a checkpoint carries it (a
+    rebuild takes it from the weights, never from the file the saved config names)."""
+    hint = ("build one with python -m latentIMG_mmdit.build_codebook --data TRAIN.json --out FILE.npz and set "
+            "model.codebook (train_image_discrete.py builds it on first use)")
+    return [Source("codebook", Kind.file, "model.codebook", cfg.model.codebook, carried=True, hint=hint)]
 
 
-register("image_continuous", ImageRunConfig, ContinuousImageObjective, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS)
-register("image_discrete", DiscreteImageRunConfig, DiscreteImageObjective, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, on_rebuild=_no_codebook_path)
+def build_continuous(cfg, sources) -> ContinuousImageObjective:
+    return ContinuousImageObjective(cfg, sources.tokenizer)
+
+
+def build_discrete(cfg, sources) -> DiscreteImageObjective:
+    return DiscreteImageObjective(cfg, sources.tokenizer, sources.path("codebook"))
+
+
+register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS)
+register("image_discrete", DiscreteImageRunConfig, build_discrete, CONFIGS, collator=collator,
+         records=IMAGE_RECORDS, sources=codebook_source)

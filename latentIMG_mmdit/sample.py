@@ -32,14 +32,13 @@ from mmldlm.data.records import DataError
 
 def load(checkpoint: str, device: str = "cpu"):
     """(objective in eval mode, tokenizer, config, step) of a run of either variant."""
-    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
-    from mmldlm.train.rebuild import rebuild_from_checkpoint
+    from mmldlm.train.rebuild import open_saved, rebuild_from_checkpoint
 
-    state = load_checkpoint(resolve_checkpoint(checkpoint))
-    name = state["config"].get("objective")
+    saved = open_saved(checkpoint)  # a run, a checkpoint or an export
+    name = saved.objective
     if name not in ("image_continuous", "image_discrete"):
         raise SystemExit(f"error: {checkpoint} is a checkpoint of {name!r}, not of the image MMDiT")
-    return (*rebuild_from_checkpoint(checkpoint, device, expect=name), int(state["step"]))
+    return (*rebuild_from_checkpoint(checkpoint, device, expect=name), int(saved.step or 0))
 
 
 def _records(obj, tok, cfg, data: str, n: int, batch_size: int):

@@ -155,11 +155,5 @@ class ImageRunConfig(RunConfig):
 class DiscreteImageRunConfig(ImageRunConfig):
     objective: str = "image_discrete"
 
-    def check(self) -> None:
-        super().check()
-        from mmldlm.estimate.shapes import is_shape_only
-
-        if self.model.codebook is None and not is_shape_only():  # the estimator needs sizes, not the codebook
-            raise ConfigError("model.codebook: the discrete variant needs a codebook of image patches: build one "
-                              "with python -m latentIMG_mmdit.build_codebook --data TRAIN.json --out FILE.npz "
-                              "(train_image_discrete.py builds it on first use)")
+    # model.codebook is a source (latentIMG_mmdit.objective.codebook_source): required to train,
+    # carried by checkpoints, not needed to estimate

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from latentwire.encoder import fit_bytes, minilm_dir
+from latentwire.encoder import fit_bytes
 from latentwire.llm import SYSTEM_PROMPT, TokenInfo
 from mmldlm.data.collate import Collated, Collator, partition
 
@@ -68,16 +68,14 @@ def answer_ids(tok, info: TokenInfo, answers: list[str], max_tokens: int) -> tup
 
 
 class LatentWireCollator:
-    def __init__(self, m, loss, tokenizers: dict, infos: dict[str, TokenInfo]):
+    def __init__(self, m, loss, tokenizers: dict, infos: dict[str, TokenInfo], st_tokenizer=None):
         self.m, self.tokenizers, self.infos = m, tokenizers, infos
         self.teacher = loss.kd_first_k_weight > 0 or loss.state_kd_weight > 0
         self.chat_teacher = loss.kd_teacher_prompt.name == "chat"
         self.st = None
         if m.encoder_type == "simple-st":
-            from mmldlm.data.tokenizer import load_tokenizer
-
             # the loader's tokenisation (truncation at MiniLM's 256 tokens is counted)
-            self.st = Collator(load_tokenizer(minilm_dir(m.st_model), key="model.st_model"), 256)
+            self.st = Collator(st_tokenizer, 256)
 
     def encoder_inputs(self, sources: list[str]) -> tuple[dict, int]:
         """(the encoder's batch entries, how many sources were cut)."""

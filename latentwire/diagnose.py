@@ -300,10 +300,10 @@ def receiver_fit(obj, batches: list[dict], teachers: dict, steps: int, lr: float
     return rows
 
 
-def _batches(cfg, records: list[dict]) -> list[dict]:
+def _batches(cfg, obj, records: list[dict]) -> list[dict]:
     from latentwire.objective import collator
 
-    collate, B = collator(cfg), cfg.training.train_batch_size
+    collate, B = collator(cfg, obj.sources), cfg.training.train_batch_size
     return [collate([{"index": i + j, "record": r} for j, r in enumerate(records[i: i + B])]).batch
             for i in range(0, len(records), B)]
 
@@ -324,25 +324,25 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, records = train_config(args, rest)
     out = {}
     if args.ckpt is None:
-        from latentwire.objective import build
+        from mmldlm.sources import build_loaded
 
         torch.manual_seed(cfg.training.seed)
-        obj = build(cfg)
+        obj = build_loaded(cfg)
         states = [(0, obj)]
     else:
-        from latentwire.objective import LatentWirePolicy
+        from mmldlm.sources import LoadPolicy
         from mmldlm.train.checkpointing import list_checkpoints
         from mmldlm.train.rebuild import rebuild_from_checkpoint
 
         found = list_checkpoints(Path(args.ckpt))
         if not found:
             raise SystemExit(f"error: --ckpt {args.ckpt}: no checkpoints in it")
-        policy = LatentWirePolicy(llm_dirs={s.name: s.path for s in cfg.model.llms})
+        policy = LoadPolicy(paths={f"llm.{s.name}": s.path for s in cfg.model.llms})
         states = ((step, rebuild_from_checkpoint(path, "cpu", policy, expect="latentwire", ema=False)[0])
                   for step, path in found)
     teachers = None
     for step, obj in states:
-        batches = _batches(cfg, records)
+        batches = _batches(cfg, obj, records)
         if teachers is None:  # the receiver is frozen: its targets are the same for every checkpoint
             teachers = {n: [obj.teacher_targets(n, b) for b in batches] for n in obj.names}
         out[step] = diagnose(obj, batches, step, teachers)

@@ -89,12 +89,10 @@ class InterlinguaEncoder(nn.Module):
 class SimpleSTEncoder(nn.Module):
     """Frozen MiniLM sentence embedding -> Linear -> + learned queries -> LayerNorm."""
 
-    def __init__(self, names: list[str], d_z: int, latent_len: int, st_dir: str):
+    def __init__(self, names: list[str], d_z: int, latent_len: int, st: nn.Module):
         super().__init__()
-        from transformers import AutoModel
-
         self.names = list(names)
-        self.st = AutoModel.from_pretrained(st_dir, dtype=torch.float32).eval().requires_grad_(False)
+        self.st = st.eval().requires_grad_(False)
         self.proj = nn.Linear(self.st.config.hidden_size, d_z)
         self.queries = nn.Parameter(torch.randn(latent_len, d_z) / math.sqrt(d_z))
         self.ln = nn.LayerNorm(d_z)
@@ -121,10 +119,15 @@ def minilm_dir(st_model: str | None) -> str:
     return str(get_model_path())
 
 
-def build_encoder(m, names: list[str]) -> nn.Module:
-    """The encoder ``model.encoder_type`` names, from the model section ``m``."""
+def build_encoder(m, names: list[str], sources) -> nn.Module:
+    """The encoder ``model.encoder_type`` names, from the model section ``m`` (simple-st: its
+    sentence model is the ``st_model`` source, built empty here, loaded by the framework)."""
     if m.encoder_type == "simple-st":
-        return SimpleSTEncoder(names, m.d_z, m.latent_len, minilm_dir(m.st_model))
+        from transformers import AutoModel
+
+        config = sources.hf_config("st_model")
+        st = sources.model("st_model", lambda: AutoModel.from_config(config, dtype=torch.float32))
+        return SimpleSTEncoder(names, m.d_z, m.latent_len, st)
     shared = m.latent_len if m.latent_shared_len is None else m.latent_shared_len
     return InterlinguaEncoder(names, m.d_z, shared, m.latent_private_len, m.encoder_layers, m.encoder_heads,
                               m.encoder_ff_mult, m.max_bytes)

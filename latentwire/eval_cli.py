@@ -37,8 +37,11 @@ def eval_parser() -> argparse.ArgumentParser:
                          "labelled in the report)")
     ap.add_argument("--llm", action="append", default=[], metavar="NAME=DIR",
                     help="where an LLM of the run is on this machine (default: the path its training named)")
-    ap.add_argument("--trust_remote_code", action="store_true")
+    ap.add_argument("--trust_remote_code", action="store_true",
+                    help="let the code of the --llm directories named on this command line run")
     ap.add_argument("--allow_download", action="store_true")
+    ap.add_argument("--allow_source_change", action="store_true",
+                    help="accept an LLM whose fingerprint differs from the one the run trained with")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="default: RUN_DIR/eval/metrics.json")
     return ap
@@ -75,33 +78,27 @@ def eval_main(argv: list[str] | None = None) -> dict:
         import torch
 
         from latentwire.collate import LatentWireCollator
-        from latentwire.objective import LatentWirePolicy
+        from latentwire.objective import policy_from_args
         from mmldlm.io import write_json_atomic, write_text_atomic
-        from mmldlm.train.checkpointing import resolve_checkpoint
-        from mmldlm.train.rebuild import rebuild_from_checkpoint
+        from mmldlm.train.rebuild import open_saved, rebuild_from_checkpoint
 
-        dirs = {}
-        for spec in args.llm:
-            name, eq, path = spec.partition("=")
-            if not eq:
-                raise ValueError(f"--llm: expected NAME=DIR, got {spec!r}")
-            dirs[name] = path
+        policy = policy_from_args(args)
         records = load_qa(args.dataset, args.data_file, args.samples, args.seed)
-        ckpt = resolve_checkpoint(args.ckpt)
-        policy = LatentWirePolicy(trust_remote_code=args.trust_remote_code,
-                                  local_files_only=not args.allow_download, llm_dirs=dirs)
+        saved = open_saved(args.ckpt)  # a run, a checkpoint or an export
+        ckpt = saved.path
         obj, _, cfg = rebuild_from_checkpoint(ckpt, resolve_device(args.device), policy, expect="latentwire")
         if args.prefix_target_rms is not None:
             obj.target_fixed = args.prefix_target_rms
         opts = EvalOptions(args.max_new_tokens, args.min_new_tokens, args.chunk_size, args.token_budget_k,
                            args.calibration, args.prefix_gain, args.latent_quant_bits, args.gold_length_cap)
-        batcher = LatentWireCollator(cfg.model, cfg.loss, obj.tokenizers, obj.infos)
+        batcher = LatentWireCollator(cfg.model, cfg.loss, obj.tokenizers, obj.infos, obj.st_tokenizer)
         with torch.inference_mode():
             metrics, examples = evaluate_qa(obj, obj.tokenizers, batcher, records, opts)
         metrics = {"checkpoint": str(ckpt), "dataset": args.dataset, "data_file": args.data_file,
                    "calibration": args.calibration or cfg.model.calibration.name,
                    "max_new_tokens": args.max_new_tokens, "latent_quant_bits": args.latent_quant_bits, **metrics}
-        out = Path(args.out) if args.out else ckpt.parent / "eval" / "metrics.json"
+        beside = Path.cwd() / f"eval_{ckpt.name}" if saved.export else ckpt.parent / "eval"  # never into an export
+        out = Path(args.out) if args.out else beside / "metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, metrics, indent=2)
         preds = out.with_name("predictions.jsonl" if out.name == "metrics.json" else f"{out.stem}.predictions.jsonl")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -35,29 +34,24 @@ class KDCacheError(RuntimeError):
     """A cache directory that belongs to another receiver or another storage layout."""
 
 
-def receiver_fingerprint(model_dir: str | Path, sample: int = 1 << 16) -> str:
-    """SHA-256 of a model directory's ``config.json``, its safetensors index, and of each
-    ``*.safetensors`` file's header (names, dtypes, shapes, offsets) with the first and last
-    ``sample`` bytes of its tensor data (so re-trained weights of the same shapes differ too).
-    The lead's framework-wide fingerprint (``mmldlm/sources.py``) replaces this one function."""
-    d = Path(model_dir)
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json"):
-        if (d / name).is_file():
-            h.update(name.encode() + b"\0" + (d / name).read_bytes())
-    shards = sorted(d.glob("*.safetensors"))
-    if not shards and not (d / "config.json").is_file():
-        raise KDCacheError(f"{d}: no config.json or safetensors to fingerprint the receiver with")
-    for f in shards:
-        size = f.stat().st_size
+def receiver_fingerprint(sources, name: str, sample: int = 1 << 16) -> str:
+    """The receiver's identity for its cached logits: source ``name``'s fingerprint (``config.json``
+    and the safetensors headers, :mod:`mmldlm.sources.fingerprint`) plus the first and last
+    ``sample`` bytes of each weight file's tensor data. The headers alone do not change when
+    weights are re-trained at the same shapes; the logits do, so the cache hashes some values too."""
+    from mmldlm.sources.resolve import safetensors_header, weight_files
+
+    rec = sources.records().get(name)
+    if rec is None or not rec.get("fingerprint"):
+        raise KDCacheError(f"{name}: no local files to fingerprint the receiver with (turn loss.kd_cache off)")
+    h = hashlib.sha256(rec["fingerprint"].encode())
+    for f in weight_files(Path(rec["path"])):
+        raw, end = safetensors_header(f)
         with open(f, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            header = fh.read(n)
-            data = size - 8 - n
-            head = fh.read(min(sample, data))
-            fh.seek(max(8 + n, size - sample))
-            tail = fh.read()
-        h.update(f.name.encode() + b"\0" + struct.pack("<Q", size) + header + head + tail)
+            fh.seek(8 + len(raw))
+            h.update(fh.read(sample))
+            fh.seek(max(8 + len(raw), end - sample))
+            h.update(fh.read(sample))
     return h.hexdigest()
 
 

@@ -1,10 +1,10 @@
 """The frozen LLMs: loading without remote code, their special tokens and anchors, offline models.
 
-``load_llm`` takes a local directory (prefetched) or a hub id found in the hub cache
-(``local_files_only`` unless the config allows downloads) and loads it into the stock
-transformers class its ``config.json`` names; remote code runs only with ``trust_remote_code``
-from the user's own command line. Weights that do not fit the class are an error, never a silent
-re-initialisation. The model is frozen (``requires_grad=False``) and in eval mode.
+Each LLM is a source (:func:`llm_sources`: a local directory or a hub id found in the hub cache,
+resolved by :mod:`mmldlm.sources`), built empty as the stock transformers class its
+``config.json`` names (:func:`build_llm`; remote code only for a directory the user named and
+trusted on the command line) and filled by the framework; weights that do not fit the class are
+an error, never a silent re-initialisation. The model is frozen and in eval mode.
 
 Offline models for tests and the demo (``python -m latentwire.llm ...``):
 
@@ -24,35 +24,10 @@ import torch
 from latentwire.schema import bos_policy
 from mmldlm.config import ConfigError
 from mmldlm.nn import DTYPES
+from mmldlm.sources import Kind, Source
 
 SYSTEM_PROMPT = ("You are a concise QA assistant. Use the context to answer with a short phrase only. "
                  "Answer in English. Respond with the answer phrase only.")  # the original's (core_utils.py)
-
-
-def resolve_dir(path: str, local_files_only: bool = True) -> Path:
-    """A model's local directory: ``path`` itself, or its hub-cache snapshot."""
-    from mmldlm.prefetch import check_if_prefetched
-
-    d = Path(path).expanduser()
-    if not d.is_dir():
-        from mmldlm.data.tokenizer import looks_local
-
-        if looks_local(path):
-            raise ConfigError(f"model.llms: not found: {path}")
-        from huggingface_hub import snapshot_download
-
-        try:
-            d = Path(snapshot_download(path, local_files_only=local_files_only))
-        except Exception as e:  # noqa: BLE001 - every hub failure becomes the same instruction
-            raise ConfigError(f"model.llms: {path!r} is no local directory and could not be found in the hub cache "
-                              f"({type(e).__name__}). Prefetch it: python -m mmldlm.prefetch --repo-id {path} "
-                              "--local-dir DIR, then pass DIR") from None
-    check_if_prefetched(d)
-    if not (d / "config.json").is_file():
-        hint = (" (a GGUF file: convert it once with python -m latentwire.llm smollm2 --out DIR, or the same "
-                "for your own GGUF)" if list(d.glob("*.gguf")) else "")
-        raise ConfigError(f"model.llms: {d} holds no config.json{hint}")
-    return d
 
 
 # the default models' config.json values (the shapes only), for estimates on a machine without them
@@ -67,55 +42,43 @@ KNOWN_SHAPES = {
 }
 
 
-def shape_llm(path: str, dtype: str):
-    """The LLM's architecture on the estimator's device (nothing read but its config.json, when
-    the directory is here; else the shape of a default model named by its hub id)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def llm_sources(cfg) -> list[Source]:
+    """Each LLM of ``model.llms`` as a source named ``llm.<name>`` (its tokenizer is in its
+    directory); the simple-st encoder's sentence model as ``st_model``."""
+    m = cfg.model
+    out = [Source(f"llm.{s.name}", Kind.model, f"model.llms[{i}].path", s.path,
+                  trust_remote_code=m.trust_remote_code, local_files_only=m.local_files_only, dtype=m.llm_dtype,
+                  shape=KNOWN_SHAPES.get(s.path), option=f"--llm {s.name}={{path}}") for i, s in enumerate(m.llms)]
+    if m.encoder_type == "simple-st":
+        from latentwire.encoder import minilm_dir
 
-    from mmldlm.estimate.shapes import shape_device
+        out.append(Source("st_model", Kind.model, "model.st_model", minilm_dir(m.st_model), dtype="float32"))
+    return out
 
-    d = Path(path).expanduser()
-    if (d / "config.json").is_file():
-        config = AutoConfig.from_pretrained(str(d))
-    elif path in KNOWN_SHAPES:
-        family, values = KNOWN_SHAPES[path]
-        config = AutoConfig.for_model(family, **values)
-    else:
-        raise ConfigError(f"model.llms: {path!r}: the estimate needs its config.json (a local directory) or one of "
-                          f"{', '.join(KNOWN_SHAPES)}")
+
+def build_llm(sources, name: str, dtype: str):
+    """LLM ``name``'s architecture, frozen and in eval mode, its weights loaded by the framework
+    later: the stock transformers class its config.json names (its own code only when trusted)."""
+    from transformers import AutoModelForCausalLM
+
+    r = sources.resolved[f"llm.{name}"]
+    config = sources.hf_config(f"llm.{name}")
     config._attn_implementation = "sdpa"
-    with torch.device(shape_device()):
-        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]).eval().requires_grad_(False)
-
-
-def load_llm(path: str, dtype: str = "bfloat16", trust_remote_code: bool = False, local_files_only: bool = True):
-    """A frozen causal LM in eval mode (module docstring)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from mmldlm.estimate.shapes import is_shape_only
-
-    if is_shape_only():
-        return shape_llm(path, dtype)
-    d = resolve_dir(path, local_files_only)
-    try:
-        AutoConfig.from_pretrained(str(d), trust_remote_code=trust_remote_code)
-    except ValueError as e:
-        raise ConfigError(f"model.llms: {d}: {str(e).splitlines()[0]} (remote code runs only with "
-                          "--trust_remote_code on your command line)") from None
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(d), dtype=DTYPES[dtype], local_files_only=True,
-                                                           trust_remote_code=trust_remote_code,
-                                                           output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(level)
-    missing = [k for k in info["missing_keys"] if "rotary" not in k]
-    if missing or info["mismatched_keys"]:
-        raise RuntimeError(f"{d}: the weights do not fit {type(model).__name__}: missing {missing[:5]}, "
-                           f"mismatched {list(info['mismatched_keys'])[:5]}")
+    model = sources.model(f"llm.{name}", lambda: AutoModelForCausalLM.from_config(
+        config, dtype=DTYPES[dtype], trust_remote_code=r.trusted))
     return model.eval().requires_grad_(False)
+
+
+def load_llm(path: str | Path, dtype: str = "bfloat16"):
+    """A model directory as its frozen stock causal LM, loaded the way training loads it (no
+    remote code): for scripts and tests that want the plain model."""
+    from mmldlm.sources import Sources, resolve
+
+    source = Source("llm.x", Kind.model, "path", str(path), dtype=dtype)
+    sources = Sources({"llm.x": resolve(source)}, shapes_only=False)
+    model = build_llm(sources, "x", dtype)
+    sources.load_models("cpu")
+    return model
 
 
 @dataclass(frozen=True)

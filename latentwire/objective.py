@@ -23,7 +23,6 @@ the adapters train; the LLMs are frozen and stay out of checkpoints (recorded by
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,11 +35,11 @@ from latentwire.adapter import Adapter, calibrate, embedding_stats, prefix_rms
 from latentwire.collate import LatentWireCollator
 from latentwire.data import QA_FIELDS
 from latentwire.encoder import build_encoder
-from latentwire.llm import load_llm, token_info
+from latentwire.llm import build_llm, llm_sources, token_info
 from latentwire.schema import LatentWireRunConfig, total_latent_len
 from mmldlm.config import ConfigError
 from mmldlm.objective import BatchCount, Objective, register
-from mmldlm.train.rebuild import CheckpointPolicyError, LoadPolicy
+from mmldlm.sources import LoadPolicy
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 GOLD_LENGTH_WARNING = "uses gold answer length (model.adapter_metadata=true): the adapter reads the label's length"
@@ -58,11 +57,11 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class LatentWireObjective(Objective):
-    def __init__(self, cfg, tokenizers: dict, llms: dict[str, nn.Module]):
+    def __init__(self, cfg, sources, tokenizers: dict, llms: dict[str, nn.Module]):
         super().__init__()
         m, self.lcfg = cfg.model, cfg.loss
         self.names = [s.name for s in m.llms]
-        self.paths = {s.name: s.path for s in m.llms}
+        self.colorize = m.adapter_colorize
         self.total_steps = cfg.training.num_train_steps
         self.sequential, self.metadata = m.sequential_models, m.adapter_metadata
         self.calibration, self.target_fixed, self.gain = m.calibration.name, m.prefix_target_rms, m.prefix_gain
@@ -72,18 +71,21 @@ class LatentWireObjective(Objective):
                       for n in self.names}
         self.M, self.encoder_dim = total_latent_len(m), m.d_z
         self.max_answer = m.max_answer_tokens
-        self.kd_cache_root = kd_cache_root(cfg)
+        self.sources = sources  # the KD cache keys its entries by each LLM's fingerprint
+        self.kd_cache_root = None if sources.shapes_only else kd_cache_root(cfg)
         self._kd_caches: dict = {}
-        self.encoder = build_encoder(m, self.names)
+        self.encoder = build_encoder(m, self.names, sources)
+        self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
         self.adapters = nn.ModuleDict()
-        self.emb_rms: dict[str, float] = {}
+        # each LLM's embedding RMS, set once its weights are loaded (sources_loaded); 1.0 until then
+        # (the estimator never loads them, and no FLOP or byte count depends on the value)
+        self.emb_rms: dict[str, float] = dict.fromkeys(self.names, 1.0)
         for n in self.names:
-            emb = llms[n].get_input_embeddings().weight
-            rms, mean, std = embedding_stats(emb)
-            self.emb_rms[n] = rms
-            self.adapters[n] = Adapter(m.d_z, emb.shape[1], self.M, m.adapter_hidden_mult, m.adapter_dropout,
+            d = llms[n].get_input_embeddings().weight.shape[1]
+            # the colorizer starts at the embeddings' per-dimension statistics (sources_loaded)
+            self.adapters[n] = Adapter(m.d_z, d, self.M, m.adapter_hidden_mult, m.adapter_dropout,
                                        m.adapter_metadata, m.max_answer_tokens,
-                                       (mean, std) if m.adapter_colorize else None)
+                                       (torch.zeros(d), torch.ones(d)) if m.adapter_colorize else None)
             # running (sum, count) of the adapter's raw output RMS: eval's calibration=train_stats
             self.register_buffer(f"raw_rms_{n}", torch.zeros(2, dtype=torch.float64))
             self.register_buffer(f"anchor_{n}", torch.tensor(self.infos[n].anchor_ids, dtype=torch.long),
@@ -141,7 +143,7 @@ class LatentWireObjective(Objective):
     # -- training -------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_targets(self, n: str, batch: dict) -> Teacher | None:
-        """The KD / state targets of LLM ``n`` (the same frozen LLM reading ``source + anchor``),
+        """The KD / state targets of LLM ``n`` (the same frozen LLM reading the source as text),
         first K answer steps only; None when both terms are off. Computed outside the per-model
         activation checkpoint, so ``sequential_models`` recomputes the student's forward only,
         never this longer one. With ``loss.kd_cache`` (and no state term) the logits come from the
@@ -164,12 +166,11 @@ class LatentWireObjective(Objective):
             return None
         if n not in self._kd_caches:
             from latentwire.kd_cache import KDCache, receiver_fingerprint
-            from latentwire.llm import resolve_dir
 
             lc = self.lcfg
             vocab = self.llms[n].get_output_embeddings().weight.shape[0]
             dtype = str(next(self.llms[n].parameters()).dtype).removeprefix("torch.")
-            self._kd_caches[n] = KDCache(self.kd_cache_root, n, receiver_fingerprint(resolve_dir(self.paths[n])),
+            self._kd_caches[n] = KDCache(self.kd_cache_root, n, receiver_fingerprint(self.sources, f"llm.{n}"),
                                          vocab, lc.K, lc.kd_cache_topk, lc.kd_tau, dtype)
         return self._kd_caches[n]
 
@@ -197,14 +198,14 @@ class LatentWireObjective(Objective):
         return out
 
     def model_terms(self, n: str, z: torch.Tensor, batch: dict, counts: L.Counts,
-                    teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+                    teacher: Teacher | None = None) -> dict[str, torch.Tensor]:
         """LLM ``n``'s unweighted loss terms on the batch (and two detached statistics);
         ``teacher``: :meth:`teacher_targets`."""
         prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
         return self.prefix_terms(n, prefix, raw, batch, counts, teacher)
 
     def prefix_terms(self, n: str, prefix: torch.Tensor, raw: torch.Tensor, batch: dict, counts: L.Counts,
-                     teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+                     teacher: Teacher | None = None) -> dict[str, torch.Tensor]:
         """:meth:`model_terms` from the calibrated prefix on (``latentwire.diagnose`` reads the
         gradients that reach the prefix and the adapter's raw output)."""
         lc, K = self.lcfg, self.lcfg.K
@@ -303,16 +304,23 @@ class LatentWireObjective(Objective):
         student positions, twice the teacher's forward-only cost (an upper bound for MFU)."""
         return 4.0 * sum(sum(p.numel() for p in m.parameters()) for m in self.llms.values()) / len(self.llms)
 
-    def checkpoint_metadata(self) -> dict:
-        from mmldlm.prefetch import read_marker
+    def sources_loaded(self) -> None:
+        """Each LLM's embedding statistics: the calibration's target RMS, the colorizer's start."""
+        for n in self.names:
+            rms, mean, std = embedding_stats(self.llms[n].get_input_embeddings().weight)
+            self.emb_rms[n] = rms
+            color = self.adapters[n].color
+            if color is not None:
+                with torch.no_grad():
+                    color.gamma.copy_(std.clamp_min(1e-6))
+                    color.beta.copy_(mean)
 
+    def checkpoint_metadata(self) -> dict:
         out = {"uses_gold_answer_length": self.metadata, "llms": {}}
         for n in self.names:
-            marker = read_marker(self.paths[n]) if Path(self.paths[n]).is_dir() else None
             total, count = getattr(self, f"raw_rms_{n}").tolist()
             i = self.infos[n]
-            out["llms"][n] = {"path": self.paths[n], "revision": (marker or {}).get("commit"),
-                              "embed_rms": self.emb_rms[n], "raw_prefix_rms_mean": total / count if count else None,
+            out["llms"][n] = {"embed_rms": self.emb_rms[n], "raw_prefix_rms_mean": total / count if count else None,
                               "anchor_text": i.anchor_text, "anchor_ids": list(i.anchor_ids),
                               "bos_after_prefix": i.append_bos, "bos_id": i.bos_id, "eos_id": i.eos_id}
         return out
@@ -320,67 +328,44 @@ class LatentWireObjective(Objective):
 
 def kd_cache_root(cfg) -> Path | None:
     """Where the KD teacher's logits are cached (``loss.kd_cache_dir``, null: ``RUN_DIR/kd_cache``);
-    None when ``loss.kd_cache`` is off or the run is a shape-only estimate."""
-    from mmldlm.estimate.shapes import is_shape_only
-
+    None when ``loss.kd_cache`` is off."""
     lc = cfg.loss
-    if not lc.kd_cache or lc.kd_first_k_weight <= 0 or is_shape_only():
+    if not lc.kd_cache or lc.kd_first_k_weight <= 0:
         return None
     if lc.kd_cache_dir:
         return Path(lc.kd_cache_dir)
     return Path(cfg.logging.save_dir) / cfg.logging.run_name / "kd_cache"
 
 
-def load_tokenizers(m) -> dict:
-    from mmldlm.data.tokenizer import load_tokenizer
-    from mmldlm.estimate.shapes import is_shape_only, tokenizer_for
-
-    if is_shape_only():  # the estimator: a stand-in where the tokenizer is not on this machine
-        return {s.name: tokenizer_for(s.path) for s in m.llms}
-    return {s.name: load_tokenizer(s.path, m.trust_remote_code, m.local_files_only, key=f"model.llms[{i}].path")
-            for i, s in enumerate(m.llms)}
-
-
-def build(cfg, tokenizer=None) -> LatentWireObjective:
+def build(cfg, sources) -> LatentWireObjective:
     m = cfg.model
     if cfg.training.parallelism.name == "fsdp":
         raise ConfigError("training.parallelism: LatentWire runs under ddp (its trainable part is small; the "
                           "frozen LLMs are replicated), fsdp is not supported")
-    llms = {s.name: load_llm(s.path, m.llm_dtype, m.trust_remote_code, m.local_files_only) for s in m.llms}
-    return LatentWireObjective(cfg, load_tokenizers(m), llms)
+    llms = {s.name: build_llm(sources, s.name, m.llm_dtype) for s in m.llms}
+    tokenizers = {s.name: sources.tokenizer_of(f"llm.{s.name}") for s in m.llms}
+    return LatentWireObjective(cfg, sources, tokenizers, llms)
 
 
-def collator(cfg, tokenizer=None) -> LatentWireCollator:
+def collator(cfg, sources) -> LatentWireCollator:
     m = cfg.model
-    toks = load_tokenizers(m)
-    infos = {}
-    for s in m.llms:  # the generation config's end ids are not needed to build batches
-        infos[s.name] = token_info(toks[s.name], m)
-    return LatentWireCollator(m, cfg.loss, toks, infos)
+    toks = {s.name: sources.tokenizer_of(f"llm.{s.name}") for s in m.llms}
+    infos = {s.name: token_info(toks[s.name], m) for s in m.llms}  # generation end ids are not needed here
+    st = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
+    return LatentWireCollator(m, cfg.loss, toks, infos, st)
 
 
-@dataclass
-class LatentWirePolicy(LoadPolicy):
-    """The load policy of the eval CLI, plus where each LLM is on this machine (``--llm NAME=DIR``)."""
-
-    llm_dirs: dict = field(default_factory=dict)
-
-
-def locate_llms(cfg, policy, source: str) -> None:
-    """A checkpoint holds the encoder and adapters; the LLMs load from the paths the user's own
-    training command named, or from ``--llm NAME=DIR`` (never with remote code or downloads the
-    eval command line did not allow: :func:`~mmldlm.train.rebuild.apply_load_policy`)."""
-    dirs = dict(getattr(policy, "llm_dirs", {}) or {})
-    names = [s.name for s in cfg.model.llms]
-    unknown = sorted(set(dirs) - set(names))
-    if unknown:
-        raise CheckpointPolicyError(f"--llm {unknown}: {source} was trained with LLMs {names}")
-    first = cfg.model.llms[0].path
-    for s in cfg.model.llms:
-        s.path = dirs.get(s.name, s.path)
-    if cfg.data.tokenizer_name == first:
-        cfg.data.tokenizer_name = cfg.model.llms[0].path
+def policy_from_args(args) -> LoadPolicy:
+    """The eval CLI's load policy: ``--llm NAME=DIR`` names where each LLM is on this machine."""
+    paths = {}
+    for spec in args.llm:
+        name, eq, path = spec.partition("=")
+        if not eq:
+            raise ValueError(f"--llm: expected NAME=DIR, got {spec!r}")
+        paths[f"llm.{name}"] = path
+    return LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
+                      paths=paths, allow_source_change=getattr(args, "allow_source_change", False))
 
 
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         on_rebuild=locate_llms)
+         sources=llm_sources)

@@ -94,6 +94,9 @@ class TrainingConfig:
     # a training file whose record table changed since the checkpoint is an error on resume; true
     # continues anyway (the data stream then differs from the uninterrupted run), with a warning
     allow_data_change: bool = False
+    # a source (backbone, tokenizer, frozen LLM, codebook ...) whose fingerprint changed since the
+    # checkpoint is an error on resume; true continues with the new one, with a warning
+    allow_source_change: bool = False
     device: str = "auto"  # auto | cpu | cuda
     ddp_find_unused_parameters: bool = False
     peak_tflops: Optional[float] = None  # per device, for MFU; null = known GPUs only

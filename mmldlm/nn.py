@@ -68,3 +68,10 @@ class TimeMLP(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.net(timestep_embedding(t, self.freq_dim))
+
+
+@torch.no_grad()
+def global_rms(weight: torch.Tensor) -> torch.Tensor:
+    """The RMS of every element of ``weight`` (fp32), also of an FSDP-sharded one (DTensor)."""
+    value = weight.float().pow(2).mean().sqrt()
+    return value.full_tensor() if hasattr(value, "full_tensor") else value

@@ -7,10 +7,12 @@ name with its config schema and factory (``register``); a checkpoint records tha
 CLI can rebuild any run (``lookup``). Families are found through the ``mmldlm.objectives`` entry
 point group of the installed package: the framework imports no family by name.
 
-Two hooks live on the registry entry rather than the instance, because they run before the
+Three hooks live on the registry entry rather than the instance, because they run before the
 objective exists (the data is checked before anything expensive is built): ``collator(cfg,
-tokenizer)``, a family's own collate, and ``records``, the extra record fields it needs; and
-``on_rebuild``, which turns a checkpoint's saved config into what the user allows.
+sources)``, a family's own collate; ``records``, the extra record fields it needs; and
+``sources(cfg)``, its external inputs (:mod:`mmldlm.sources`). ``build(cfg, sources)`` makes the
+architecture only (no file I/O: pretrained parts come empty from ``sources.model``); the
+framework loads their weights once the objective is wrapped, then calls ``sources_loaded()``.
 """
 from __future__ import annotations
 
@@ -52,8 +54,18 @@ class Objective(nn.Module):
         return None
 
     def checkpoint_metadata(self) -> dict:
-        """What a checkpoint records besides weights, e.g. the frozen backbone's name and revision."""
+        """What a checkpoint records besides weights and sources (e.g. what the run derived from them)."""
         return {}
+
+    def export_artifacts(self, out: Path, sources: dict[str, dict]) -> list[str]:
+        """Write what this family adds to an export into directory ``out`` (e.g. a trained
+        backbone as a stock model directory); ``sources``: the records of the sources it was
+        rebuilt from (their ``path``). Returns the names written."""
+        return []
+
+    def sources_loaded(self) -> None:
+        """Called once the pretrained weights of its sources are in place (after wrapping): compute
+        what depends on them (e.g. the backbone's embedding RMS)."""
 
     def eval_extra(self, batch: dict, index: int) -> dict:
         """More eval metrics on eval batch ``index`` (e.g. sampled round trips)."""
@@ -87,18 +99,46 @@ class Objective(nn.Module):
         """Samples for the generate CLI."""
         raise NotImplementedError(f"{type(self).__name__} defines no generate()")
 
+    def sampler_name(self, requested: str) -> str:
+        """The sampler that ``generate`` / ``complete`` run for the ``requested`` one, as outputs record it."""
+        return requested
+
+    # -- lm-evaluation-harness (mmldlm.eval.harness_lm); nelbo_needs_t says exact (False) or a bound
+
+    def conditional_nelbo(self, batch: dict, t: torch.Tensor | None, k: int):
+        """The likelihood of each row's target tokens given its other real tokens, as
+        ``mmldlm.eval.likelihood.Nelbo``: ``batch`` is ``input_ids``, ``attention_mask``,
+        ``target_mask [B, L] bool`` (the continuation, a subset of the real tokens) and ``index``
+        (keys the noise). The context (real, not target) is never noised. Exact models
+        (``nelbo_needs_t = False``, ``t`` None) give -log p and report ``extra["greedy"]`` ([B], 1.0
+        where every target token is the argmax); diffusion models give the NELBO at noise levels
+        ``t [B]`` with noise keyed by grid point ``k``, (record, position), as :meth:`nelbo`."""
+        raise NotImplementedError(f"{type(self).__name__} scores no continuation given a context, so the "
+                                  "lm-eval harness cannot evaluate it")
+
+    def conditional_greedy(self, batch: dict) -> torch.Tensor:
+        """``[B]`` bool, for models that give a bound: every target token is the argmax of the model's
+        prediction with the whole target hidden (a diffusion model's one-step greedy decode)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no greedy check of a continuation")
+
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator: torch.Generator | None = None, stop=None) -> torch.Tensor:
+        """``length`` token ids ``[1, length]`` continuing ``context [1, P]``, drawn by the family's own
+        sampler (``steps``: diffusion steps). ``stop(ids drawn so far [1, n]) -> [1] bool``: a
+        left-to-right sampler may end early once it holds (the caller cuts the text at its stop
+        sequences anyway, so a sampler that draws every position at once ignores it)."""
+        raise NotImplementedError(f"{type(self).__name__} generates no continuation of a context")
+
 
 @dataclass(frozen=True)
 class Entry:
     name: str
     schema: type
-    build: Callable[[Any, Any], Objective]  # (cfg, tokenizer) -> objective
+    build: Callable[[Any, Any], Objective]  # (cfg, mmldlm.sources.Sources) -> objective, architecture only
     config_dir: Path  # the family's Hydra configs
-    collator: Callable[[Any, Any], Callable] | None = None  # (cfg, tokenizer) -> collate(items) -> Collated
+    collator: Callable[[Any, Any], Callable] | None = None  # (cfg, sources) -> collate(items) -> Collated
     records: RecordFields = field(default_factory=RecordFields)
-    # (cfg, LoadPolicy, source) -> None: put the user's choices into a checkpoint's config before a
-    # rebuild (the bridge: its backbone from --backbone-dir), or refuse
-    on_rebuild: Callable[[Any, Any, str], None] | None = None
+    sources: Callable[[Any], list] | None = None  # cfg -> [mmldlm.sources.Source]; the tokenizer is implied
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -106,9 +146,9 @@ _REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, schema: type, build: Callable, config_dir: str | Path, *,
              collator: Callable | None = None, records: RecordFields | None = None,
-             on_rebuild: Callable | None = None) -> None:
+             sources: Callable | None = None) -> None:
     """Make a family's objective known by ``name`` (its schema's ``objective`` default)."""
-    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), on_rebuild)
+    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources)
 
 
 def load_families() -> None:

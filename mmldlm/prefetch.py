@@ -5,8 +5,9 @@
 ``huggingface_hub.snapshot_download`` of one pinned commit into a local directory, under an
 inter-process lock (``filelock``; the OS drops it when its holder dies, even by SIGKILL, so the
 next waiter takes over), with retries and exponential backoff on 429 / 5xx / connection errors,
-then a completion marker written last. A directory without the marker is not a model. With the
-marker present, prefetch is a no-op that makes no network call. ``HF_TOKEN`` and ``HF_ENDPOINT``
+then a completion marker written last. With the marker present, prefetch is a no-op that makes no
+network call. The marker is evidence, not a requirement: a directory is judged complete by its
+contents (``--check``, and every loader through :mod:`mmldlm.sources`). ``HF_TOKEN`` and ``HF_ENDPOINT``
 are honoured (huggingface_hub reads them).
 """
 from __future__ import annotations
@@ -47,15 +48,29 @@ def read_marker(local_dir: str | os.PathLike) -> dict | None:
 
 
 def require_complete(local_dir: str | os.PathLike, repo_id: str | None = None, hint: str = "") -> dict:
-    """For offline use: the marker, or a PrefetchError saying how to prefetch."""
-    marker = read_marker(local_dir)
-    if marker is None:
-        raise PrefetchError(f"{local_dir} is not a complete model directory (no {MARKER}): run "
-                            f"the prefetch first on a machine with internet, e.g. "
-                            f"{hint or 'DOWNLOAD_ONLY=1 bash <run script>'}")
-    if repo_id and marker.get("repo_id") != repo_id:
-        raise PrefetchError(f"{local_dir} holds {marker.get('repo_id')}, not {repo_id}: point the "
-                            "local directory elsewhere or prefetch again")
+    """For offline use: ``local_dir`` must be a complete model (or tokenizer) directory, by its
+    contents (config.json + every safetensors shard whole, :mod:`mmldlm.sources.resolve`); the
+    completion marker is extra evidence (it also names the repo, checked against ``repo_id``), not a
+    requirement: ``hf download --local-dir`` and copies qualify. Returns the marker (or {}); a
+    PrefetchError names the real cause and how to fix it."""
+    from mmldlm.sources.resolve import Kind, prefetch_holder, problem
+
+    d = Path(local_dir)
+    fix = hint or "DOWNLOAD_ONLY=1 bash <run script>"
+    if not d.is_dir():
+        raise PrefetchError(f"{d} does not exist: run the prefetch first on a machine with internet, e.g. {fix}")
+    holder = prefetch_holder(d)
+    if holder:
+        raise PrefetchError(f"{d} is being prefetched right now ({holder}); wait for it to finish")
+    marker = read_marker(d) or {}
+    if repo_id and marker and marker.get("repo_id") != repo_id:
+        raise PrefetchError(f"{d} holds {marker.get('repo_id')}, not {repo_id}: point the local directory elsewhere "
+                            "or prefetch again")
+    why = problem(Kind.model, d)
+    tokenizer_only = not (d / "config.json").is_file() and problem(Kind.tokenizer, d) is None
+    if why and not tokenizer_only:
+        raise PrefetchError(f"{d} is not a complete model directory: {why}. Run the prefetch (again) on a machine "
+                            f"with internet, e.g. {fix}")
     return marker
 
 
@@ -64,13 +79,14 @@ _TRANSPORT = ("TransportError", "ConnectError", "ConnectionError", "TimeoutExcep
 
 
 def check_if_prefetched(path: str | os.PathLike) -> None:
-    """Trainers call this before loading from a local path: a directory that prefetch (or
-    ``snapshot_download``) wrote into must carry the completion marker. Other paths and hub
-    names pass unchanged."""
-    d = Path(path)
-    if d.is_dir() and ((d / LOCK).exists() or (d / ".cache" / "huggingface").is_dir()):
-        require_complete(d)
+    """Before loading from a local directory: one being prefetched right now is refused (naming
+    the holder); a lock left by a dead process is recovered. Its contents decide the rest."""
+    from mmldlm.sources.resolve import prefetch_holder
 
+    d = Path(path)
+    holder = prefetch_holder(d) if d.is_dir() else None
+    if holder:
+        raise PrefetchError(f"{d} is being prefetched right now ({holder}); wait for it to finish")
 
 
 def _retryable(err: Exception) -> bool:

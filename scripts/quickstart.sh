@@ -134,6 +134,25 @@ python -m mmldlm.plot "$RUNS/mmdit_cycle_vae" >/dev/null
 python -m mmldlm.plot "$RUNS/bridge_tiny" >/dev/null
 python -m latentDLM_mmdit.sample roundtrip --checkpoint "$RUNS/mmdit_cycle_vae" \
   --input "$DATA/validation_data.json" --n 96 --judge smollm2 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
+# what the runs give to the next tool: model directories (docs/sources.md); the bridge trained its
+# backbone (freeze_backbone=false), so its export holds it as a stock transformers directory too
+for run in mmdit_cycle_vae bridge_tiny; do
+  python -m mmldlm.export --checkpoint "$RUNS/$run" --out "$OUT_DIR/exports/$run" --overwrite
+done
+python - "$OUT_DIR/exports" <<'PY'
+import sys
+import torch
+from transformers import AutoModelForCausalLM
+import mmldlm
+exports = sys.argv[1]
+objective, tok, cfg = mmldlm.from_pretrained(f"{exports}/mmdit_cycle_vae")
+lm = AutoModelForCausalLM.from_pretrained(f"{exports}/bridge_tiny/backbone")
+ids = tok("a for loop iterates over items", return_tensors="pt")["input_ids"]
+with torch.no_grad():
+    nll = lm(input_ids=ids, labels=ids).loss.item()
+print(f"exports: mmldlm.from_pretrained -> {type(objective).__name__}; the bridge's trained backbone loads in stock "
+      f"{type(lm).__name__} (its loss on a sentence {nll:.2f})")
+PY
 python - "$RUNS" "$OUT_DIR" <<'PY'
 import sys
 from pathlib import Path
@@ -150,6 +169,7 @@ written under {out}:
   runs/mmdit_cycle_vae/  runs/bridge_tiny/  (training_log.jsonl, eval_log.jsonl, config.yaml, checkpoints)
   loss curves: {runs / 'mmdit_cycle_vae' / 'curves.png'}  {runs / 'bridge_tiny' / 'curves.png'}
   round trips: {out / 'roundtrip.txt'} ({out / 'roundtrip.json'})
+  exports (mmldlm.from_pretrained; bridge_tiny/backbone/ is a stock transformers model): {out / 'exports'}
 next: python -m latentDLM_mmdit.sample t2l|l2t --checkpoint {runs / 'mmdit_cycle_vae'} ...  (README.md)""")
 PY
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmldlm.train.run_log import read_jsonl
-from tests.helpers.common import REPO, run_entry, tiny_judge
+from tests.helpers.common import REPO, ok, run_entry, run_module, tiny_judge
 
 pytestmark = pytest.mark.slow
 ENTRY = REPO / "baseline" / "train.py"
@@ -190,6 +190,12 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert p.returncode == 0, p.stderr[-3000:]
     two_ranks = json.loads((tmp_path / "loss_2ranks.json").read_text())
     assert abs(two_ranks["nelbo"] - outs[0]["nelbo"]) < 1e-6 * outs[0]["nelbo"]
+    # an export (the EMA weights the run evaluated with) reads like the run: the same NELBO
+    ok(run_module("mmldlm.export", "--checkpoint", tmp_path / "two", "--out", tmp_path / "export"))
+    ok(run_entry(loss_cli, [f"path={tmp_path / 'export'}", "batch_size=4", "num_t=4",
+                            f"metrics_path={tmp_path / 'loss_export.json'}"]))
+    exported = json.loads((tmp_path / "loss_export.json").read_text())
+    assert exported["nelbo"] == outs[0]["nelbo"] and exported["ema"]
     assert two_ranks["tokens"] == outs[0]["tokens"] and two_ranks["sequences"] == outs[0]["sequences"]
     # generate -> gen PPL on the same checkpoint (a tiny random judge: the chain, not the judge, is tested here)
     from baseline.eval.generate_samples import main as generate

@@ -11,6 +11,7 @@ from baseline.objectives import MDLMProcess
 from baseline.schema import DiTModelConfig, LatentModelConfig
 from mmldlm.config import ConfigError, compose
 from mmldlm.diffusion.noise import keyed_uniform
+from mmldlm.sources import Sources
 from tests.helpers.common import make_batch
 
 GPT2_VOCAB = 50257 + 2  # + [PAD] and [MASK], as MDLM/GIDD's tokenizer
@@ -53,9 +54,13 @@ def test_config_mistakes_fail_naming_the_key(overrides, message, tmp_path):
 
 
 def test_hdlm_needs_its_cluster_file_and_xi_below_one_needs_the_simplified_bound(tmp_path):
+    from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
+
     base = [f"data.data_files.train={tmp_path / 'x.jsonl'}"]
-    with pytest.raises(ConfigError, match="build_clusters"):
-        compose("hdlm-small-cluster_64-gamma_1.0-xi_1.0", base + [f"model.cluster_dict_path={tmp_path / 'no.pt'}"])
+    cfg = compose("hdlm-small-cluster_64-gamma_1.0-xi_1.0", base + [f"model.cluster_dict_path={tmp_path / 'no.pt'}"])
+    with pytest.raises(ConfigError, match=r"model.cluster_dict_path: .*no.pt not found.*build_clusters"):
+        open_sources(cfg, lookup(cfg.objective))  # the loop's first step, before any data is read
     (tmp_path / "c.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="loss.simplified"):
         compose("hdlm-small-cluster_64-gamma_1.0-xi_0.9", base + [f"model.cluster_dict_path={tmp_path / 'c.pt'}",
@@ -103,7 +108,7 @@ def _objective(name, tokenizer, tmp_path, *overrides):
     cfg = compose(name, [f"data.data_files.train={tmp_path / 'x.jsonl'}", "model=tiny", "model.hidden_size=64",
                          "model.n_heads=1", "model.n_blocks=2", "model.max_seq_len=48", *overrides])
     torch.manual_seed(0)
-    return lookup(cfg.objective).build(cfg, tokenizer)
+    return lookup(cfg.objective).build(cfg, Sources.of_tokenizer(tokenizer))
 
 
 def test_one_rank_batch_split_in_two_sees_the_same_noise(tokenizer, paragraphs, tmp_path):

@@ -27,7 +27,9 @@ def make_cfg(tiny_dir, **overrides):
 
 def make_obj(tiny_dir, tokenizer, **overrides):
     torch.manual_seed(0)
-    return BridgeObjective(make_cfg(tiny_dir, **overrides), tokenizer, load_backbone(str(tiny_dir), "float32"))
+    obj = BridgeObjective(make_cfg(tiny_dir, **overrides), tokenizer, load_backbone(str(tiny_dir), "float32"))
+    obj.sources_loaded()  # the loop calls it once the backbone's weights are in
+    return obj
 
 
 def make_batch(tokenizer, paragraphs, b=4):

@@ -52,13 +52,14 @@ def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, 
         assert read_jsonl(runs / name / "eval_log.jsonl")
     s3 = runs / "s3" / "checkpoint_step_6"  # sharded: a directory
     assert {k.split(".")[0] for k in read_model_weights(s3)} == {"latent_prefix", "t2l_head"}  # no backbone
-    meta = load_checkpoint(s3)["objective"]
-    assert meta["backbone"] == "tencent/WeDLM-8B-Base" and meta["backbone_revision"]
+    backbone = load_checkpoint(s3)["sources"]["backbone"]  # recorded by name, place and fingerprint
+    assert backbone["repo_id"] == "tencent/WeDLM-8B-Base" and backbone["revision"] and backbone["fingerprint"]
+    assert backbone["path"] == str(local.resolve()) and backbone["how"] == "prefetched directory"
     # stage 2 started from stage 1's t2l head (frozen in l2t): identical tensors
     s1 = torch.load(runs / "s1" / "checkpoint_step_6.pt", weights_only=True)["model"]
-    from mmldlm.train.rebuild import LoadPolicy
+    from mmldlm.sources import LoadPolicy
     from wedlm_bridge.bridge import load_bridge
-    s2, _, _ = load_bridge(str(runs / "s2"), policy=LoadPolicy(backbone_dir=str(local)))
+    s2, _, _ = load_bridge(str(runs / "s2"), policy=LoadPolicy(paths={"backbone": str(local)}))
     assert all(torch.equal(s2.state_dict()[k], v) for k, v in s1.items() if k.startswith("t2l_head"))
 
 
@@ -108,75 +109,107 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     scored = [loss([*keys, "batch_size=4", f"metrics_path={tmp_path / f'loss{i}.json'}"]) for i in range(2)]
     assert scored[0]["nelbo"] == scored[1]["nelbo"] and scored[0]["num_t"] == 0 and "latent_gain" in scored[0]
     assert scored[0]["ppl"] == pytest.approx(math.exp(scored[0]["nelbo"]))
-    refused = run_entry(REPO / "baseline" / "eval" / "loss.py", keys[:1])
-    assert refused.returncode == 2 and "backbone_dir=DIR" in refused.stderr and "Traceback" not in refused.stderr
+    # without backbone_dir= the backbone the run recorded is used (it is here, with its fingerprint)
+    recorded = loss([keys[0], "device=cpu", "batch_size=4", f"metrics_path={tmp_path / 'loss2.json'}"])
+    assert recorded["nelbo"] == scored[0]["nelbo"]
     ok(cli("export", "--output", tmp_path / "export"))
+    from peft import PeftModel
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mmldlm.train.rebuild import LoadPolicy
+    import mmldlm
+    from mmldlm.sources import LoadPolicy
     from wedlm_bridge.backbone import load_backbone
     from wedlm_bridge.bridge import load_bridge
-    heads = load_file(tmp_path / "export" / "bridge_heads.safetensors")
-    assert {k.split(".")[0] for k in heads} == {"latent_prefix", "t2l_head"}
-    merged_dir = tmp_path / "export" / "merged_model"
-    raw = json.loads((merged_dir / "config.json").read_text())
-    assert raw["model_type"] == "wedlm" and raw["auto_map"] and "mask_token_id" in raw
-    obj, _, _ = load_bridge(str(tmp_path / "ref"), policy=LoadPolicy(backbone_dir=str(tiny_dir)))
+    export = tmp_path / "export"
+    trained = load_file(export / "model.safetensors")
+    assert {k.split(".")[0] for k in trained} == {"latent_prefix", "t2l_head", "backbone"}  # LoRA: in the backbone
+    assert all("lora_" in k for k in trained if k.startswith("backbone."))
+    raw = json.loads((export / "backbone" / "config.json").read_text())  # stock: no remote code
+    assert raw["model_type"] == "qwen3" and "auto_map" not in raw and "mask_token_id" in raw
+    obj, _, _ = load_bridge(str(tmp_path / "ref"), policy=LoadPolicy(paths={"backbone": str(tiny_dir)}))
     ids = torch.randint(1000, 2000, (2, 10))
     with torch.no_grad():
         want = obj.backbone(input_ids=ids).logits  # base + adapters
-        got = load_backbone(str(merged_dir), "float32")(input_ids=ids).logits
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        stock = AutoModelForCausalLM.from_pretrained(export / "backbone", dtype=torch.float32)
+        adapter = PeftModel.from_pretrained(load_backbone(str(tiny_dir), "float32"), export / "adapter")
+        torch.testing.assert_close(stock(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(adapter(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(want, load_backbone(str(tiny_dir), "float32")(input_ids=ids).logits, atol=1e-6)
+    assert AutoTokenizer.from_pretrained(export / "backbone")("a for loop")["input_ids"]
+    # the export rebuilds as the run did: the same latents for the same texts
+    again, _, _ = mmldlm.from_pretrained(str(export))
+    batch = tok(["A for loop iterates over items."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_text(batch["input_ids"], batch["attention_mask"].bool()),
+                                   obj.encode_text(batch["input_ids"], batch["attention_mask"].bool()))
+    # never into an input: the run directory, the backbone
+    for bad in (tmp_path / "ref" / "x", tiny_dir):
+        p = cli("export", "--output", bad)
+        assert p.returncode == 2 and "never writes into its inputs" in p.stderr, p.stderr[-2000:]
 
 
-def test_a_checkpoint_never_turns_on_remote_code_or_chooses_the_backbone(tmp_path, tiny_dir, minilm_data):
-    """A bridge checkpoint whose config asks for remote code from a directory holding a
-    configuration_*.py: rebuilding refuses (naming the flag) and the code never runs."""
+def test_code_runs_only_for_directories_named_on_this_command_line(tmp_path, tiny_dir, minilm_data):
+    """A checkpoint naming a code-bearing tokenizer directory, and asking for remote code: with the
+    user's --trust-remote-code given for another directory (their backbone), no code runs; a changed
+    backbone is refused, naming the override; a backbone that is gone is asked for by its flag."""
+    from tests.helpers.code_dirs import code_tokenizer
+
     ok(run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={tiny_dir}",
                          f"data.data_files.train={minilm_data}", f"logging.save_dir={tmp_path}",
                          "training.num_train_steps=1", "logging.run_name=r", "logging.eval_freq=0",
                          "training.task=l2t"]))
-    evil = tmp_path / "evil"
-    shutil.copytree(tiny_dir, evil)
-    ran = tmp_path / "code_ran"
-    (evil / "configuration_wedlm.py").write_text(f"open({str(ran)!r}, 'w').write('x')\n")
+    evil, ran = code_tokenizer(tiny_dir, tmp_path / "evil_tokenizer")
     ckpt = tmp_path / "r" / "checkpoint_step_1.pt"
     state = torch.load(ckpt, weights_only=True)
-    state["config"]["model"].update(trust_remote_code=True, pretrained_local_dir=str(evil),
-                                    local_files_only=False)
+    state["config"]["model"].update(trust_remote_code=True, local_files_only=False)
+    state["config"]["data"]["tokenizer_name"] = str(evil)
+    state["sources"].pop("tokenizer")  # as if trained with it
     torch.save(state, ckpt)
     z = tmp_path / "z.npy"
     np.save(z, np.random.default_rng(0).standard_normal((2, 384)).astype(np.float32))
 
-    def decode(*flags, backbone=evil):
+    def decode(*flags):
         args = [sys.executable, "-m", "wedlm_bridge.decode", "--checkpoint", str(ckpt), "--latents", str(z),
                 "--output", str(tmp_path / "out.txt"), "--max-new-tokens", "2", *flags]
-        if backbone:
-            args += ["--backbone-dir", str(backbone)]
         return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
 
-    for p in (decode(), decode(backbone=None)):
-        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert "--trust-remote-code" in decode().stderr and "trust_remote_code=true" in decode().stderr
-    assert not ran.exists()  # the checkpoint's request ran nothing
-    # without remote code asked for, the backbone still comes only from the command line
-    state["config"]["model"].update(trust_remote_code=False)
+    for p in (decode("--backbone-dir", str(tiny_dir), "--trust-remote-code"), decode()):
+        assert p.returncode != 0 and "Traceback" not in p.stderr and "not by you" in p.stderr, p.stderr[-2000:]
+        assert f"--source tokenizer={evil} --trust-remote-code" in p.stderr
+    assert not ran.exists()  # neither the checkpoint's request nor the user's flag for another directory ran it
+    state["config"]["data"]["tokenizer_name"] = str(tiny_dir)
     torch.save(state, ckpt)
-    missing = decode(backbone=None)
-    assert missing.returncode != 0 and "--backbone-dir DIR" in missing.stderr and str(evil) in missing.stderr
-    ok(decode(backbone=tiny_dir))
-    assert not ran.exists()
+    ok(decode())  # the backbone and tokenizer the run recorded, unchanged
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_dir, changed)
+    (changed / "config.json").write_text((changed / "config.json").read_text().replace('"rms_norm_eps": 1e-06',
+                                                                                      '"rms_norm_eps": 1e-05'))
+    p = decode("--backbone-dir", str(changed))
+    assert p.returncode != 0 and "source backbone" in p.stderr and "--allow-source-change" in p.stderr, p.stderr
+    ok(decode("--backbone-dir", str(changed), "--allow-source-change"))
+    state["config"]["model"]["pretrained_local_dir"] = str(tmp_path / "moved")
+    torch.save(state, ckpt)
+    p = decode()
+    assert p.returncode != 0 and "moved does not exist" in p.stderr and "--backbone-dir" in p.stderr, p.stderr
 
 
-def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_data, tokenizer_path):
+def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_data, tokenizer_path, tiny_dir):
+    """A backbone whose weights would fail to load (complete files, foreign tensors): the bad record
+    is what the user hears about, so the data check came first."""
+    from safetensors.torch import save_file
+
     records = json.loads(minilm_data.read_text())
     records[3]["text"] = ""
     bad = minilm_data.parent / "bad_bridge.json"
     bad.write_text(json.dumps(records))
-    p = run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, "model.pretrained_local_dir=/no/such/backbone",
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(tiny_dir / "config.json", foreign / "config.json")
+    save_file({"not.a.qwen.tensor": torch.zeros(2)}, str(foreign / "model.safetensors"))
+    p = run_entry(TRAIN, ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={foreign}",
                           f"data.tokenizer_name={tokenizer_path}", f"data.data_files.train={bad}",
                           f"logging.save_dir={tmp_path}", "logging.run_name=b"])
     out = p.stdout + p.stderr
-    assert p.returncode == 1 and "record 3: text is empty" in out and "/no/such/backbone" not in out, out[-3000:]
+    assert p.returncode == 1 and "record 3: text is empty" in out and "lacks" not in out, out[-3000:]
     assert not (tmp_path / "b").exists()

@@ -117,10 +117,20 @@ def test_every_bridge_and_baseline_key_is_read(reads, tmp_path, tokenizer_path, 
 
     data = make_dataset(tmp_path / "d", paragraphs[:40], dim=384)
     bridge = ["model=tiny", f"model.pretrained_local_dir={tiny_wedlm_dir}", "data.max_seq_len=32"]
-    _train("wedlm8b_ar_bridge", tmp_path, data, tokenizer_path, "b1", *bridge, "training.task=joint", "model.lora_r=2",
+    _train("wedlm8b_ar_bridge", tmp_path, data, tokenizer_path, "b1", *bridge, "model.freeze_backbone=false",
            "model.activation_checkpointing=true")
-    _train("wedlm8b_ar_bridge", tmp_path, data, tokenizer_path, "b2", *bridge, "model.freeze_backbone=false",
+    # a full fine-tune carried into a LoRA stage: its trained backbone becomes the adapters' base
+    _train("wedlm8b_ar_bridge", tmp_path, data, tokenizer_path, "b2", *bridge, "training.task=joint", "model.lora_r=2",
            f"training.init_from={tmp_path / 'b1'}")
+    import torch
+
+    from mmldlm.sources.weights import canonical
+    from mmldlm.train.checkpointing import read_model_weights
+
+    full, lora = read_model_weights(tmp_path / "b1"), read_model_weights(tmp_path / "b2")
+    base = {canonical(k.removeprefix("backbone.")): v for k, v in lora.items() if "lora_" not in k}
+    carried = [k for k in full if k.startswith("backbone.")]
+    assert carried and all(torch.equal(base[canonical(k.removeprefix("backbone."))], full[k]) for k in carried)
     shared = set(schema_keys(RunConfig))  # the loop's: read in every run, checked by the MMDiT test above
     assert not (unread := sorted(set(schema_keys(BridgeRunConfig)) - shared - reads)), f"bridge keys unread: {unread}"
     reads.clear()

@@ -9,9 +9,9 @@ import torch
 
 from mmldlm.config import compose
 from mmldlm.estimate.__main__ import estimate
-from mmldlm.estimate.shapes import tokenizer_for
 from mmldlm.estimate.trace import train_step
 from mmldlm.objective import lookup
+from mmldlm.sources import open_sources
 from mmldlm.train.optim import build_optimizer
 from tests.helpers.common import run_module
 
@@ -24,7 +24,7 @@ def measured_peak(tmp_path, name, overrides) -> int:
 
     cfg = compose(name, [*overrides, "data.data_files.train=x"])
     torch.manual_seed(0)
-    obj = lookup(cfg.objective).build(cfg, tokenizer_for(str(cfg.data.tokenizer_name))).train()
+    obj = lookup(cfg.objective).build(cfg, open_sources(cfg, lookup(cfg.objective), shapes_only=True)).train()
     batch = obj.example_batch(cfg, "cpu")
     batch["input_ids"].random_(5, 1000)
     batch["attention_mask"].fill_(True)
@@ -58,7 +58,7 @@ def test_flops_match_the_analytic_count_of_a_dense_transformer():
     e = estimate("ar", ["model=tiny", *SHAPE])
     cfg = compose("ar", ["model=tiny", *SHAPE, "data.data_files.train=x"])
     m, T = cfg.model, cfg.data.max_seq_len
-    vocab = tokenizer_for(str(cfg.data.tokenizer_name))
+    vocab = open_sources(cfg, lookup(cfg.objective), shapes_only=True).tokenizer
     n_matmul = e.params_total - len(vocab) * m.hidden_size  # the input embedding is a lookup
     analytic = 6 * n_matmul + 12 * m.n_blocks * T * m.hidden_size
     assert e.flops_per_token == pytest.approx(analytic, rel=0.05)

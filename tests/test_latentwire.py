@@ -18,7 +18,7 @@ from latentwire.losses import kd_loss
 from latentwire.metrics import exact_match, f1_score, payload_bytes, quantize
 from latentwire.schema import LatentWireRunConfig
 from tests.helpers.common import REPO, ok, run_entry
-from tests.helpers.latentwire import RECORDS, lw_cfg, objective_and_batch
+from tests.helpers.lw_config import RECORDS, lw_cfg, objective_and_batch
 
 
 def _smollm2_gguf():
@@ -233,7 +233,8 @@ def test_defaults_terms_logged_mean_over_models_and_sequential_models_same_gradi
 # -- training, checkpoints (A.6 1, 5, 14) --------------------------------------------------------
 def test_only_encoder_and_adapters_train_and_a_reloaded_checkpoint_predicts_the_same(tiny, tmp_path, caplog):
     from latentwire.evaluate import greedy
-    from latentwire.objective import GOLD_LENGTH_WARNING, LatentWirePolicy
+    from latentwire.objective import GOLD_LENGTH_WARNING
+    from mmldlm.sources import LoadPolicy
     from mmldlm.train import checkpointing as C
     from mmldlm.train.rebuild import rebuild_from_checkpoint
 
@@ -273,7 +274,7 @@ def test_only_encoder_and_adapters_train_and_a_reloaded_checkpoint_predicts_the_
              "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     (tmp_path / "run").mkdir()
     C.save_checkpoint(tmp_path / "run", 3, state, keep_last=1)
-    again, _, saved = rebuild_from_checkpoint(tmp_path / "run", "cpu", LatentWirePolicy(), expect="latentwire",
+    again, _, saved = rebuild_from_checkpoint(tmp_path / "run", "cpu", LoadPolicy(), expect="latentwire",
                                               ema=False)
     for key in ("anchor_text", "bos_after_prefix", "calibration", "latent_len", "d_z", "encoder_type", "llms"):
         assert key in saved.model

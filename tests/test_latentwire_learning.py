@@ -10,12 +10,19 @@ import torch
 
 from latentwire.diagnose import geometry
 from latentwire.kd_cache import KDCache, KDCacheError, _dense, receiver_fingerprint
-from tests.helpers.latentwire import RECORDS, lw_cfg, objective_and_batch
+from mmldlm.objective import lookup
+from mmldlm.sources import open_sources
+from tests.helpers.lw_config import RECORDS, lw_cfg, objective_and_batch
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_qa_llms) -> dict:
     return tiny_qa_llms
+
+
+def fingerprint(model_dir) -> str:
+    cfg = lw_cfg({"llama": str(model_dir)})
+    return receiver_fingerprint(open_sources(cfg, lookup("latentwire")), "llm.llama")
 
 
 def test_geometry_identical_latents_are_one_point_and_distinct_ones_are_not():
@@ -62,15 +69,15 @@ def test_kd_cache_gives_the_live_teachers_loss_and_is_refused_for_another_receiv
     # a copy of the same receiver has its fingerprint; an edited config or weight bytes do not
     copy = tmp_path / "llama_copy"
     shutil.copytree(tiny["llama"], copy)
-    assert receiver_fingerprint(copy) == receiver_fingerprint(tiny["llama"])
+    assert fingerprint(copy) == fingerprint(tiny["llama"])
     shard = copy / "model.safetensors"
     data = bytearray(shard.read_bytes())
     start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]  # the first tensor's first byte
     data[start] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert receiver_fingerprint(copy) != receiver_fingerprint(tiny["llama"])
+    assert fingerprint(copy) != fingerprint(tiny["llama"])
     shutil.copytree(tiny["llama"], copy, dirs_exist_ok=True)
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "rope_theta": 1234.0}))
     with pytest.raises(KDCacheError, match="another receiver"):
-        KDCache(cache_dir, "llama", receiver_fingerprint(copy), cached.kd_cache("llama").vocab, 4, 0, 2.0, "float32")
+        KDCache(cache_dir, "llama", fingerprint(copy), cached.kd_cache("llama").vocab, 4, 0, 2.0, "float32")

@@ -95,7 +95,8 @@ def chat(tiny_chat_wedlm_dir):
 
 
 def cfg_for(tiny_dir, **overrides):
-    return make_cfg(FinetuneRunConfig, **{"model.pretrained_local_dir": str(tiny_dir),
+    d = str(tiny_dir)
+    return make_cfg(FinetuneRunConfig, **{"model.pretrained_local_dir": d, "data.tokenizer_name": d,
                                           "model.pretrained_model_dtype": "float32", "model.max_seq_len": 256,
                                           "data.max_seq_len": 256, **overrides})
 
@@ -201,15 +202,15 @@ def test_sft_records_prompt_boundaries_im_end_and_bad_records(tmp_path, chat):
 def test_only_adapters_train_under_lora_and_qlora(tiny_chat_wedlm_dir, chat, method):
     """Three steps of WeDLM's objective (QLoRA: nf4 base, bitsandbytes' paged 8-bit AdamW, which falls
     back to the non-paged one on CPU): finite losses, every adapter moved, nothing else."""
+    from mmldlm.sources import build_loaded
     from mmldlm.train.optim import build_optimizer
     from wedlm_bridge.finetune.demo_data import demo_conversations
-    from wedlm_bridge.finetune.objective import FinetuneObjective, load_for_method
 
     cfg = cfg_for(tiny_chat_wedlm_dir, **{"finetune.method": method, "finetune.block_size": 8,
                                           "optimizer.name": "paged_adamw_8bit" if method == "qlora" else "adamw",
                                           "optimizer.lr": 1e-2})
     torch.manual_seed(0)
-    obj = FinetuneObjective(cfg, load_for_method(cfg)).train()
+    obj = build_loaded(cfg).train()
     named = dict(obj.named_parameters())
     trained = {n for n, p in named.items() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
@@ -236,7 +237,8 @@ def test_export_merges_into_stock_names_and_wedlm_config(tmp_path, tiny_chat_wed
     from safetensors import safe_open
     from transformers import Qwen3ForCausalLM
 
-    from wedlm_bridge.backbone import load_backbone, save_for_engine
+    from wedlm_bridge.artifacts import save_for_engine
+    from wedlm_bridge.backbone import load_backbone
 
     base = load_backbone(str(tiny_chat_wedlm_dir), "float32")
     stock = set(base.state_dict())
@@ -288,7 +290,8 @@ def test_the_wedlm_engine_loads_an_export_where_it_can_run(tmp_path, tiny_chat_w
     if not torch.cuda.is_available():
         pytest.skip("the wedlm engine is CUDA-only (NCCL, flash-attn, triton): no GPU here")
     wedlm = pytest.importorskip("wedlm", reason="the wedlm engine is not installed in this environment")
-    from wedlm_bridge.backbone import load_backbone, save_for_engine
+    from wedlm_bridge.artifacts import save_for_engine
+    from wedlm_bridge.backbone import load_backbone
 
     out = save_for_engine(load_backbone(str(tiny_chat_wedlm_dir), "float32"), tiny_chat_wedlm_dir, tmp_path / "x")
     llm = wedlm.LLM(model=str(out), wedlm_window_size=16)

@@ -54,7 +54,8 @@ def test_fsdp_full_wedlm_resumes_exactly_and_exports_from_its_sharded_checkpoint
     from safetensors import safe_open
     from transformers import Qwen3ForCausalLM
 
-    from mmldlm.train.rebuild import LoadPolicy, rebuild_from_checkpoint
+    from mmldlm.sources import LoadPolicy
+    from mmldlm.train.rebuild import rebuild_from_checkpoint
 
     args = base_args(tiny_chat_wedlm_dir, sft_jsonl, tmp_path, "finetune.method=full", "training.parallelism=fsdp",
                      "model.activation_checkpointing=true", "training.num_train_steps=4", "logging.save_freq=2",
@@ -67,7 +68,8 @@ def test_fsdp_full_wedlm_resumes_exactly_and_exports_from_its_sharded_checkpoint
     out = tmp_path / "export"
     ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "fsdp", "--backbone-dir",
                   tiny_chat_wedlm_dir, "--out", out, "--dtype", "float32"))
-    obj, _, _ = rebuild_from_checkpoint(tmp_path / "fsdp", policy=LoadPolicy(backbone_dir=str(tiny_chat_wedlm_dir)))
+    obj, _, _ = rebuild_from_checkpoint(tmp_path / "fsdp",
+                                        policy=LoadPolicy(paths={"backbone": str(tiny_chat_wedlm_dir)}))
     ids = torch.randint(100, 3000, (2, 10))
     with torch.no_grad():
         trained = obj.lm(input_ids=ids).logits
@@ -96,9 +98,31 @@ def test_qlora_through_the_entrypoint_and_launcher_then_export(tmp_path, tiny_ch
     assert len(log) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     saved = torch.load(tmp_path / "q" / "checkpoint_step_3.pt", weights_only=True)["model"]
     assert saved and all("lora_" in k for k in saved)  # adapters only: no 4-bit base, no quantisation state
-    ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--backbone-dir",
-                  tiny_chat_wedlm_dir, "--out", tmp_path / "qx"))
-    raw = json.loads((tmp_path / "qx" / "config.json").read_text())
+    ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tmp_path / "qx"))
+    raw = json.loads((tmp_path / "qx" / "config.json").read_text())  # the base the run recorded, unchanged
     assert raw["dtype"] == "bfloat16" and raw["model_type"] == "wedlm"
-    missing = run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tmp_path / "y")
-    assert missing.returncode != 0 and "--backbone-dir DIR" in missing.stderr and "Traceback" not in missing.stderr
+    # --format hf: stock transformers, no remote code, no prompt; the peft adapter beside it gives the same logits
+    ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tmp_path / "qh",
+                  "--format", "hf", "--dtype", "float32"))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from wedlm_bridge.backbone import load_backbone
+
+    raw = json.loads((tmp_path / "qh" / "config.json").read_text())
+    assert raw["model_type"] == "qwen3" and "auto_map" not in raw and not list((tmp_path / "qh").glob("*.py"))
+    assert "auto_map" not in json.loads((tmp_path / "qh" / "tokenizer_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tmp_path / "qh")
+    ids = torch.tensor([tok("<|im_start|>user\nhi<|im_end|>")["input_ids"]])
+    with torch.no_grad():
+        stock = AutoModelForCausalLM.from_pretrained(tmp_path / "qh")(input_ids=ids).logits
+        base = load_backbone(tiny_chat_wedlm_dir, "float32")
+        plain = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, tmp_path / "qh" / "adapter")(input_ids=ids).logits
+    torch.testing.assert_close(adapted, stock, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain, stock, atol=1e-5)  # the adapters moved it
+    # never into an input: the base stays as it was (the audit: it was overwritten, then a LoRA applied twice)
+    before = {f.name: f.read_bytes() for f in tiny_chat_wedlm_dir.iterdir() if f.is_file()}
+    into = run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tiny_chat_wedlm_dir)
+    assert into.returncode != 0 and "never writes into its inputs" in into.stderr and "Traceback" not in into.stderr
+    assert {f.name: f.read_bytes() for f in tiny_chat_wedlm_dir.iterdir() if f.is_file()} == before

@@ -32,14 +32,13 @@ from torch import nn
 
 from mmldlm.config import ConfigError, RunConfig, TrainingConfig
 from mmldlm.data.collate import mean_latent
-from mmldlm.nn import pool
+from mmldlm.nn import global_rms, pool
 from mmldlm.objective import Objective, register
-from mmldlm.train.rebuild import (
-    CheckpointPolicyError,
-    LoadPolicy,
-    rebuild_from_checkpoint,
-)
-from wedlm_bridge.backbone import BackboneConfig, backbone_source, load_backbone, locate_backbone
+from mmldlm.sources import SourceError
+from mmldlm.sources.cli import policy_of
+from mmldlm.sources.weights import add_lora
+from mmldlm.train.rebuild import rebuild_from_checkpoint
+from wedlm_bridge.backbone import BackboneConfig, backbone_sources, build_backbone
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -128,6 +127,10 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
 
 
+NO_HARNESS = ("the bridge decodes a sentence latent into text, and lm-eval's requests carry no latent; its frozen "
+              "backbone is a stock causal LM: evaluate that directly (lm-eval's hf model)")
+
+
 class BridgeObjective(Objective):
     def __init__(self, cfg, tokenizer, backbone: nn.Module):
         super().__init__()
@@ -138,8 +141,7 @@ class BridgeObjective(Objective):
         self.eos_id = tokenizer.eos_token_id
         # where sampling stops: the EOS the decoder learns (with_eos), else a BERT vocabulary's closing [SEP]
         self.stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        self.backbone_name = m.pretrained_model_name_or_path
-        self.backbone_dir = m.pretrained_local_dir
+        self.dtype, self.hub_id = m.pretrained_model_dtype, m.pretrained_model_name_or_path  # for exports
         h = backbone.config.hidden_size
         positions = m.max_seq_len + m.latent_prefix_len + 1  # [prefix; text; EOS]
         limit = getattr(backbone.config, "max_position_embeddings", None)
@@ -159,14 +161,12 @@ class BridgeObjective(Objective):
                 # instead of 32 TFLOP per step at 8B, t2l batch 2 x 1024)
                 backbone.disable_input_require_grads()
         if m.lora_r:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig
 
-            backbone = get_peft_model(backbone, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha,
-                                                           lora_dropout=m.lora_dropout,
-                                                           target_modules=list(m.lora_target_modules)))
+            backbone = add_lora(backbone, LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                                                     target_modules=list(m.lora_target_modules)))
         self.backbone = backbone
-        emb = backbone.get_input_embeddings().weight
-        self.register_buffer("emb_rms", emb.detach().float().pow(2).mean().sqrt(), persistent=False)
+        self.register_buffer("emb_rms", torch.ones(()), persistent=False)  # the embeddings' RMS, once loaded
         self.match_scale = m.prefix_match_embedding_scale
         self.latent_prefix = _mlp(m.latent_dim, h, self.P * h)
         self.t2l_head = _mlp(h, h, m.latent_dim)
@@ -268,6 +268,12 @@ class BridgeObjective(Objective):
     def sampler_name(self, requested: str) -> str:
         return "ar from the latent prefix (kv cache)"
 
+    def conditional_nelbo(self, batch: dict, t, k: int):
+        raise ValueError(NO_HARNESS)
+
+    def complete(self, context, length, **_):
+        raise ValueError(NO_HARNESS)
+
     @torch.no_grad()
     def generate(self, num_samples: int, length: int, temperature: float = 1.0, top_p: float = 1.0,
                  generator=None, latents=None, **_) -> torch.Tensor:
@@ -308,18 +314,20 @@ class BridgeObjective(Objective):
         layers = [m for m in self.backbone.modules() if type(m).__name__.endswith("DecoderLayer")]
         return [*([] if tied else [emb]), *layers, self.backbone]
 
-    def checkpoint_metadata(self) -> dict:
-        from mmldlm.prefetch import read_marker
+    def sources_loaded(self) -> None:
+        self.emb_rms.copy_(global_rms(self.backbone.get_input_embeddings().weight))
 
-        marker = read_marker(self.backbone_dir) if self.backbone_dir else None
-        return {"backbone": self.backbone_name, "backbone_dir": self.backbone_dir,
-                "backbone_revision": (marker or {}).get("commit")}
+    def export_artifacts(self, out: Path, sources: dict[str, dict]) -> list[str]:
+        """A backbone that trained (fully, LoRA, or carried from an earlier stage) as a stock model
+        directory ``backbone/`` (+ ``adapter/`` for LoRA): the heads alone would lose it."""
+        from wedlm_bridge.artifacts import export_lm
+
+        trained = [k[len("backbone."):] for k in self.trained_keys if k.startswith("backbone.")]
+        return export_lm(self.backbone, trained, sources.get("backbone"), out, "backbone", self.dtype, self.hub_id)
 
 
-def build(cfg, tokenizer) -> BridgeObjective:
-    m = cfg.model
-    backbone = load_backbone(backbone_source(m), m.pretrained_model_dtype, m.trust_remote_code, m.local_files_only)
-    return BridgeObjective(cfg, tokenizer, backbone)
+def build(cfg, sources) -> BridgeObjective:
+    return BridgeObjective(cfg, sources.tokenizer, build_backbone(sources, cfg.model.pretrained_model_dtype))
 
 
 def load_bridge(checkpoint: str, device: str = "cpu", policy=None):
@@ -329,26 +337,13 @@ def load_bridge(checkpoint: str, device: str = "cpu", policy=None):
     return rebuild_from_checkpoint(checkpoint, device, policy, expect="bridge")
 
 
-def add_load_policy_args(ap) -> None:
-    """The flags of every CLI that rebuilds a bridge from a checkpoint."""
-    ap.add_argument("--backbone-dir", default=None,
-                    help="local directory of the frozen backbone the bridge was trained on (required: checkpoints "
-                         "hold only the heads and adapters, and the checkpoint's own record of it is never followed)")
-    ap.add_argument("--trust-remote-code", action="store_true",
-                    help="let the backbone directory's own Python code run (only if you trust it)")
-    ap.add_argument("--allow-download", action="store_true",
-                    help="let the tokenizer come from the hub (default: local files only)")
-
-
 def load_bridge_for_cli(args, device: str):
-    """``load_bridge`` with the flags of :func:`add_load_policy_args`; refusals end in one line."""
+    """``load_bridge`` with the flags of :func:`mmldlm.sources.cli.add_policy_args`; refusals end in one line."""
     from mmldlm.prefetch import PrefetchError
 
-    policy = LoadPolicy(trust_remote_code=args.trust_remote_code, local_files_only=not args.allow_download,
-                        backbone_dir=args.backbone_dir)
     try:
-        return load_bridge(args.checkpoint, device, policy)
-    except (CheckpointPolicyError, ConfigError, PrefetchError) as e:
+        return load_bridge(args.checkpoint, device, policy_of(args))
+    except (SourceError, ConfigError, PrefetchError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
@@ -356,4 +351,4 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-register("bridge", BridgeRunConfig, build, CONFIGS, on_rebuild=locate_backbone)
+register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources)

@@ -13,11 +13,8 @@ import numpy as np
 import torch
 
 from mmldlm.data.collate import Collator
-from wedlm_bridge.bridge import (
-    add_load_policy_args,
-    default_device,
-    load_bridge_for_cli,
-)
+from mmldlm.sources.cli import add_policy_args
+from wedlm_bridge.bridge import default_device, load_bridge_for_cli
 
 
 @torch.no_grad()
@@ -34,7 +31,7 @@ def main(argv=None) -> None:
     ap.add_argument("--output", required=True, help=".npy to write")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=default_device())
-    add_load_policy_args(ap)
+    add_policy_args(ap)
     a = ap.parse_args(argv)
     obj, tok, cfg = load_bridge_for_cli(a, a.device)
     texts = Path(a.input).read_text(encoding="utf-8").splitlines()

@@ -23,7 +23,8 @@ from mmldlm.eval.cli import CheckpointKeys
 
 @dataclass
 class GenerateArgs(CheckpointKeys):
-    path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
+    path: str = field(metadata={"help": "a run directory (its latest checkpoint), a checkpoint_step_N path or an "
+                                        "export (python -m mmldlm.export)"})
     samples_path: str = field(default="samples.pt", metadata={"help": "output file (samples_dir= accepted)"})
     num_samples: int = field(default=16, metadata={"help": "sequences to draw"})
     num_denoising_steps: int = field(default=128, metadata={"help": "sampler steps (diffusion models)"})
@@ -43,14 +44,15 @@ def main(argv: list[str] | None = None) -> Path:
 
     from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.io import write_atomic
-    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
+    from mmldlm.train.rebuild import open_saved
 
     args = parse_keys(GenerateArgs, argv, __doc__, aliases={"samples_dir": "samples_path"})
     out = Path(args.samples_path)
     if out.is_dir() or not out.suffix:
         out = out / "samples.pt"
     device = resolve_device(args.device)
-    ckpt = resolve_checkpoint(args.path)
+    saved = open_saved(args.path)  # a run, a checkpoint or an export
+    ckpt = saved.path
     objective, tok, cfg = args.rebuild(ckpt, device)
     length = args.length or cfg.model.max_seq_len
     latents = None
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{start + n}/{args.num_samples} samples", flush=True)
     ids = torch.cat(ids)
     model_dtypes = "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in objective.parameters()}))
-    header = {"checkpoint": str(ckpt), "step": int(load_checkpoint(ckpt)["step"]), "objective": cfg.objective,
+    header = {"checkpoint": str(ckpt), "step": saved.step, "objective": cfg.objective,
               "sampler": objective.sampler_name(args.sampler), "steps": args.num_denoising_steps,
               "precision": f"float64 categorical draws, {model_dtypes} model", "seed": args.seed, "length": length,
               "temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p, "ema": objective.ema_weights,

@@ -21,7 +21,8 @@ from mmldlm.eval.cli import CheckpointKeys
 
 @dataclass
 class LossArgs(CheckpointKeys):
-    path: str = field(metadata={"help": "a run directory (its latest checkpoint) or a checkpoint_step_N path"})
+    path: str = field(metadata={"help": "a run directory (its latest checkpoint), a checkpoint_step_N path or an "
+                                        "export (python -m mmldlm.export)"})
     batch_size: int = field(default=32, metadata={"help": "sequences per batch and rank"})
     num_t: int = field(default=16, metadata={"help": "noise levels of the t-grid"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "where the JSON goes (default: "
@@ -37,12 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     from mmldlm.eval.likelihood import validation_nelbo
     from mmldlm.io import write_json_atomic
     from mmldlm.train import distributed as D
-    from mmldlm.train.checkpointing import load_checkpoint, resolve_checkpoint
+    from mmldlm.train.rebuild import open_saved
 
     args = parse_keys(LossArgs, argv, __doc__)
     dist = D.setup(args.device)
     try:
-        ckpt = resolve_checkpoint(args.path)
+        saved = open_saved(args.path)  # a run, a checkpoint or an export
+        ckpt = saved.path
         objective, tok, cfg = args.rebuild(ckpt, str(dist.device))
         if args.data_files.get("validation"):
             cfg.data.data_files.validation = str(Path(args.data_files["validation"]).resolve())
@@ -54,11 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
         eps = cfg.model.get("t_eps", 1e-4)
         result = validation_nelbo(objective, data.val, dist.device, args.num_t, eps, data.skip_bad,
                                   progress=dist.is_main)
-        step = load_checkpoint(ckpt)["step"]
+        step = saved.step
         out = {"checkpoint": str(ckpt), "step": step, "objective": cfg.objective, "ema": objective.ema_weights,
                **result}
         if dist.is_main:
-            target = Path(args.metrics_path or ckpt.parent / f"loss_step_{step}.json")
+            beside = Path.cwd() / f"loss_{ckpt.name}.json" if saved.export else ckpt.parent / f"loss_step_{step}.json"
+            target = Path(args.metrics_path or beside)  # an export is never written into
             write_json_atomic(target, out, indent=2)
             print(json.dumps(out))
         return out

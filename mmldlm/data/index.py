@@ -44,7 +44,7 @@ from mmldlm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2  # 2: *.jsonl is always JSON Lines
+INDEX_VERSION = 3  # 2: *.jsonl is always JSON Lines; 3: the latent shards the records read are listed
 RECORD_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("record", "<u4")])
 # The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
 # so with one hash a ratio on an extracted train file would hold out nothing (every text there
@@ -228,6 +228,7 @@ class RecordIndex:
     problems: list[DataError]
     fingerprint: dict
     dir: Path
+    latent_shards: tuple[str, ...] = ()  # the 2-D shards its records read (latent_row), for their fingerprint
 
     def __len__(self) -> int:
         return len(self.records)
@@ -390,8 +391,9 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
         write_json_atomic(tmp / "problems.json", problems)
         fingerprint = {"path": str(json_path), "size": stat_before["size"], "mtime": stat_before["mtime_ns"] / 1e9,
                        "records": n, "table_hash": fp.hexdigest()}
+        used = sorted(p for p, rows in shards.items() if isinstance(rows, int))
         write_json_atomic(tmp / "meta.json", {"version": INDEX_VERSION, "data": stat_before, "rules": rules.key(),
-                                              "fingerprint": fingerprint})
+                                              "fingerprint": fingerprint, "latent_shards": used})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -435,4 +437,4 @@ def open_index(json_path: str | os.PathLike, rules: RecordRules, cache_dir: str 
     records = NpyRows(d / "records.npy")
     problems = [DataError(json_path, p["record"], p["reason"], line=p["line"])
                 for p in json.loads((d / "problems.json").read_text())]
-    return RecordIndex(json_path, rules, records, problems, meta["fingerprint"], d)
+    return RecordIndex(json_path, rules, records, problems, meta["fingerprint"], d, tuple(meta["latent_shards"]))

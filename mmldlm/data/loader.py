@@ -301,6 +301,7 @@ class DataBundle:
     bad_records: int  # dropped while indexing the files (skip mode)
     skip_bad: bool
     fingerprint: dict  # of the training file (checked on resume)
+    latent_shards: tuple[str, ...] = ()  # the 2-D latent shards the training records read
 
 
 def rules_from(data_cfg, fields: RecordFields | None = None, fmt: str = "json") -> RecordRules:
@@ -421,7 +422,7 @@ def build_data(data_cfg, training_cfg, tokenizer, rank: int = 0, world: int = 1,
         val_loader = eval_loader(val_set, training_cfg.eval_batch_size, rank, world, collate, data_cfg.num_workers,
                                  pin_memory)
     return DataBundle(stream, val_loader, len(train_set), 0 if val_set is None else len(val_set), bad, skip,
-                      train.fingerprint)
+                      train.fingerprint, getattr(train, "latent_shards", ()))
 
 
 def read_dataset(path: str | Path, latent_dim: int | None, latent_root: str | None = None,

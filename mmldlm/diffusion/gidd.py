@@ -141,17 +141,23 @@ class GiddDiffusion:
 
     # ---- forward process ------------------------------------------------------------------------
     def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, u: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         """Draw ``z_t ~ q_t(.|x)`` per real token, ``t [B]``; padding stays as it is.
 
         One uniform r per token: r < t/C -> [MASK]; next c/C -> a uniform allowed id (possibly x
-        itself, which is the uniform share on x); the remaining (1-t)/C -> x. No [B, L, V] tensor."""
+        itself, which is the uniform share on x); the remaining (1-t)/C -> x. No [B, L, V] tensor.
+        ``u``: two ``[B, L]`` float64 uniform fields (r, then the noise id) instead of the RNG's
+        draws (keyed noise, ``mmldlm.diffusion.noise``)."""
         dev = input_ids.device
         s = self._schedule(t.to(dev))
         p_mask, p_unif = s["mask"].unsqueeze(1), s["unif"].unsqueeze(1)
-        r = torch.rand(input_ids.shape, device=dev, generator=generator, dtype=torch.float64)
-        draw = self.allowed_ids.to(dev)[torch.randint(0, self.num_allowed, input_ids.shape, device=dev,
-                                                      generator=generator)]
+        if u is None:
+            r = torch.rand(input_ids.shape, device=dev, generator=generator, dtype=torch.float64)
+            pick = torch.randint(0, self.num_allowed, input_ids.shape, device=dev, generator=generator)
+        else:
+            r, pick = u[0], (u[1] * self.num_allowed).long().clamp_max(self.num_allowed - 1)
+        draw = self.allowed_ids.to(dev)[pick]
         z = torch.where(r < p_mask + p_unif, draw, input_ids)
         z = torch.where(r < p_mask, self.mask_id, z)
         return torch.where(attention_mask.bool(), z, input_ids)

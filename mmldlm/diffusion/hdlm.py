@@ -199,18 +199,27 @@ class HierarchicalDiffusion:
         return q.float()
 
     def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """``z_t`` ~ q_t(. | x) per real token (``t [B]``); padding and mask / excluded ids unchanged."""
+                generator: torch.Generator | None = None, u: tuple[torch.Tensor, ...] | None = None
+                ) -> torch.Tensor:
+        """``z_t`` ~ q_t(. | x) per real token (``t [B]``); padding and mask / excluded ids unchanged.
+        ``u``: three ``[B, L]`` float64 uniform fields (the state, keep-the-cluster, the wrong
+        cluster) instead of the RNG's draws (keyed noise, ``mmldlm.diffusion.noise``)."""
         dev = input_ids.device
         self._to(dev)
         alpha, c, _, _, _ = self.schedule(t.reshape(-1, 1))
-        u = torch.rand(input_ids.shape, generator=generator, device=dev, dtype=torch.float64)
+        fields = u
+        u = torch.rand(input_ids.shape, generator=generator, device=dev, dtype=torch.float64) if fields is None \
+            else fields[0]
         cx = self.cluster_of[input_ids]
         live = attention_mask.bool() & (cx >= 0)
         cluster = cx
         if self.p_perturb > 0:  # a wrong cluster, uniform over the other n - 1
-            keep = torch.rand(input_ids.shape, generator=generator, device=dev) >= self.p_perturb
-            r = torch.randint(0, self.n_clusters - 1, input_ids.shape, generator=generator, device=dev)
+            if fields is None:
+                keep = torch.rand(input_ids.shape, generator=generator, device=dev) >= self.p_perturb
+                r = torch.randint(0, self.n_clusters - 1, input_ids.shape, generator=generator, device=dev)
+            else:
+                keep = fields[1] >= self.p_perturb
+                r = (fields[2] * (self.n_clusters - 1)).long().clamp_max(self.n_clusters - 2)
             cluster = torch.where(keep, cx, r + (r >= cx).long())
         z = torch.where(u < alpha, input_ids, torch.where(u < alpha + c, self.vocab_size + cluster, self.mask_id))
         return torch.where(live, z, input_ids)

@@ -47,10 +47,10 @@ def _position_counters(index: torch.Tensor, length: int) -> torch.Tensor:
     return row[:, None] * (1 << 24) + torch.arange(length, device=index.device)
 
 
-def position_uniforms(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:
-    """``[B, length]`` float32 uniforms keyed by (key, record ``index [B]``, position): a record's
-    masks whatever batch, rank or run it lands in."""
-    return keyed_uniform(_position_counters(index, length), *key).float()
+def position_uniforms(index: torch.Tensor, length: int, *key: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[B, length]`` uniforms keyed by (key, record ``index [B]``, position): a record's masks
+    whatever batch, rank or run it lands in. float32 by default; float64 keeps all 53 bits."""
+    return keyed_uniform(_position_counters(index, length), *key).to(dtype)
 
 
 def position_normals(index: torch.Tensor, length: int, *key: int) -> torch.Tensor:

@@ -25,16 +25,17 @@ from mmldlm.estimate.estimate import GIB, GPUS, PEAK_FLOPS, Estimate, distribute
 
 
 def build_meta(cfg):
+    """The objective of ``cfg`` on the meta device, from its sources' shapes (nothing loaded)."""
     import torch
 
-    from mmldlm.estimate.shapes import shapes_only, tokenizer_for
     from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
 
     entry = lookup(cfg.objective)
-    tok = tokenizer_for(str(cfg.data.tokenizer_name))
-    with shapes_only(), torch.device("meta"):
+    sources = open_sources(cfg, entry, shapes_only=True)
+    with torch.device("meta"):
         torch.manual_seed(0)
-        obj = entry.build(cfg, tok)
+        obj = entry.build(cfg, sources)
     return obj.to("meta")  # buffers computed on the CPU at build (schedules) join the rest
 
 
@@ -57,16 +58,14 @@ def _quantized(obj, notes: list) -> tuple[int, int]:
 def estimate(name: str, overrides: list[str], world: int = 1, mfu: float = 0.35, step: int | None = None,
              config_dir: str | None = None) -> Estimate:
     from mmldlm.config import ConfigError, compose
-    from mmldlm.estimate.shapes import shapes_only
     from mmldlm.estimate.trace import Peak, count_flops, trace_memory
 
-    with shapes_only():  # file checks that only data or weights need are skipped
-        try:
-            cfg = compose(name, overrides, config_dir)
-        except ConfigError as e:  # no data named: a placeholder, since nothing is read
-            if "data.data_files.train" not in str(e):
-                raise
-            cfg = compose(name, [*overrides, "data.data_files.train=no-data-is-read-by-the-estimate"], config_dir)
+    try:
+        cfg = compose(name, overrides, config_dir)
+    except ConfigError as e:  # no data named: a placeholder, since nothing is read
+        if "data.data_files.train" not in str(e):
+            raise
+        cfg = compose(name, [*overrides, "data.data_files.train=no-data-is-read-by-the-estimate"], config_dir)
     t = cfg.training
     bf16 = t.dtype.name == "bf16"
     step = t.num_train_steps - 1 if step is None else step  # every ramp on (cycle terms counted)

@@ -1,36 +1,13 @@
-"""What the estimator builds models from: shapes, never weights or data.
+"""Stand-ins for tokenizers that are not on this machine, for estimates.
 
-``shapes_only()`` is on while the estimator builds an objective: a family that would load
-pretrained weights builds the same architecture from its config values instead (on the meta
-device, so nothing is allocated), and a tokenizer that is not on this machine is stood in for by
-:class:`ShapeTokenizer` (vocabulary size and special ids: all a model's shapes depend on).
+The estimator resolves a config's sources with ``shapes_only`` (:func:`mmldlm.sources.open_sources`):
+a pretrained model that is not here is built from its declared shape, and a tokenizer that is not
+here is stood in for by :class:`ShapeTokenizer` (vocabulary size and special ids: all a model's
+shapes depend on).
 """
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-
-_SHAPES_ONLY: ContextVar[str | None] = ContextVar("mmldlm_shapes_only", default=None)
-
-
-def is_shape_only() -> bool:
-    return _SHAPES_ONLY.get() is not None
-
-
-def shape_device() -> str:
-    """Where shape-only models are built: meta (the estimator), or a real device with random
-    weights (``scripts/bench/gpu_check.py`` measuring a config at real size without its checkpoint)."""
-    return _SHAPES_ONLY.get() or "meta"
-
-
-@contextlib.contextmanager
-def shapes_only(device: str = "meta"):
-    token = _SHAPES_ONLY.set(device)
-    try:
-        yield
-    finally:
-        _SHAPES_ONLY.reset(token)
 
 
 @dataclass
@@ -87,14 +64,3 @@ KNOWN = {
 def stand_in(name: str) -> ShapeTokenizer:
     key = "bert-base-uncased" if "bert" in name.lower() else "gpt2" if "gpt2" in name.lower() else "qwen"
     return ShapeTokenizer(name_or_path=f"{name} (stand-in: {key} sizes)", **KNOWN[key])
-
-
-def tokenizer_for(name: str):
-    """The real tokenizer when it loads offline from this machine, else the stand-in of its kind."""
-    from mmldlm.config import ConfigError
-    from mmldlm.data.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(name, local_files_only=True)
-    except (ConfigError, OSError, ValueError):
-        return stand_in(name)

@@ -30,7 +30,7 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
     for arg in argv:
         key, eq, value = arg.partition("=")
         key = (aliases or {}).get(key, key)
-        if not eq or key not in fields:
+        if not eq or key.split(".")[0] not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             _fail(f"{arg!r} is not key=value with a known key{hint}; keys: {', '.join(fields)}")
@@ -59,16 +59,38 @@ class CheckpointKeys:
     ema: bool = field(default=True, metadata={"help": "use the EMA weights when the run kept them"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     backbone_dir: Optional[str] = field(default=None, metadata={
-        "help": "the bridge: local directory of its frozen backbone (checkpoints hold only heads and adapters)"})
+        "help": "the bridge / fine-tune: its backbone's directory here (default: the one the run names, if unchanged)"})
+    source: dict = field(default_factory=dict, metadata={
+        "help": "source.NAME=PATH: where a source of the run is on this machine (source.backbone, source.tokenizer, "
+                "source.llm.NAME ...)"})
     trust_remote_code: bool = field(default=False, metadata={
-        "help": "let the backbone directory's own Python code run (only if you trust it)"})
+        "help": "let the code of the directories named on this command line run (only if you trust them)"})
+    allow_source_change: bool = field(default=False, metadata={
+        "help": "accept a source whose fingerprint differs from the one the run trained with"})
+
+    def policy(self):
+        from mmldlm.sources import LoadPolicy
+
+        paths = dict(_flat(self.source))
+        if self.backbone_dir:
+            paths["backbone"] = self.backbone_dir
+        return LoadPolicy(trust_remote_code=self.trust_remote_code, paths=paths,
+                          allow_source_change=self.allow_source_change)
 
     def rebuild(self, checkpoint, device: str):
         """(objective in eval mode, tokenizer, config) under this command line's load policy."""
-        from mmldlm.train.rebuild import LoadPolicy, rebuild_from_checkpoint
+        from mmldlm.train.rebuild import rebuild_from_checkpoint
 
-        policy = LoadPolicy(trust_remote_code=self.trust_remote_code, backbone_dir=self.backbone_dir)
-        return rebuild_from_checkpoint(checkpoint, device, policy, ema=self.ema)
+        return rebuild_from_checkpoint(checkpoint, device, self.policy(), ema=self.ema)
+
+
+def _flat(node: dict, prefix: str = ""):
+    """(``a.b``, value) pairs of a nested dict (``source.llm.qwen=DIR`` arrives nested)."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", str(v)
 
 
 def _fail(msg: str) -> None:

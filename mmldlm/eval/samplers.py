@@ -88,6 +88,15 @@ def categorical(logits: torch.Tensor | None = None, *, probs: torch.Tensor | Non
     return _pick(flat, u, temperature).view(x.shape[:-1])
 
 
+def _start(init: torch.Tensor | None, batch_size: int, length: int, mask_id: int, device) -> torch.LongTensor:
+    """The sampler's first state: ``init`` (a copy; [MASK] where to draw), else all [MASK]."""
+    if init is None:
+        return torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    if tuple(init.shape) != (batch_size, length):
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected {(batch_size, length)}")
+    return init.to(device=device if device is not None else init.device, dtype=torch.long, copy=True)
+
+
 def _t(value: float, batch_size: int, device) -> torch.Tensor:
     return torch.full((batch_size,), float(value), dtype=torch.float32, device=device)
 
@@ -101,15 +110,16 @@ def _check_logits(logits: torch.Tensor, batch_size: int, length: int, vocab: int
 @torch.no_grad()
 def mdlm_sample(denoise: Denoise, batch_size: int, length: int, steps: int, mask_id: int, excluded: Sequence[int],
                 *, temperature: float = 1.0, generator: torch.Generator | None = None, cache: bool = False,
-                eps: float = 1e-4, device=None) -> torch.LongTensor:
+                eps: float = 1e-4, device=None, init: torch.Tensor | None = None) -> torch.LongTensor:
     """MDLM ancestral sampling (``ddpm``, or ``ddpm_cache`` with ``cache=True``): ``[batch_size, length]`` ids,
-    none of them [MASK] or excluded. ``cache=True`` is only valid for a denoiser that ignores t."""
+    none of them [MASK] or excluded. ``cache=True`` is only valid for a denoiser that ignores t. ``init``
+    (``[batch_size, length]``): where to start, [MASK] where to draw and a kept token elsewhere (a context)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     process = MaskedTextDiffusion(mask_id, eps)
     blocked = sorted({mask_id, *excluded})
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    z = _start(init, batch_size, length, mask_id, device)
     logits, changed = None, True
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
@@ -138,14 +148,17 @@ def _grid(steps: int, eps: float) -> torch.Tensor:
 
 @torch.no_grad()
 def gidd_sample(denoise: Denoise, process, batch_size: int, length: int, steps: int, *, temperature: float = 1.0,
-                min_p: float = 0.0, generator: torch.Generator | None = None, device=None) -> torch.LongTensor:
+                min_p: float = 0.0, generator: torch.Generator | None = None, device=None,
+                init: torch.Tensor | None = None) -> torch.LongTensor:
     """GIDD ancestral posterior sampling for a :class:`mmldlm.diffusion.gidd.GiddDiffusion` ``process``:
-    ``[batch_size, length]`` ids, none of them [MASK] or excluded."""
+    ``[batch_size, length]`` ids, none of them [MASK] or excluded. ``init``: as :func:`mdlm_sample`; its
+    tokens are put back after every step (the posterior would otherwise noise a context too)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     V, mask_id = process.vocab_size, process.mask_id
     ts = _grid(steps, process.eps)
-    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    z = _start(init, batch_size, length, mask_id, device)
+    kept = z != mask_id
     dev = z.device
     blocked = ~process.allowed.to(dev)
     no_probs = torch.zeros(V, dtype=torch.float64, device=dev)
@@ -176,20 +189,22 @@ def gidd_sample(denoise: Denoise, process, batch_size: int, length: int, steps: 
                 keep = (p >= min_p) | (p == p.amax(-1, keepdim=True))
                 post = post * keep
             new[sl] = _draw(post, u[sl])
-        z = new.view(batch_size, length)
+        z = torch.where(kept, z, new.view(batch_size, length))
     return z
 
 
 @torch.no_grad()
 def hdlm_sample(denoise: Denoise, process, batch_size: int, length: int, steps: int, *, temperature: float = 1.0,
-                generator: torch.Generator | None = None, device=None) -> torch.LongTensor:
+                generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None
+                ) -> torch.LongTensor:
     """HDLM two-stage sampling (``mdlm`` parameterisation) for a :class:`mmldlm.diffusion.hdlm.HierarchicalDiffusion`
-    ``process``: ``[batch_size, length]`` token ids, none of them [MASK], excluded or a cluster id (>= V)."""
+    ``process``: ``[batch_size, length]`` token ids, none of them [MASK], excluded or a cluster id (>= V).
+    ``init``: as :func:`mdlm_sample` (words carry over: only [MASK] and cluster tokens move)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     V, n, mask_id = process.vocab_size, process.n_clusters, process.mask_id
     ts = _grid(steps, process.eps)
-    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    z = _start(init, batch_size, length, mask_id, device)
     dev = z.device
     cluster_of = process.cluster_of.to(dev)  # [V], -1 on [MASK] / excluded ids
     blocked = process.blocked.to(dev)
@@ -243,12 +258,14 @@ def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def ar_sample(model, batch_size: int, length: int, bos_id: int | None, eos_id: int, *, temperature: float = 1.0,
               top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-              excluded: Sequence[int] = (), prefix: torch.Tensor | None = None, device=None) -> torch.LongTensor:
+              excluded: Sequence[int] = (), prefix: torch.Tensor | None = None, device=None,
+              stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.LongTensor:
     """Ancestral sampling from a transformers causal LM: ``[batch_size, length]`` ids, EOS after a row's EOS.
     Without ``prefix`` the first id is ``bos_id``; ``prefix [B, P, H]`` (input embeddings, e.g. the bridge's
     latent prefix) comes before the first id instead, and every one of the ``length`` ids is drawn.
     ``use_cache=False`` runs the whole prefix per token (O(L^2)), the reference the cache must match.
     ``excluded`` ids (e.g. padding) are never drawn; ``top_p`` < 1 draws from the nucleus (:func:`nucleus`).
+    ``stop(ids drawn so far [B, n]) -> [B] bool`` ends a row like EOS (e.g. a stop sequence in its text).
     The model runs in eval mode (restored afterwards)."""
     ids = torch.full((batch_size, length), eos_id, dtype=torch.long, device=device)
     first = 0 if prefix is not None else 1
@@ -281,6 +298,8 @@ def ar_sample(model, batch_size: int, length: int, bos_id: int | None, eos_id: i
             nxt = torch.where(done, eos_id, _pick(logits, u, 1.0 if temperature > 0 else 0.0))
             ids[:, i] = nxt
             done |= nxt == eos_id
+            if stop is not None:
+                done |= stop(ids[:, first: i + 1]).to(done.device)
             if bool(done.all()):
                 break
     finally:

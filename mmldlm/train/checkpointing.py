@@ -340,10 +340,41 @@ def load_trainable_state_dict(module: torch.nn.Module, sd: dict[str, torch.Tenso
                            f"unexpected {unexpected[:5]}")
 
 
-def load_matching(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> list[str]:
-    """Every tensor of ``sd`` whose name and shape exist in ``module`` (a previous stage's heads,
-    adapters); returns the names loaded."""
+def carry_over(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load a previous stage's trained tensors ``sd`` into ``module`` (``training.init_from``),
+    matching names as a stock checkpoint spells them (peft's wrappers seen through, so a fully
+    fine-tuned backbone carries into a LoRA stage's base weights). Every tensor must find its
+    place: one that has none (another architecture, a LoRA adapter into a run without adapters,
+    another shape) is refused, never dropped. Works on a plain module and on an FSDP2-sharded one
+    (each rank keeps its shards). Returns the module's names that were loaded."""
+    from mmldlm.config import ConfigError
+    from mmldlm.sources.weights import canonical
+
     own = module.state_dict()
-    take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    module.load_state_dict(take, strict=False)
+    by_canonical = {canonical(k): k for k in own}
+    take, homeless = {}, []
+    for k, v in sd.items():
+        target = k if k in own else by_canonical.get(canonical(k))
+        if target is None or tuple(own[target].shape) != tuple(v.shape):
+            homeless.append(k if target is None else f"{k} (shape {list(v.shape)} vs {list(own[target].shape)})")
+        else:
+            take[target] = v
+    if not take:
+        raise ConfigError(f"training.init_from: {source} shares no weights with this model")
+    if homeless:
+        lora = any("lora_" in k for k in homeless)
+        hint = (" LoRA adapters carry into a run with the same adapters only: export the LoRA run "
+                "(python -m mmldlm.export --checkpoint RUN --out DIR) and start from its merged backbone instead"
+                if lora else " Start from a checkpoint of this architecture")
+        raise ConfigError(f"training.init_from: {len(homeless)} trained tensors of {source} have no place in this "
+                          f"model ({', '.join(homeless[:3])}{' ...' if len(homeless) > 3 else ''}); carrying the "
+                          f"rest would silently drop them.{hint}")
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(v, DTensor) for v in own.values()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, take, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        module.load_state_dict(take, strict=False)
     return sorted(take)

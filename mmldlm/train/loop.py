@@ -31,9 +31,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mmldlm.config import ConfigError
 from mmldlm.data.loader import build_data
 from mmldlm.data.records import DataError
-from mmldlm.data.tokenizer import load_tokenizer
 from mmldlm.objective import lookup
 from mmldlm.prefetch import PrefetchError
+from mmldlm.sources import SourceError, check_unchanged, open_sources
+from mmldlm.sources.fingerprint import latents_record
+from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
 from mmldlm.train.ema import ema_weights, update_ema
@@ -117,7 +119,8 @@ def train(cfg: DictConfig) -> dict:
         finished = True
         return out
     except ONE_LINE_ERRORS as e:
-        log.error("%s%s", "config error: " if isinstance(e, ConfigError) else "", e)
+        plain = isinstance(e, SourceError) or not isinstance(e, ConfigError)
+        log.error("%s%s", "" if plain else "config error: ", e)
         raise SystemExit(1) from None
     except DataError as e:
         core = lookup(cfg.objective).records.name == "core"  # the checker knows the core fields only
@@ -150,24 +153,39 @@ class _Loop:
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer_name)
-        collate = self.entry.collator(cfg, self.tokenizer) if self.entry.collator else None
+        # every source resolved (and downloaded, where allowed) by rank 0 first, then by all
+        self.source_records = _agree(lambda: open_sources(cfg, self.entry).records(), dist)
+        self.sources = open_sources(cfg, self.entry)
+        self.tokenizer = self.sources.tokenizer
+        collate = self.entry.collator(cfg, self.sources) if self.entry.collator else None
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
                                pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
                                fields=self.entry.records, collate=collate)
+        latents = _agree(lambda: latents_record(list(self.data.latent_shards), "data.latent_data_root"), dist)
+        if latents:  # the latents the records read, as a source: rewritten in place is refused on resume
+            self.source_records["latents"] = latents
         if dist.is_main:
             self.lock = RunDirLock(self.run_dir)
         _agree(lambda: self.lock.acquire(), dist)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.objective = self.entry.build(cfg, self.tokenizer).to(dist.device)
-        carried = self._init_from(t.init_from) if t.init_from else set()
-        self.saved_keys = C.saved_keys(self.objective, carried)
+        # the architecture first (pretrained parts empty, on meta); their weights once each rank
+        # knows its part: under FSDP after sharding, so no rank ever holds a full pretrained copy
+        self.objective = self.entry.build(cfg, self.sources)
+        place(self.objective, dist.device)
+        carried: set[str] = set()
+        if not self.fsdp:
+            self.sources.load(self.objective, dist.device)
+            carried = self._init_from(t.init_from) if t.init_from else set()
         self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]
         for _, p in self.params:  # fp32 master weights for everything that trains
             if p.dtype != torch.float32:
                 p.data = p.data.float()
         bf16 = t.dtype.name == "bf16"
         self.model = D.wrap(self.objective, t.parallelism.name, dist, bf16, t.ddp_find_unused_parameters)
+        if self.fsdp:
+            self.sources.load(self.objective, dist.device)
+            carried = self._init_from(t.init_from) if t.init_from else set()
+        self.saved_keys = C.saved_keys(self.objective, carried)
         self.params = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]  # sharded now
         self.optimizer = build_optimizer(self.params, cfg.optimizer, dist.device)
         self.scheduler = build_scheduler(self.optimizer, t)
@@ -206,9 +224,7 @@ class _Loop:
         """A previous stage's trained tensors (names and shapes that exist here); fresh optimizer.
         Returns their names: this run's checkpoints keep them even where they stay frozen."""
         src = C.resolve_checkpoint(path)
-        taken = C.load_matching(self.objective, C.read_model_weights(src))
-        if not taken:
-            raise ConfigError(f"training.init_from: {path} shares no weights with this model")
+        taken = C.carry_over(self.objective, C.read_model_weights(src), str(src))
         if self.dist.is_main:
             groups = ", ".join(sorted({k.split(".")[0] for k in taken}))
             log.info("init_from %s: %d tensors (%s)", src, len(taken), groups)
@@ -232,6 +248,9 @@ class _Loop:
 
     def _load(self, path: Path, state: dict) -> None:
         self._check_data(state)
+        for note in check_unchanged(state.get("sources"), self.source_records, self.cfg.training.allow_source_change,
+                                    path.name, "training.allow_source_change=true"):
+            log.warning("%s; continuing with it (training.allow_source_change=true)", note)
         if self.cfg.training.resume not in (None, "auto") and self.dist.is_main:
             C.abandon_newer(self.run_dir, state["step"])  # a rollback: the later timeline moves aside
         if C.is_sharded(path):
@@ -412,6 +431,7 @@ class _Loop:
                  "metric_window": D.all_gather_object(self.window.state_dict()),
                  "skipped_steps": self.skipped_steps, "batch_bad_records": D.all_gather_object(self.batch_bad_records),
                  "wandb_id": self.wandb_id, "objective": self.objective.checkpoint_metadata(),
+                 "sources": self.source_records,
                  "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
         if self.fsdp:
             C.save_sharded(self.run_dir, self.step, self.objective, self.optimizer, extra,

@@ -1,16 +1,20 @@
-"""Rebuilding a trained objective from a checkpoint, for the CLIs (sample, decode, encode, export).
+"""Rebuilding a trained objective from a checkpoint or an export, for every CLI (sample, decode,
+encode, export, the eval CLIs, the harness) and ``mmldlm.from_pretrained``.
 
-The checkpoint records its objective's registered name, so any family's run rebuilds through the
-registry. What the checkpoint's saved config may not decide is fixed by the user's
-:class:`LoadPolicy`: remote code, downloads and where a pretrained backbone comes from.
+A checkpoint and an export both record their family's registered name, the resolved config and
+the fingerprints of their sources, so any run rebuilds through the registry: the family's
+sources are resolved under the user's :class:`~mmldlm.sources.LoadPolicy` (paths named on this
+command line replace the saved ones; only they may run code), compared with the recorded
+fingerprints, the architecture built, the sources' weights loaded, then the trained weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mmldlm.sources import LoadPolicy, SourceError, check_unchanged, open_sources
+from mmldlm.sources.weights import place
 from mmldlm.train.checkpointing import (
     load_checkpoint,
     load_trainable_state_dict,
@@ -19,21 +23,63 @@ from mmldlm.train.checkpointing import (
     resolve_checkpoint,
 )
 
+__all__ = ["CheckpointPolicyError", "LoadPolicy", "Saved", "apply_load_policy", "open_saved", "rebuild_from_checkpoint"]
 
-class CheckpointPolicyError(RuntimeError):
-    """A checkpoint asks for something only its user may turn on (remote code, a model location)."""
+EXPORT_CONFIG = "config.json"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_KEY = "mmldlm"  # config.json's section that marks an export of this framework
 
 
-@dataclass
-class LoadPolicy:
-    """What the person rebuilding a model from a checkpoint allows, from their own command line.
-    Nothing read from the checkpoint file can turn on remote code, allow downloads or choose where
-    a pretrained backbone is loaded from: these come from here (safe defaults), never the file."""
+class CheckpointPolicyError(SourceError):
+    """A checkpoint or export asks for something only its user may decide, or is of another family."""
 
-    trust_remote_code: bool = False
-    local_files_only: bool = True
-    backbone_dir: str | None = None  # families with a frozen backbone need it named (--backbone-dir)
-    tokenizer: str | None = None  # default: the tokenizer the run used (loaded without code)
+
+class Saved:
+    """What a checkpoint or an export holds: config, objective name, source records, step, weights."""
+
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        self.export = p.is_dir() and _export_meta(p) is not None
+        self.inside: dict[str, str] = {}  # source name -> the copy an export holds
+        if self.export:
+            meta = _export_meta(p)
+            self.path, self.config, self.step = p.resolve(), meta["config"], meta.get("step")
+            self.sources, self.ema = meta.get("sources") or {}, bool(meta.get("ema"))
+            self.inside = {k: str(self.path / v) for k, v in (meta.get("inside") or {}).items()}
+        else:
+            self.path = resolve_checkpoint(p)
+            state = load_checkpoint(self.path)
+            self._model = None if self.path.is_dir() else state["model"]  # a DDP file: read once
+            self.config, self.step = state["config"], state.get("step")
+            self.sources, self.ema = state.get("sources") or {}, None
+        self.objective = self.config.get("objective")
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        if self.export:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(self.path / EXPORT_WEIGHTS))
+        else:
+            weights = self._model if self._model is not None else read_model_weights(self.path)
+        self.weights_keys = list(weights)
+        return weights
+
+    def ema_weights(self) -> dict[str, torch.Tensor]:
+        return {} if self.export else read_ema_weights(self.path)
+
+
+def _export_meta(d: Path) -> dict | None:
+    import json
+
+    try:
+        meta = json.loads((d / EXPORT_CONFIG).read_text()).get(EXPORT_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return meta if isinstance(meta, dict) and "config" in meta else None
+
+
+def open_saved(path: str | Path) -> Saved:
+    return Saved(path)
 
 
 def _walk_keys(node, name: str):
@@ -48,14 +94,10 @@ def _walk_keys(node, name: str):
                 yield from _walk_keys(node._get_node(k), name)
 
 
-def apply_load_policy(cfg, policy: LoadPolicy, source: str) -> None:
-    """Overwrite every ``trust_remote_code`` / ``local_files_only`` of a checkpoint's config with
-    the policy's. A config that asks for remote code the user did not allow is refused."""
+def apply_load_policy(cfg, policy: LoadPolicy) -> None:
+    """Every ``trust_remote_code`` / ``local_files_only`` of a saved config takes the policy's
+    value: a file never decides them (the sources decide trust per path, :mod:`mmldlm.sources`)."""
     for parent, key in _walk_keys(cfg, "trust_remote_code"):
-        if parent[key] and not policy.trust_remote_code:
-            raise CheckpointPolicyError(
-                f"{source} was trained with {key}=true: remote code is never turned on from a checkpoint. "
-                "If you trust the backbone directory's code, pass --trust-remote-code on the command line")
         parent[key] = policy.trust_remote_code
     for parent, key in _walk_keys(cfg, "local_files_only"):
         parent[key] = policy.local_files_only
@@ -63,43 +105,40 @@ def apply_load_policy(cfg, policy: LoadPolicy, source: str) -> None:
 
 def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy: LoadPolicy | None = None,
                             expect: str | None = None, ema: bool = True, adjust=None):
-    """(objective in eval mode, tokenizer, config) rebuilt from a checkpoint of the shared loop:
-    the family its ``objective`` names, its saved config under the user's :class:`LoadPolicy`
-    (plus the family's ``on_rebuild`` hook, e.g. the bridge's ``--backbone-dir``), the tokenizer,
-    the family's factory, then the trained weights. Frozen parts absent from the file are rebuilt
-    as at training time (same seed, same source). ``expect``: the family a CLI handles (a
-    checkpoint of another family is refused; one written before checkpoints named their family is
-    taken to be it). ``ema``: the EMA weights where the run kept them (``training.ema``), as the
-    loop's eval used them; the objective's ``ema_weights`` says whether they were. ``adjust(cfg)``:
-    a CLI's own change to the saved config before the build (e.g. the fine-tune export reloads the
-    base in full precision); it may not touch what the policy decides."""
+    """(objective in eval mode, tokenizer, config) of a checkpoint, run directory or export:
+    the family its config names, its sources under ``policy`` (fingerprints compared with the
+    recorded ones), the architecture, the sources' weights, the trained weights. ``expect``:
+    the family a CLI handles (another is refused, naming it). ``ema``: the EMA weights where the
+    run kept them, as the loop's eval used them (``objective.ema_weights`` says whether).
+    ``adjust(cfg)``: a CLI's change to the saved config before the build (the fine-tune export
+    reloads the base in full precision); the policy still decides what it decides."""
     from omegaconf import OmegaConf
 
-    from mmldlm.data.tokenizer import load_tokenizer
     from mmldlm.objective import lookup
 
     policy = policy or LoadPolicy()
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    name = state["config"].get("objective") or expect
+    saved = Saved(checkpoint)
+    name = saved.objective or expect
     if name is None or (expect is not None and name != expect):
-        raise CheckpointPolicyError(f"{path} is a checkpoint of objective {name!r}; this command reads {expect!r} runs")
+        raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}; this command reads {expect!r} runs")
     entry = lookup(name)
-    cfg = OmegaConf.merge(OmegaConf.structured(entry.schema), state["config"])
-    apply_load_policy(cfg, policy, str(path))
-    if entry.on_rebuild is not None:
-        entry.on_rebuild(cfg, policy, str(path))
+    cfg = OmegaConf.merge(OmegaConf.structured(entry.schema), saved.config)
+    apply_load_policy(cfg, policy)
     if adjust is not None:
         adjust(cfg)
-        apply_load_policy(cfg, policy, str(path))
-    if policy.tokenizer:
-        cfg.data.tokenizer_name = policy.tokenizer
-    tok = load_tokenizer(cfg.data.tokenizer_name, policy.trust_remote_code, policy.local_files_only)
+        apply_load_policy(cfg, policy)
+    sources = open_sources(cfg, entry, policy, saved_by=str(saved.path), inside=saved.inside)
+    check_unchanged(saved.sources, sources.records(), policy.allow_source_change, str(saved.path),
+                    "--allow-source-change (eval CLIs: allow_source_change=true)")
     torch.manual_seed(cfg.training.seed)
-    obj = entry.build(cfg, tok)
-    load_trainable_state_dict(obj, read_model_weights(path))
-    averaged = read_ema_weights(path) if ema else {}
+    obj = entry.build(cfg, sources)
+    place(obj, device)
+    sources.load(obj, device)
+    load_trainable_state_dict(obj, saved.weights())
+    averaged = saved.ema_weights() if ema else {}
     if averaged:
         obj.load_state_dict(averaged, strict=False)
-    obj.ema_weights = bool(averaged)
-    return obj.to(device).eval(), tok, cfg
+    obj.ema_weights = bool(averaged) or bool(saved.ema)
+    obj.sources_used = sources.records()  # what was loaded, for exports and reports
+    obj.trained_keys = set(saved.weights_keys)
+    return obj.to(device).eval(), sources.tokenizer, cfg

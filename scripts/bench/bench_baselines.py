@@ -47,6 +47,7 @@ from torch import nn
 from mmldlm.config import compose
 from mmldlm.data.tokenizer import load_tokenizer
 from mmldlm.objective import lookup
+from mmldlm.sources import Sources
 
 BASELINES = ["mdlm", "gidd", "hdlm", "ar", "mdlm_latent", "mdlm_cross_attention"]
 CONFIG_NAME = {"hdlm": "hdlm-small-cluster_64-gamma_1.0-xi_1.0"}
@@ -195,11 +196,11 @@ def main() -> None:
             if key in BASELINES:
                 cfg = baseline_cfg(key, a, tmp, tok)
                 ref_cfg = ref_cfg or cfg
-                obj = lookup(cfg.objective).build(cfg, tok)
+                obj = lookup(cfg.objective).build(cfg, Sources.of_tokenizer(tok))
                 extra = 0
             else:
                 cfg = mmdit_cfg(a, (ref_cfg or baseline_cfg("mdlm", a, tmp, tok)) if key == "mmdit_matched" else None)
-                obj = lookup("mmdit").build(cfg, tok)
+                obj = lookup("mmdit").build(cfg, Sources.of_tokenizer(tok))
                 extra = cfg.model.num_latent_tokens
             runners.append(Runner(key, cfg, obj, a.seq, extra, len(tok)))
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, fp32; batch {a.batch} x {a.seq} "

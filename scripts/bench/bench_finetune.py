@@ -54,13 +54,15 @@ def hf_trainer(tmp: Path, tiny: Path, data: Path, args) -> tuple[list[float], fl
     from mmldlm.config import compose
     from mmldlm.data.loader import build_data
     from mmldlm.data.tokenizer import load_tokenizer
+    from mmldlm.sources import Sources
     from wedlm_bridge.backbone import load_backbone
     from wedlm_bridge.finetune.objective import collator
     from wedlm_bridge.finetune.sft_data import SFT_RECORDS
 
     cfg = compose("wedlm8b_sft", overrides(tiny, data, tmp, args))
     tok = load_tokenizer(str(tiny))
-    stream = build_data(cfg.data, cfg.training, tok, collate=collator(cfg, tok), fields=SFT_RECORDS).train
+    collate = collator(cfg, Sources.of_tokenizer(tok))
+    stream = build_data(cfg.data, cfg.training, tok, collate=collate, fields=SFT_RECORDS).train
     batches = []
     for _ in range(2 * args.steps):
         b, _ = next(stream)

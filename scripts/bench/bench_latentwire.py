@@ -84,6 +84,8 @@ def main(argv=None) -> dict:
     from latentwire.objective import build, collator
     from latentwire.schema import LatentWireRunConfig
     from mmldlm.config import validate
+    from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
 
     with tempfile.TemporaryDirectory() as tmp:
         llm = a.llm or str(materialize_smollm2(Path(tmp) / "smollm2"))
@@ -94,9 +96,11 @@ def main(argv=None) -> dict:
             "loss": {"kd_cache": False}})  # both layouts run the live teacher
         validate(cfg, LatentWireRunConfig)
         torch.manual_seed(0)
-        obj = build(cfg)
+        sources = open_sources(cfg, lookup("latentwire"))
+        obj = build(cfg, sources)
+        sources.load(obj, "cpu")
         records = synthetic_qa(a.batch, seed=0)
-        batch = collator(cfg)([{"index": i, "record": r} for i, r in enumerate(records)]).batch
+        batch = collator(cfg, sources)([{"index": i, "record": r} for i, r in enumerate(records)]).batch
 
         def ours():
             obj.zero_grad(set_to_none=True)

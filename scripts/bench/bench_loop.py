@@ -23,6 +23,7 @@ from baseline import text_to_latent
 from mmldlm.config import compose
 from mmldlm.data.loader import build_data
 from mmldlm.data.tokenizer import load_tokenizer
+from mmldlm.sources import Sources
 from mmldlm.train import train
 from mmldlm.train.optim import build_optimizer, build_scheduler
 from mmldlm.train.run_log import read_jsonl
@@ -33,7 +34,7 @@ def bare_loop(cfg, steps: int) -> float:
     """samples/s of a plain loop over the second half of 2*steps steps."""
     torch.manual_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.data.tokenizer_name)
-    model = text_to_latent.build(cfg, tok)
+    model = text_to_latent.build(cfg, Sources.of_tokenizer(tok))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optimizer, torch.device("cpu"))
     sched = build_scheduler(opt, cfg.training)

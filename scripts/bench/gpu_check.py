@@ -63,17 +63,20 @@ def fill(batch: dict, vocab: int) -> dict:
 def measure(label: str, name: str, overrides: list[str], steps: int) -> dict:
     from mmldlm.config import compose
     from mmldlm.estimate.__main__ import estimate
-    from mmldlm.estimate.shapes import shapes_only, tokenizer_for
     from mmldlm.estimate.trace import train_step
     from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
+    from mmldlm.sources.weights import materialize
     from mmldlm.train.optim import build_optimizer
 
     est = estimate(name, overrides)
     cfg = compose(name, [*overrides, "data.data_files.train=x"])
-    tok = tokenizer_for(str(cfg.data.tokenizer_name))
-    with shapes_only("cuda"), torch.device("cuda"):
+    sources = open_sources(cfg, lookup(cfg.objective), shapes_only=True)  # real size, no checkpoint needed
+    tok = sources.tokenizer
+    with torch.device("cuda"):
         torch.manual_seed(0)
-        obj = lookup(cfg.objective).build(cfg, tok)
+        obj = lookup(cfg.objective).build(cfg, sources)
+    materialize(obj, "cuda")
     obj = obj.cuda().train()
     with torch.no_grad():
         for p in obj.parameters():

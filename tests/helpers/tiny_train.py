@@ -87,8 +87,8 @@ class Tiny(Objective):
 BUILT = {}
 
 
-def build(cfg, tokenizer) -> Tiny:
-    BUILT["m"] = Tiny(cfg, len(tokenizer))
+def build(cfg, sources) -> Tiny:
+    BUILT["m"] = Tiny(cfg, len(sources.tokenizer))
     return BUILT["m"]
 
 

@@ -24,7 +24,8 @@ def main(argv: list[str]) -> None:
     try:
         for name, *overrides in runs:
             train(compose(name, overrides))
-            dist.barrier()
+            if dist.is_initialized():  # one process without torchrun has no group
+                dist.barrier()
     finally:
         teardown()
 

@@ -26,7 +26,8 @@ from torch import nn
 from mmldlm.config import ConfigError
 from mmldlm.nn import rank_share
 from mmldlm.objective import BatchCount, Objective, register
-from wedlm_bridge.backbone import WEDLM_MASK_TOKEN_ID, backbone_source, load_backbone, locate_backbone
+from mmldlm.sources.weights import add_lora
+from wedlm_bridge.backbone import WEDLM_MASK_TOKEN_ID, backbone_sources, build_backbone, load_quantized
 from wedlm_bridge.finetune.dual_stream import build_dual_stream, causal_mask
 from wedlm_bridge.finetune.schema import FinetuneRunConfig
 from wedlm_bridge.finetune.sft_data import SFT_RECORDS, SFTCollator
@@ -63,7 +64,7 @@ class FinetuneObjective(Objective):
         self.weighted = f.loss_weighting.value == "weighted"
         self.ar_weight = f.ar_loss_weight if f.enable_ar_loss else 0.0
         self.seed = cfg.training.seed
-        self.backbone_name, self.backbone_dir = cfg.model.pretrained_model_name_or_path, cfg.model.pretrained_local_dir
+        self.dtype, self.hub_id = cfg.model.pretrained_model_dtype, cfg.model.pretrained_model_name_or_path
 
     # -- the forward pieces --------------------------------------------------------------------
     def _hidden(self, ids, positions, mask) -> torch.Tensor:
@@ -109,6 +110,46 @@ class FinetuneObjective(Objective):
             metrics["ar_loss"] = ar.detach()
         return loss, metrics
 
+    # -- the lm-eval harness: the causal path (what causal_lm trains, WeDLM's AR half) ----------
+    nelbo_needs_t = False  # scored by the causal forward: exact
+
+    def conditional_nelbo(self, batch: dict, t, k: int):
+        """-log p of the target tokens under the stock causal forward (exact), and ``greedy``: each is
+        its position's argmax. Only the scored positions go through the LM head."""
+        from mmldlm.eval.likelihood import Nelbo
+
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+        base = causal_lm_of(self.lm)
+        hidden = base.model(input_ids=ids, attention_mask=mask.long(), use_cache=False).last_hidden_state
+        scored = target[:, 1:]
+        logits = base.lm_head(hidden[:, :-1][scored]).float()
+        tgt = ids[:, 1:][scored]
+        nll = F.cross_entropy(logits, tgt, reduction="none")
+        rows = scored.nonzero()[:, 0]
+        nats = torch.zeros(ids.shape[0], dtype=nll.dtype, device=ids.device).index_add_(0, rows, nll)
+        wrong = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, (logits.argmax(-1) != tgt).float())
+        return Nelbo(nats, scored.sum(1), {"greedy": (wrong == 0).double()})
+
+    def sampler_name(self, requested: str) -> str:
+        return "ar, causal path (kv cache)"
+
+    @torch.no_grad()
+    def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
+                 generator=None, stop=None) -> torch.Tensor:
+        """``[1, length]`` ids after ``context [1, P]``: the causal LM, ancestral with the KV cache
+        (WeDLM's parallel decoding is its ``wedlm`` engine's, on an export)."""
+        from mmldlm.eval.samplers import ar_sample
+
+        base = causal_lm_of(self.lm)
+        cfg = base.config
+        eos = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
+        if eos is None:
+            raise ValueError(f"{self.backbone_dir}: the backbone's config.json names no eos_token_id to stop at")
+        excluded = [] if cfg.pad_token_id in (None, eos) else [cfg.pad_token_id]
+        prefix = base.get_input_embeddings()(context)
+        return ar_sample(base, context.shape[0], length, None, eos, temperature=temperature, generator=generator,
+                         excluded=excluded, prefix=prefix, device=context.device, stop=stop)
+
     # -- hooks -----------------------------------------------------------------------------------
     def count(self, batch: dict) -> BatchCount:
         segment = batch["segment"]
@@ -129,24 +170,24 @@ class FinetuneObjective(Objective):
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return (4 * n + 2 * n_train) * (2 if self.kind == "wedlm" else 1)
 
+    def export_artifacts(self, out: Path, sources: dict[str, dict]) -> list[str]:
+        """The fine-tuned LM as a stock model directory ``model/`` (+ ``adapter/`` for LoRA)."""
+        from wedlm_bridge.artifacts import export_lm
+
+        trained = [k[len("lm."):] for k in self.trained_keys if k.startswith("lm.")]
+        return export_lm(self.lm, trained, sources.get("backbone"), out, "model", self.dtype, self.hub_id)
+
     def shard_units(self) -> list[nn.Module]:
         """FSDP units: the decoder layers. Embeddings, final norm and LM head stay in the root unit,
         unsharded for the whole step, because the objective calls the base model and the head
         apart (the head scores only the selected positions)."""
         return [m for m in causal_lm_of(self.lm).modules() if type(m).__name__.endswith("DecoderLayer")]
 
-    def checkpoint_metadata(self) -> dict:
-        from mmldlm.prefetch import read_marker
 
-        marker = read_marker(self.backbone_dir) if self.backbone_dir else None
-        return {"backbone": self.backbone_name, "backbone_dir": self.backbone_dir,
-                "backbone_revision": (marker or {}).get("commit")}
-
-
-def load_for_method(cfg, dtype: str | None = None):
+def backbone_for_method(cfg, sources):
     """The backbone as ``finetune.method`` trains it: full (every weight), LoRA adapters on the
-    frozen base, or QLoRA (adapters on the nf4-quantised base). ``dtype`` overrides the config's
-    (the export reloads the base in full precision)."""
+    frozen base, or QLoRA (adapters on the nf4-quantised base, read at build: see
+    :func:`wedlm_bridge.backbone.load_quantized`)."""
     m, f = cfg.model, cfg.finetune
     method = f.method.value
     quant = None
@@ -156,17 +197,17 @@ def load_for_method(cfg, dtype: str | None = None):
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=f.qlora_quant_type,
                                    bnb_4bit_use_double_quant=f.qlora_double_quant,
                                    bnb_4bit_compute_dtype=torch.bfloat16)
-    lm = load_backbone(backbone_source(m), dtype or m.pretrained_model_dtype, m.trust_remote_code,
-                       m.local_files_only, quantization_config=quant if dtype is None else None)
+    if quant is not None:
+        lm = load_quantized(sources, m.pretrained_model_dtype, quant)
+    else:
+        lm = build_backbone(sources, m.pretrained_model_dtype)
     ckpt = {"use_reentrant": False}
-    from mmldlm.estimate.shapes import is_shape_only
-
     if method == "full":
         lm.requires_grad_(True)
-    elif method == "qlora" and is_shape_only():  # the estimator counts the Linear weights at 4 bits itself
+    elif method == "qlora" and sources.shapes_only:  # the estimator counts the Linear weights at 4 bits itself
         lm.requires_grad_(False)
         lm.quantized_bits = 4.127 if f.qlora_double_quant else 4.5  # nf4 + absmax (8-bit with double quant)
-    elif method == "qlora" and dtype is None:
+    elif method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=m.activation_checkpointing,
@@ -177,20 +218,20 @@ def load_for_method(cfg, dtype: str | None = None):
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         lm.config.use_cache = False
     if method != "full":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
-        lm = get_peft_model(lm, LoraConfig(r=f.lora_r, lora_alpha=f.lora_alpha, lora_dropout=f.lora_dropout,
-                                           target_modules=list(f.lora_target_modules), task_type="CAUSAL_LM"))
+        lm = add_lora(lm, LoraConfig(r=f.lora_r, lora_alpha=f.lora_alpha, lora_dropout=f.lora_dropout,
+                                     target_modules=list(f.lora_target_modules), task_type="CAUSAL_LM"))
     return lm
 
 
-def build(cfg, tokenizer) -> FinetuneObjective:
-    return FinetuneObjective(cfg, load_for_method(cfg))
+def build(cfg, sources) -> FinetuneObjective:
+    return FinetuneObjective(cfg, backbone_for_method(cfg, sources))
 
 
-def collator(cfg, tokenizer) -> SFTCollator:
-    return SFTCollator(tokenizer, cfg.data.max_seq_len, cfg.finetune.packing, cfg.finetune.num_learnable_im_end)
+def collator(cfg, sources) -> SFTCollator:
+    return SFTCollator(sources.tokenizer, cfg.data.max_seq_len, cfg.finetune.packing, cfg.finetune.num_learnable_im_end)
 
 
 register("wedlm_finetune", FinetuneRunConfig, build, CONFIGS, collator=collator, records=SFT_RECORDS,
-         on_rebuild=locate_backbone)
+         sources=backbone_sources)

@@ -21,11 +21,14 @@ def lw_cfg(llms: dict, **over):
 
 
 def objective_and_batch(cfg, records):
-    from latentwire.objective import build, collator
+    from latentwire.objective import collator
+    from mmldlm.objective import lookup
+    from mmldlm.sources import build_loaded, open_sources
 
     torch.manual_seed(0)
-    obj = build(cfg)
-    batch = collator(cfg)([{"index": i, "record": r} for i, r in enumerate(records)]).batch
+    obj = build_loaded(cfg)
+    batch = collator(cfg, open_sources(cfg, lookup("latentwire")))([{"index": i, "record": r}
+                                                                     for i, r in enumerate(records)]).batch
     return obj, batch
 
 
