@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from latentwire import losses as L
-from latentwire.adapter import calibrate
 
 SIGN_STEPS = (1e-4, 1e-3)  # the lr of the one-update probe (:func:`sign_step`)
 
@@ -111,8 +110,7 @@ def gradient_flow(obj, n: str, batch: dict, teacher, step: int = 0) -> dict:
     was = obj.training
     obj.train()
     z = obj.encoder(batch)[n]
-    raw = obj.adapters[n](z, batch.get(f"{n}.answer_len") if obj.metadata else None)
-    prefix = calibrate(raw, obj.target_rms(n), obj.gain)
+    prefix, raw = obj.prefix(n, z, batch.get(f"{n}.answer_len"))
     counts = _counts(obj, n, batch)
     terms = obj.prefix_terms(n, prefix, raw, batch, counts, teacher)
     loss, w_first = obj.weighted(terms, step)
@@ -143,16 +141,17 @@ def gradient_flow(obj, n: str, batch: dict, teacher, step: int = 0) -> dict:
     return out
 
 
-def sign_step(obj, n: str, batches: list[dict], lr: float, seed: int = 0) -> Geometry:
+def sign_step(obj, n: str, batches: list[dict], lr: float, seed: int = 0, common: bool = False) -> Geometry:
     """The latents' :class:`Geometry` after ONE sign step of size ``lr`` on the encoder (Adam's
     first update is one) along a random gradient at ``z`` with no common part (zero mean over the
-    examples): how much per-example content a single update leaves, whatever the loss."""
+    examples; ``common``: with the random draw's own mean left in): how much per-example content a
+    single update leaves, whatever the loss."""
     import copy
 
     enc = copy.deepcopy(obj.encoder).train()
     z = torch.cat([enc(b)[n] for b in batches])
     g = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)
-    (z * (g - g.mean(0))).sum().backward()
+    (z * (g if common else g - g.mean(0))).sum().backward()
     with torch.no_grad():
         for p in enc.parameters():
             if p.grad is not None:
@@ -225,7 +224,9 @@ def diagnose(obj, batches: list[dict], step: int = 0, teachers: dict | None = No
                   "scale": {"embed_rms": obj.emb_rms[n],
                             **scale_stats(prefix, obj.llms[n].get_input_embeddings().weight)},
                   "grad": gradient_flow(obj, n, batches[0], tl[0], step),
-                  "z_after_one_sign_step": {str(lr): sign_step(obj, n, batches, lr)._asdict() for lr in SIGN_STEPS},
+                  "z_after_one_sign_step": {f"{lr:g}{' +common' if c else ''}": sign_step(obj, n, batches, lr,
+                                                                                      common=c)._asdict()
+                                            for lr in SIGN_STEPS for c in (False, True)},
                   "first_token": first_token(obj, n, batches, tl)._asdict()}
     return out
 
