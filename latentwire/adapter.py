@@ -68,34 +68,6 @@ class Adapter(nn.Module):
         return self.color(x) if self.color is not None else x
 
 
-def batch_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x [B, ...]``'s mean over the global batch (every rank's rows, under a process group): a
-    collective, so every rank calls it at every step."""
-    import torch.distributed as dist
-
-    total = torch.cat([x.sum(0).flatten().float(), x.new_tensor([x.shape[0]], dtype=torch.float32)])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(total)
-    return (total[:-1] / total[-1]).view(x.shape[1:]).to(x.dtype)
-
-
-class Center(torch.autograd.Function):
-    """``z - mean``: the latent's running mean over the training data taken off (the same
-    subtraction at train and eval, no batch-mate enters an example's value); in backward, the
-    gradient's mean over the global batch is taken off. The part of the receiver's gradient that is
-    the same for every example (the answer type's prior) then reaches the adapter, whose biases
-    supply it, and not the encoder: the encoder moves only what differs between sources
-    (latentwire/README.md, "Why it could not fit")."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        return z - mean.to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        return g - batch_mean(g), None
-
-
 def prefix_rms(prefix: torch.Tensor) -> torch.Tensor:
     """Each example's RMS over slots x dims: ``[B]``."""
     return prefix.float().pow(2).mean(dim=(1, 2)).sqrt()

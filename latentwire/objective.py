@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from latentwire import losses as L
-from latentwire.adapter import Adapter, Center, batch_mean, calibrate, embedding_stats, prefix_rms
+from latentwire.adapter import Adapter, calibrate, embedding_stats, prefix_rms
 from latentwire.collate import LatentWireCollator
 from latentwire.data import QA_FIELDS
 from latentwire.encoder import build_encoder
@@ -64,7 +64,6 @@ class LatentWireObjective(Objective):
         self.colorize = m.adapter_colorize
         self.total_steps = cfg.training.num_train_steps
         self.sequential, self.metadata = m.sequential_models, m.adapter_metadata
-        self.center, self.center_momentum = m.center_latents, m.center_momentum
         self.calibration, self.target_fixed, self.gain = m.calibration.name, m.prefix_target_rms, m.prefix_gain
         self.llms = nn.ModuleDict(llms)
         self.tokenizers = tokenizers  # per LLM (the eval reads them too)
@@ -89,9 +88,6 @@ class LatentWireObjective(Objective):
                                        (torch.zeros(d), torch.ones(d)) if m.adapter_colorize else None)
             # running (sum, count) of the adapter's raw output RMS: eval's calibration=train_stats
             self.register_buffer(f"raw_rms_{n}", torch.zeros(2, dtype=torch.float64))
-            # model.center_latents: the latent's running mean [M, d_z] and the updates it has had
-            self.register_buffer(f"z_mean_{n}", torch.zeros(self.M, m.d_z))
-            self.register_buffer(f"z_mean_count_{n}", torch.zeros((), dtype=torch.long))
             self.register_buffer(f"anchor_{n}", torch.tensor(self.infos[n].anchor_ids, dtype=torch.long),
                                  persistent=False)
         if self.metadata:
@@ -113,8 +109,6 @@ class LatentWireObjective(Objective):
 
     def prefix(self, n: str, z: torch.Tensor, answer_len=None, mode: str | None = None, gain: float | None = None):
         """(calibrated prefix [B, M, d_model], raw adapter output) for LLM ``n``."""
-        if self.center:
-            z = Center.apply(z, getattr(self, f"z_mean_{n}"))
         raw = self.adapters[n](z, answer_len if self.metadata else None)
         return calibrate(raw, self.target_rms(n, mode), self.gain if gain is None else gain), raw
 
@@ -245,22 +239,8 @@ class LatentWireObjective(Objective):
             loss = loss + lc.state_kd_weight * t["state"]
         return loss, torch.as_tensor(w_first, dtype=torch.float32)
 
-    @torch.no_grad()
-    def track_mean(self, n: str, z: torch.Tensor) -> None:
-        """Fold the global batch's mean latent into LLM ``n``'s running mean (the first batch sets
-        it: the very first step is centred too); a collective under a process group."""
-        mean, count = getattr(self, f"z_mean_{n}"), getattr(self, f"z_mean_count_{n}")
-        m = 1.0 if int(count) == 0 else self.center_momentum
-        mean.lerp_(batch_mean(z.detach()).float(), m)
-        count += 1
-
     def forward(self, batch: dict, step: int):
         z = self.encoder(batch)
-        if self.center and self.training and torch.is_grad_enabled():
-            first = {n: int(getattr(self, f"z_mean_count_{n}")) == 0 for n in self.names}
-            for n in self.names:  # the first batch centres itself; later ones use the mean before them
-                if first[n]:
-                    self.track_mean(n, z[n])
         per: dict[str, dict[str, torch.Tensor]] = {}
         losses = []
         for n in self.names:
@@ -277,10 +257,6 @@ class LatentWireObjective(Objective):
             if self.training:
                 stats = getattr(self, f"raw_rms_{n}")
                 stats += torch.stack([per[n]["raw_rms"].double(), stats.new_ones(())])
-        if self.center and self.training and torch.is_grad_enabled():
-            for n in self.names:
-                if not first[n]:
-                    self.track_mean(n, z[n])
         scale_pen = sum((a.scale - 1).pow(2).sum() for a in self.adapters.values())
         loss = torch.stack(losses).mean() + self.lcfg.scale_l2 * scale_pen
         metrics = {"scale_pen": scale_pen.detach()}

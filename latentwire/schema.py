@@ -92,11 +92,6 @@ class LatentWireModelConfig:
     max_anchor_tokens: int = 32
     use_chat_template: bool = False  # anchor_mode=auto without anchor_text: the chat header
     bos_after_prefix: str = "no"  # yes | no | auto; the same at train and eval (saved in the checkpoint)
-    # the adapter reads z minus its running mean over the training data, and the encoder gets the
-    # receiver's gradient minus its batch mean (latentwire/adapter.py Center; README "Why it could
-    # not fit"): without it the latents of a byte encoder collapse to one point with a pretrained receiver
-    center_latents: bool = True
-    center_momentum: float = 0.1  # the running mean's update per step (the first batch sets it)
     calibration: Calibration = Calibration.embed_rms
     prefix_target_rms: float = 0.015  # calibration=fixed
     prefix_gain: float = 1.0
@@ -130,8 +125,6 @@ class LatentWireModelConfig:
         bos_policy(self.bos_after_prefix)
         if self.anchor_mode == AnchorMode.text and not self.anchor_text:
             raise ConfigError("model.anchor_mode=text needs model.anchor_text (--warm_anchor_text)")
-        if not 0 < self.center_momentum <= 1:
-            raise ConfigError("model.center_momentum: must be in (0, 1]")
         if not (self.prefix_gain > 0 and self.prefix_target_rms > 0):
             raise ConfigError("model.prefix_gain and model.prefix_target_rms must be > 0")
 

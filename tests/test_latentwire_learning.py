@@ -81,33 +81,3 @@ def test_kd_cache_gives_the_live_teachers_loss_and_is_refused_for_another_receiv
     (copy / "config.json").write_text(json.dumps({**config, "rope_theta": 1234.0}))
     with pytest.raises(KDCacheError, match="another receiver"):
         KDCache(cache_dir, "llama", fingerprint(copy), cached.kd_cache("llama").vocab, 4, 0, 2.0, "float32")
-
-
-def test_centering_takes_the_running_mean_off_and_keeps_the_common_gradient_from_the_encoder(tiny):
-    from latentwire.adapter import Center
-
-    z = torch.randn(5, 3, 4, requires_grad=True)
-    mean = torch.randn(3, 4)
-    out = Center.apply(z, mean)
-    torch.testing.assert_close(out, z - mean)
-    g = torch.randn(5, 3, 4) + 10.0  # a large part common to every example
-    out.backward(g)
-    torch.testing.assert_close(z.grad, g - g.mean(0))
-    assert z.grad.mean(0).abs().max() < 1e-5
-    # in the objective: the first training batch sets the running mean, later ones move it by the
-    # momentum; eval forwards leave it alone, and an example's prefix does not depend on batch-mates
-    obj, batch = objective_and_batch(lw_cfg(tiny), RECORDS)
-    with torch.no_grad():
-        z0 = obj.encoder(batch)["llama"]
-    obj.train()
-    obj(batch, 0)
-    torch.testing.assert_close(obj.z_mean_llama, z0.mean(0))
-    assert int(obj.z_mean_count_llama) == 1
-    obj.eval()
-    with torch.no_grad():
-        before = obj.z_mean_llama.clone()
-        obj(batch, 1)
-        torch.testing.assert_close(obj.z_mean_llama, before)
-        z = obj.encoder(batch)["llama"]
-        whole = obj.prefix("llama", z)[0]
-        torch.testing.assert_close(obj.prefix("llama", z[:1])[0], whole[:1], atol=1e-5, rtol=1e-5)
