@@ -15,7 +15,8 @@ refused with an error, never read.
 Storage (``loss.kd_cache_topk``): 0 keeps every logit (exact; V floats per step); k > 0 keeps
 the k largest logits per step plus the teacher's probability mass outside them at ``kd_tau``,
 and reads back a row whose other V - k logits share that mass equally (the KD then differs from
-the live teacher's by the tail's shape only; latentwire/README.md has the measured difference).
+the live teacher's by the tail's shape only; ``scripts/bench/bench_latentwire_kd_cache.py``
+reports that difference as a KL).
 """
 from __future__ import annotations
 

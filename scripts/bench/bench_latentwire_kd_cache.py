@@ -13,7 +13,8 @@ batches of synthetic QA, forward + backward + AdamW step; an epoch is every batc
 - ``cache read``: the second epoch with the cache on (every entry read back, no teacher forward).
 
 The losses of the two modes' first steps are checked equal (full-vocabulary entries, exact), and
-the time ratio live / read is printed with the process's CPU seconds.
+the time ratio live / read is printed with the process's CPU seconds; ``topk_kl`` is the KD
+target's change under ``loss.kd_cache_topk`` = 64 / 256 (KL from the full teacher, at tau).
 """
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ def epoch(obj, opt, batches: list[dict], step0: int) -> tuple[float, float, floa
         opt.step()
         first = float(loss.detach()) if first is None else first
     return time.perf_counter() - t0, time.process_time() - c0, first
+
+
+@torch.no_grad()
+def topk_kl(obj, batch: dict, tau: float, ks=(64, 256)) -> dict[str, float]:
+    """The mean KL(teacher || its top-k cache entry) at ``tau`` over the answer steps the KD reads:
+    what ``loss.kd_cache_topk=k`` changes in the KD target (0 keeps every logit: exact)."""
+    from latentwire.kd_cache import _dense
+
+    n = obj.names[0]
+    logits = obj.teacher_targets(n, batch).logits
+    mask = batch[f"{n}.answer_mask"][:, : logits.shape[1]]
+    rows = logits[mask].float()
+    p = torch.softmax(rows / tau, -1)
+    out = {}
+    for k in ks:
+        values, index = rows.topk(k, -1)
+        tail = 1 - p.gather(-1, index).sum(-1)
+        q = torch.log_softmax(_dense(values, index, tail, rows.shape[-1], tau) / tau, -1)
+        out[str(k)] = float((p * (p.clamp_min(1e-30).log() - q)).sum(-1).mean())
+    return out
 
 
 def main(argv=None) -> dict:
@@ -83,6 +104,7 @@ def main(argv=None) -> dict:
             else:
                 out["live_s"], out["live_cpu_s"] = second[:2]
                 out["loss_live"] = first[2]
+                out["topk_kl"] = topk_kl(obj, batches[0], cfg.loss.kd_tau)
     out["ratio_live_over_read"] = out["live_s"] / out["cache_read_s"]
     out["cpu_ratio_live_over_read"] = out["live_cpu_s"] / out["cache_read_cpu_s"]
     print(json.dumps(out, indent=2))
