@@ -191,7 +191,8 @@ def test_code_runs_only_for_directories_named_on_this_command_line(tmp_path, tin
     state["config"]["model"]["pretrained_local_dir"] = str(tmp_path / "moved")
     torch.save(state, ckpt)
     p = decode()
-    assert p.returncode != 0 and "moved does not exist" in p.stderr and "--backbone-dir" in p.stderr, p.stderr
+    assert p.returncode != 0 and f"not found: {tmp_path / 'moved'}" in p.stderr, p.stderr
+    assert "--backbone-dir" in p.stderr, p.stderr
 
 
 def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_data, tokenizer_path, tiny_dir):

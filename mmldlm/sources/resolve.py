@@ -284,14 +284,15 @@ def resolve(s: Source, shapes_only: bool = False) -> Resolved:
             return found
     if shapes_only:
         return Resolved(s, None, "not on this machine")
-    where = [f"{p} does not exist" if p is not None and looks_local(s.path) else None,
+    # Echo the path as the user typed it: that is the string they will search their command for.
+    where = [f"not found: {s.path}" if p is not None and looks_local(s.path) else None,
              f"{repo!r} is not in the hub cache ({hub_cache_dir()})" if repo and s.kind is not Kind.file else None,
              None if download else ("downloads are off (offline: HF_HUB_OFFLINE)" if offline()
                                     else "downloads are off (local_files_only)")]
     if p is not None and not looks_local(s.path) and not repo:
-        where[0] = f"{p} does not exist"
+        where[0] = f"not found: {s.path}"
     if s.kind is Kind.file and p is not None:
-        where = [f"{p} not found"]
+        where = [f"not found: {s.path}"]
     raise SourceError(f"{s.key}: " + "; ".join(w for w in where if w) + f". Fix: {_fix(s)}")
 
 
