@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldlm.eval.likelihood import Nelbo
+from mmldlm.heads import HeadLoss, head_loss, token_ce
 from mmldlm.nn import rank_share
 from mmldlm.objective import Objective
 
@@ -30,19 +31,26 @@ class AutoregressiveLM(Objective):
         self.model = LlamaForCausalLM(config)
 
     def forward(self, batch: dict, step: int):
-        out = self.nelbo(batch, None, 0)
-        loss = out.nats.sum() / rank_share(out.tokens.sum()).clamp_min(1)
+        out, real = self._nll(batch)
+        loss = out.loss / rank_share(real.sum()).clamp_min(1)
         return loss, {"elbo": loss.detach()}
+
+    def _nll(self, batch: dict) -> tuple[HeadLoss, torch.Tensor]:
+        """(next-token CE of the real predicted tokens through the LM head, a chunk of tokens at a
+        time (``mmldlm.heads``: no ``[B, L, V]`` logits), which tokens those are ``[B, L - 1]``)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        hidden = self.model.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, :-1]
+        real = mask[:, 1:] & mask[:, :-1]
+        head = self.model.lm_head
+        return head_loss(hidden[real], head.weight, head.bias, token_ce, ids[:, 1:][real]), real
 
     nelbo_needs_t = False  # the NLL is exact
 
     def nelbo(self, batch: dict, t, k: int) -> Nelbo:
         """Next-token NLL nats per sequence over real predicted tokens."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
-        real = mask[:, 1:] & mask[:, :-1]
-        nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(real)
-        return Nelbo((nll * real).sum(1), real.sum(1), {})
+        out, real = self._nll(batch)
+        nll = torch.zeros(real.shape, device=real.device).masked_scatter(real, out.per_token["loss"])
+        return Nelbo(nll.sum(1), real.sum(1), {})
 
     def conditional_nelbo(self, batch: dict, t, k: int) -> Nelbo:
         """-log p of the target tokens given the tokens before them (exact), and ``greedy``: each

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mmldlm.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 from mmldlm.io import write_atomic
 
 
@@ -146,13 +147,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m baseline.build_clusters", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="local model directory, or a .npy / .pt [vocab, dim] matrix")
-    ap.add_argument("--n-clusters", type=int, required=True, help="n (model.cluster_size)")
+    ap.add_argument("--n-clusters", type=positive_int, required=True, help="n (model.cluster_size)")
     ap.add_argument("--out", required=True, help="cluster dict to write: .pt or .npy")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--iters", type=int, default=100, help="maximum k-means iterations (upstream: 100)")
-    ap.add_argument("--tol", type=float, default=1e-4, help="stop when the mean centroid 1 - cos change is below")
-    ap.add_argument("--min-size-ratio", type=float, default=0.1, help="minimum cluster size / (V / n)")
-    ap.add_argument("--max-size-ratio", type=float, default=5.0, help="maximum cluster size / (V / n)")
+    ap.add_argument("--seed", type=nonneg_int, default=0)
+    ap.add_argument("--iters", type=positive_int, default=100, help="maximum k-means iterations (upstream: 100)")
+    ap.add_argument("--tol", type=nonneg_float, default=1e-4,
+                    help="stop when the mean centroid 1 - cos change is below")
+    ap.add_argument("--min-size-ratio", type=nonneg_float, default=0.1, help="minimum cluster size / (V / n)")
+    ap.add_argument("--max-size-ratio", type=positive_float, default=5.0, help="maximum cluster size / (V / n)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.suffix not in (".pt", ".npy"):

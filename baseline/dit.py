@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmldlm.attention import key_padding_mask
+
 
 def sigma_of(t: torch.Tensor, eps: float) -> torch.Tensor:
     """MDLM's log-linear noise level ``-log(1 - (1 - eps) t)``: what the time embedder sees."""
@@ -111,16 +113,16 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight), nn.init.zeros_(self.adaLN_modulation.bias)  # adaLN-Zero
         self.cross = CrossAttention(hidden, n_heads) if cross else None
 
-    def forward(self, x, c, rotary, key_mask, mem=None, mem_mask=None):
+    def forward(self, x, c, rotary, attn_mask, mem=None, mem_mask=None):
+        """``attn_mask``: the ``[B, 1, 1, L]`` key mask, None without padding (flash-eligible)."""
         B, L, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
         q, k, v = self.attn_qkv(_modulate(self.norm1(x), shift1, scale1)).view(B, L, 3, self.n_heads, -1) \
             .permute(2, 0, 3, 1, 4)
         cos, sin = rotary
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         a = self.attn_out(a.transpose(1, 2).reshape(B, L, d))
         x = x + gate1[:, None] * F.dropout(a, p, self.training)
         if self.cross is not None:
@@ -138,9 +140,13 @@ class FinalLayer(nn.Module):
         for lin in (self.linear, self.adaLN_modulation):
             nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """What the vocabulary projection ``linear`` reads: the modulated, normalised hidden states."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm(x), shift, scale))
+        return _modulate(self.norm(x), shift, scale)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x, c))
 
 
 def padded_vocab(n: int, multiple: int = 128) -> int:
@@ -151,7 +157,7 @@ class DiT(nn.Module):
     """``forward(ids [B, L], key_mask [B, L] bool | None, t [B]) -> logits [B, L, R]`` (float32).
 
     ``latent`` (``[B, D]`` or ``[B, K, D]`` + ``latent_mask``) conditions the adaLN or
-    cross-attention variant; ``features=True`` also returns the final hidden states."""
+    cross-attention variant; :meth:`hidden` gives the final hidden states and the head's input."""
 
     def __init__(self, m, num_states: int, latent_dim: int | None = None):
         super().__init__()
@@ -188,9 +194,11 @@ class DiT(nn.Module):
         mask = None if latent_mask is None else latent_mask.repeat_interleave(self.latent_tokens, dim=1)
         return mem, mask
 
-    def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None, t: torch.Tensor,
-                latent: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None,
-                features: bool = False):
+    def hidden(self, ids: torch.Tensor, key_mask: torch.Tensor | None, t: torch.Tensor,
+               latent: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None):
+        """(the last block's output ``[B, L, d]``, the output layer's input: what its vocabulary
+        projection reads). A key mask without padding is dropped: the blocks' SDPA gets no mask and
+        may take the flash kernel (packed rows, fixed-length batches)."""
         if ids.shape[1] > self.max_seq_len:  # rotary would run on, but past the trained context
             raise ValueError(f"{ids.shape[1]} tokens exceed model.max_seq_len={self.max_seq_len}")
         s = sigma_of(t, self.t_eps) if self.time_conditioning else torch.zeros_like(t)
@@ -203,10 +211,16 @@ class DiT(nn.Module):
         c = F.silu(c)
         x = self.vocab_embed(ids)
         rotary = self.rotary(ids.shape[1], ids.device)
+        attn_mask = key_padding_mask(key_mask)
         for block in self.blocks:
-            x = block(x, c, rotary, key_mask, mem=mem, mem_mask=mem_mask)
-        logits = self.output_layer(x, c).float()
-        return (logits, x) if features else logits
+            x = block(x, c, rotary, attn_mask, mem=mem, mem_mask=mem_mask)
+        return x, self.output_layer.features(x, c)
+
+    def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None, t: torch.Tensor,
+                latent: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, L, R]`` float32 (the samplers'; training reads :meth:`hidden`)."""
+        _, head_in = self.hidden(ids, key_mask, t, latent, latent_mask)
+        return self.output_layer.linear(head_in).float()
 
 
 def dit_parameter_count(vocab: int, hidden: int, n_blocks: int, cond_dim: int = 128, freq_dim: int = 256) -> int:

@@ -33,18 +33,13 @@ from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.gidd import GiddDiffusion
 from mmldlm.diffusion.masked_text import MaskedTextDiffusion
 from mmldlm.diffusion.noise import keyed_uniform, position_uniforms
+from mmldlm.diffusion.terms import Terms, head_terms, logit_terms
 from mmldlm.eval.likelihood import Nelbo
 from mmldlm.nn import masked_mean, rank_share
 from mmldlm.objective import Objective, register
 from mmldlm.sources import Kind, Source
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-class Terms(NamedTuple):
-    elbo: torch.Tensor  # [B, L] NELBO contribution per token, 0 at pads
-    loss: torch.Tensor  # [B, L] what training minimises (the ELBO terms under training weights)
-    metrics: dict
 
 
 def mask_token_id(tokenizer) -> int:
@@ -62,23 +57,31 @@ def never_predicted(tokenizer) -> list[int]:
 
 
 class MDLMProcess:
-    """MDLM's absorbing process behind the same two calls as GIDD and HDLM."""
+    """MDLM's absorbing process behind the calls GIDD and HDLM answer (``mmldlm.diffusion.terms``)."""
 
     def __init__(self, vocab_size: int, mask_id: int, eps: float, excluded: list[int]):
         self.text, self.num_states, self.excluded = MaskedTextDiffusion(mask_id, eps), vocab_size, excluded
+        self.vocab_size = vocab_size
 
     def corrupt(self, ids, attention_mask, t, u=None):
         return self.text.corrupt(ids, attention_mask, t, u)[0]
 
-    def terms(self, logits, ids, noisy, attention_mask, t) -> Terms:
+    def scored(self, ids, noisy, attention_mask) -> torch.Tensor:
+        return noisy == self.text.mask_id  # only masked tokens have a term (pads are never masked)
+
+    def token_terms(self, logits, x, z, t):
+        """Per masked token: (CE / t, {"elbo", "loss": the same, "correct": argmax == x})."""
         logits = self.text.subs(logits)
-        logits[..., self.excluded] = -torch.inf
-        masked = noisy == self.text.mask_id
-        # rows of V (not the [B, V, L] transpose): the kernels' own layout, no strided softmax
-        ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids)
-        elbo = torch.where(masked, ce * self.text.loss_weight(t)[:, None], 0.0)
-        acc = ((logits.argmax(-1) == ids) & masked).sum() / masked.sum().clamp_min(1)
-        return Terms(elbo, elbo, {"masked_acc": acc})
+        logits[:, self.excluded] = -torch.inf
+        ce = F.cross_entropy(logits, x, reduction="none") * self.text.loss_weight(t)
+        return ce, {"elbo": ce.detach(), "loss": ce.detach(), "correct": (logits.argmax(-1) == x).float()}
+
+    def summarize(self, sums, ids, noisy, attention_mask) -> dict:
+        return {"masked_acc": sums["correct"] / (noisy == self.text.mask_id).sum().clamp_min(1)}
+
+    def terms(self, logits, ids, noisy, attention_mask, t) -> Terms:
+        """The terms from logits ``[B, L, >= V]`` (``mmldlm.diffusion.terms.logit_terms``)."""
+        return logit_terms(self, logits, ids, noisy, attention_mask, t)
 
 
 class Noise(NamedTuple):
@@ -137,20 +140,25 @@ class DiffusionLM(Objective):
         return {}
 
     def run(self, batch: dict, noise: Noise, latent_batch: dict | None = None):
-        """(terms, final features) of one noisy pass; ``latent_batch`` conditions it."""
+        """(terms, final features) of one noisy pass; ``latent_batch`` conditions it. The terms come
+        from the output layer's input a chunk of scored tokens at a time: no ``[B, L, V]`` logits
+        (``mmldlm.diffusion.terms.head_terms``); the rows past the tokenizer's vocabulary are left out."""
         ids, mask, t = batch["input_ids"], batch["attention_mask"], noise.t
         if isinstance(self.process, MDLMProcess):
             noisy = self.process.corrupt(ids, mask, t, noise.u)
         else:  # GIDD / HDLM draw their noise tokens from the (per-rank) global RNG
             noisy = self.process.corrupt(ids, mask, t)
-        logits, feats = self.model(noisy, mask, t, **self.conditioning(latent_batch or batch), features=True)
-        return self.process.terms(logits[..., : self.vocab], ids, noisy, mask, t), feats
+        feats, head_in = self.model.hidden(noisy, mask, t, **self.conditioning(latent_batch or batch))
+        head = self.model.output_layer.linear
+        terms = head_terms(self.process, head_in, head.weight[: self.vocab], head.bias[: self.vocab], ids, noisy, mask,
+                           t)
+        return terms, feats
 
     def forward(self, batch: dict, step: int):
         mask = batch["attention_mask"]
         terms, feats = self.run(batch, self.noise(batch, step))
         n = rank_share(mask.sum()).clamp_min(1)  # the global batch's real tokens per rank
-        loss, elbo = terms.loss.sum() / n, terms.elbo.detach().sum() / n
+        loss, elbo = terms.loss_sum / n, terms.elbo.detach().sum() / n
         metrics = {"elbo": elbo, **{k: v.detach() for k, v in terms.metrics.items()}}
         extra, more = self.extra_loss(batch, feats)
         return loss + extra, {**metrics, **more}
@@ -404,6 +412,13 @@ def hdlm_sources(cfg) -> list[Source]:
     return [Source("clusters", Kind.file, "model.cluster_dict_path", m.cluster_dict_path, hint=hint)]
 
 
+# every baseline's panels (a run draws those it logged): GIDD's and HDLM's terms, the latent ones' gain
+METRICS = {"loss": ("loss", "elbo"), "terms": ("kl", "is", "loss_clusters", "loss_tokens"),
+           "noise": ("frac_mask", "frac_uniform", "frac_cluster", "frac_clean", "frac_wrong_cluster"),
+           "latent": ("latent_pred_loss", "nelbo_true_latent", "nelbo_shuffled_latent"),
+           "latent gain": ("latent_gain", "latent_pred_cos")}
 for _name, _schema in [("mdlm", MDLMRunConfig), ("gidd", GiddRunConfig), ("hdlm", HdlmRunConfig), ("ar", ARRunConfig),
                        ("mdlm_latent", LatentRunConfig), ("mdlm_cross_attention", LatentRunConfig)]:
-    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None)
+    register(_name, _schema, build, CONFIGS, sources=hdlm_sources if _name == "hdlm" else None, metrics=METRICS,
+             clis=("python baseline/eval/generate_samples.py", "python baseline/eval/loss.py",
+                   *(("python baseline/eval/self_correction.py",) if _name == "gidd" else ())))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from mmldlm.config import PATH, ConfigError, RunConfig, TrainingConfig
+from mmldlm.config import PATH, ConfigError, RunConfig, TrainingConfig, require_fraction, require_min
 
 
 class LossType(Enum):
@@ -44,6 +44,7 @@ class ARModelConfig:
     dropout: float = 0.0
 
     def check(self) -> None:
+        require_min("model", self, hidden_size=1, n_blocks=1, n_heads=1, max_seq_len=2)
         if self.hidden_size % self.n_heads or (self.hidden_size // self.n_heads) % 2:
             raise ConfigError(f"model.hidden_size ({self.hidden_size}) / model.n_heads ({self.n_heads}) must be an "
                               "even integer head dimension (rotary)")
@@ -59,6 +60,7 @@ class DiTModelConfig(ARModelConfig):
 
     def check(self) -> None:
         super().check()
+        require_min("model", self, cond_dim=1)
         if not 0 < self.t_eps < 0.5:
             raise ConfigError(f"model.t_eps: need 0 < eps < 0.5, got {self.t_eps}")
 
@@ -67,6 +69,11 @@ class DiTModelConfig(ARModelConfig):
 class GiddModelConfig(DiTModelConfig):
     p_uniform: float = 0.0  # share of uniform-noise tokens at t = 1/2 (0: mask-only)
     gamma: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        require_fraction("model", self, "p_uniform")
+        require_min("model", self, gamma=0.0)
 
 
 @dataclass
@@ -82,6 +89,8 @@ class HdlmModelConfig(DiTModelConfig):
         super().check()
         if self.cluster_size < 1:
             raise ConfigError(f"model.cluster_size: need >= 1, got {self.cluster_size}")
+        require_min("model", self, gamma=0.0)
+        require_fraction("model", self, "p_perturb")
         if self.cluster_dict_path is None:
             raise ConfigError("model.cluster_dict_path: HDLM needs a cluster dict for the tokenizer's vocabulary; "
                               "build one offline with python -m baseline.build_clusters --model DIR "

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldlm.config import ConfigError, RunConfig
+from mmldlm.attention import padding_or_none
+from mmldlm.config import ConfigError, RunConfig, require_fraction, require_min
 from mmldlm.data.collate import mean_latent
 from mmldlm.nn import masked_mean
 from mmldlm.objective import Objective, register
@@ -29,6 +30,8 @@ class T2LModelConfig:
     latent_dim: int = 384
 
     def check(self) -> None:
+        require_min("model", self, hidden_size=1, n_blocks=1, n_heads=1, max_seq_len=2, latent_dim=1)
+        require_fraction("model", self, "dropout")
         if self.hidden_size % self.n_heads:
             raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                               f"model.n_heads ({self.n_heads})")
@@ -37,6 +40,9 @@ class T2LModelConfig:
 @dataclass
 class T2LLossConfig:
     cosine_weight: float = 0.0  # adds cosine_weight * (1 - cos) to the MSE
+
+    def check(self) -> None:
+        require_min("loss", self, cosine_weight=0.0)
 
 
 @dataclass
@@ -61,8 +67,12 @@ class TextToLatentRegression(Objective):
 
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=~attention_mask)
+        pads = padding_or_none(attention_mask)  # none padded: no mask, so SDPA may take the flash kernel
+        h = self.encoder(self.tok(input_ids) + self.pos(pos), src_key_padding_mask=None if pads is None else ~pads)
         return self.head(masked_mean(self.norm(h), attention_mask))
+
+    def compile_units(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
 
     def forward(self, batch: dict, step: int):
         target = mean_latent(batch).float()
@@ -78,4 +88,5 @@ def build(cfg, sources) -> TextToLatentRegression:
     return TextToLatentRegression(cfg.model, cfg.loss, len(tokenizer), tokenizer.pad_token_id)
 
 
-register("t2l_regression", T2LRunConfig, build, Path(__file__).resolve().parent / "configs")
+register("t2l_regression", T2LRunConfig, build, Path(__file__).resolve().parent / "configs",
+         metrics={"loss": ("loss", "latent_loss"), "cosine": ("latent_cos",)})

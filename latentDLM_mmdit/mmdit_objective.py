@@ -27,7 +27,8 @@ from torch import nn
 
 from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.models.multimodal_mmdit import get_model
-from latentDLM_mmdit.schema import BASE_MODES, MMDiTRunConfig
+from latentDLM_mmdit.sampling import l2t_decode
+from latentDLM_mmdit.schema import BASE_MODES, L2TSampler, MMDiTRunConfig
 from mmldlm.config import ConfigError
 from mmldlm.data.collate import mean_latent
 from mmldlm.diffusion.gaussian_latent import GaussianLatentDiffusion
@@ -43,7 +44,7 @@ class L2TOut(NamedTuple):
 
     loss: torch.Tensor
     acc: torch.Tensor
-    logits: torch.Tensor  # at the masked positions [N, V]
+    pick: torch.Tensor | None  # [N] a token per masked position (the pass's ``pick``), or None
     noisy: torch.Tensor  # the corrupted ids [B, L]
     masked: torch.Tensor  # [B, L] bool
     latent_out: torch.Tensor  # the latent head's output (unused by L2T; anchors it for DDP)
@@ -101,9 +102,11 @@ class MMDiTObjective(Objective):
         last = torch.full((n,), self.latent.timesteps - 1, device=device)
         return torch.randn(n, self.model.latent_head.out_features, device=device), self.latent.time_code(last)
 
-    def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0) -> L2TOut:
+    def l2t_pass(self, ids, mask, cond_latent, uncond_prob: float = 0.0, pick=None) -> L2TOut:
         """Masked text diffusion conditioned on a clean latent (a ``uncond_prob`` fraction of the
-        rows on the null latent instead)."""
+        rows on the null latent instead). The loss comes from the text head a chunk of masked
+        tokens at a time (``MaskedTextDiffusion.head_loss``: no ``[N, V]`` logits); ``pick(logits)``
+        chooses a token per masked position from p(x0 | x_t) on the way (the L2T2L pseudo-text)."""
         t = self.text.sample_t(ids.shape[0], ids.device)
         noisy, masked = self.text.corrupt(ids, mask, t)
         t_lat = torch.zeros_like(t)
@@ -112,9 +115,13 @@ class MMDiTObjective(Objective):
             null, t_null = self.null_latent(ids.shape[0], ids.device)
             cond_latent = torch.where(drop.unsqueeze(1), null, cond_latent)
             t_lat = torch.where(drop, t_null, t_lat)
-        logits, lat_out = self.model(noisy, mask, cond_latent, t, t_lat, text_logits=masked)
-        loss, acc = self.text.loss(logits, ids, masked, mask, t)
-        return L2TOut(loss, acc, logits, noisy, masked, lat_out)
+        text, lat_out = self.model(noisy, mask, cond_latent, t, t_lat, text_logits=self._text_loss(ids, masked, mask, t,
+                                                                                                  pick=pick))
+        return L2TOut(text.loss, text.acc, text.pick, noisy, masked, lat_out)
+
+    def _text_loss(self, ids, masked, mask, t, pick=None):
+        """The model's ``text_logits`` callable: the masked positions' loss through its text head."""
+        return lambda stream, head: self.text.head_loss(stream[masked], head, ids, masked, mask, t, pick=pick)
 
     def nelbo(self, batch: dict, t: torch.Tensor, k: int):
         """L2T's likelihood bound: the NELBO of each text given its clean latent at noise level ``t``
@@ -130,9 +137,8 @@ class MMDiTObjective(Objective):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         u = position_uniforms(batch["index"], ids.shape[1], self.seed, -2 - k, 2)
         noisy, masked = self.text.corrupt(ids, scored, t, u)
-        logits, _ = self.model(noisy, mask, latent, t, t_lat, text_logits=masked)
-        ce = F.cross_entropy(self.text.subs(logits), ids[masked], reduction="none")
-        weighted = ce * self.text.loss_weight(t).unsqueeze(1).expand_as(masked)[masked]
+        text, _ = self.model(noisy, mask, latent, t, t_lat, text_logits=self._text_loss(ids, masked, mask, t))
+        weighted = text.token_loss  # each masked token's ELBO-weighted CE
         rows = masked.nonzero()[:, 0]
         nats = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, weighted)
         return Nelbo(nats, scored.sum(1), {})
@@ -164,7 +170,9 @@ class MMDiTObjective(Objective):
         return hit.all(1)
 
     def sampler_name(self, requested: str) -> str:
-        return "mdlm ancestral on the null latent"
+        if requested == "confidence":
+            return "l2t confidence (on the given latents)"
+        return "mdlm ancestral (generate: on the given latents; lm-eval: on the null latent)"
 
     @torch.no_grad()
     def complete(self, context: torch.Tensor, length: int, *, steps: int, temperature: float = 0.0,
@@ -261,19 +269,20 @@ class MMDiTObjective(Objective):
         t_idx = self.latent.sample_t(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.latent.q_sample(x0, t_idx, noise)
-        logits, out = self.model(noisy, mask, x_t, t, self.latent.time_code(t_idx), text_logits=masked)
-        text_loss, acc = self.text.loss(logits, ids, masked, mask, t)
+        text, out = self.model(noisy, mask, x_t, t, self.latent.time_code(t_idx),
+                               text_logits=self._text_loss(ids, masked, mask, t))
+        text_loss, acc = text.loss, text.acc
         latent_loss = F.mse_loss(out.float(), self.latent.target(x0, noise, t_idx))
         return tw * text_loss + lw * latent_loss, {"text_loss": text_loss, "text_acc": acc,
                                                    "latent_loss": latent_loss}
 
     def _cycle(self, ids, mask, x0, step, tw, lw):
         lc = self.lc
-        l2t = self.l2t_pass(ids, mask, x0, lc.l2t_uncond_prob)
-        t2l = self.t2l_pass(ids, mask, x0)
-        base_text, base_latent = l2t.loss, t2l.loss
         w_text = ramp(lc.cycle_text_weight, step, lc.cycle_text_warmup_steps, lc.cycle_text_ramp_steps)
         w_lat = ramp(lc.cycle_latent_weight, step, lc.cycle_latent_warmup_steps, lc.cycle_latent_ramp_steps)
+        l2t = self.l2t_pass(ids, mask, x0, lc.l2t_uncond_prob, pick=self._pseudo_token if w_lat > 0 else None)
+        t2l = self.t2l_pass(ids, mask, x0)
+        base_text, base_latent = l2t.loss, t2l.loss
         loss = tw * base_text + lw * base_latent
         metrics = {"text_loss": base_text, "text_acc": l2t.acc, "latent_loss": base_latent,
                    "base_l2t_text_loss": base_text, "base_t2l_latent_loss": base_latent,
@@ -294,17 +303,18 @@ class MMDiTObjective(Objective):
             cycle_text = self.l2t_pass(ids, mask, x0_hat).loss
             loss = loss + w_text * cycle_text
         if w_lat > 0:  # L2T2L: latent -> pseudo-text (no gradient) -> latent
-            with torch.no_grad():
-                p_x0 = self.text.subs(l2t.logits)  # [MASK] is never a pseudo-token
-                if lc.cycle_latent_sampling.name == "argmax":
-                    pred = p_x0.argmax(-1)
-                else:
-                    pred = torch.distributions.Categorical(logits=p_x0).sample()
-                pseudo = l2t.noisy.masked_scatter(l2t.masked, pred)  # logits are per masked position
+            with torch.no_grad():  # the pseudo-tokens the L2T pass picked, per masked position
+                pseudo = l2t.noisy.masked_scatter(l2t.masked, l2t.pick)
             cycle_latent = self.t2l_pass(pseudo, mask, x0).loss
             loss = loss + w_lat * cycle_latent
         metrics.update(cycle_text_loss=cycle_text, cycle_latent_loss=cycle_latent)
         return loss, metrics
+
+    def _pseudo_token(self, p_x0: torch.Tensor) -> torch.Tensor:
+        """L2T2L's pseudo-token from p(x0 | x_t) logits (``[MASK]`` already excluded): argmax or a draw."""
+        if self.lc.cycle_latent_sampling.name == "argmax":
+            return p_x0.argmax(-1)
+        return torch.distributions.Categorical(logits=p_x0).sample()
 
     @torch.no_grad()
     def eval_extra(self, batch: dict, index: int) -> dict:
@@ -314,6 +324,28 @@ class MMDiTObjective(Objective):
         if index >= self.sample_cfg.eval_roundtrip_batches:
             return {}
         return roundtrip(self, batch["input_ids"], batch["attention_mask"], mean_latent(batch).float()).metrics
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, length: int, steps: int, temperature: float = 1.0, sampler: str = "ddpm",
+                 generator=None, latents=None, top_p: float = 1.0, min_p: float = 0.0, **_) -> torch.Tensor:
+        """L2T (the generate CLI): ``length`` tokens from each latent of ``latents [N, D]`` (or
+        ``[N, K, D]``, averaged as in training) through :func:`l2t_decode` (the run's guidance);
+        ``sampler``: ancestral (``ddpm``, the CLI's default) or confidence."""
+        D = self.model.latent_head.out_features
+        if latents is None:
+            raise ValueError(f"the MMDiT generates text from latents (L2T): pass latents=FILE.npy ([N, {D}], one "
+                             "sample per row), e.g. from python -m latentDLM_mmdit.sample t2l")
+        if top_p < 1 or min_p > 0:
+            raise ValueError("top_p / min_p: the MMDiT's L2T samplers take temperature only")
+        z = latents.float().mean(1) if latents.dim() == 3 else latents.float()
+        if z.dim() != 2 or z.shape[1] != D:
+            raise ValueError(f"latents: expected [N, {D}] (or [N, K, {D}]), got {list(latents.shape)}")
+        mask = torch.ones(z.shape[0], length, dtype=torch.bool, device=z.device)
+        if sampler == "ddpm":  # the CLI's name of MDLM's ancestral sampler, which L2T's ancestral is
+            sampler = L2TSampler.ancestral.name
+        if sampler not in L2TSampler.__members__:
+            raise ValueError(f"sampler={sampler}: the MMDiT's L2T samplers are {', '.join(L2TSampler.__members__)}")
+        return l2t_decode(self, z[:num_samples], mask[:num_samples], steps, None, sampler, temperature, generator)
 
     def shard_units(self) -> list[nn.Module]:
         """FSDP units: each transformer block, then the model around them (embeddings, heads):
@@ -325,4 +357,12 @@ def build(cfg, sources) -> MMDiTObjective:
     return MMDiTObjective(cfg, sources.tokenizer)
 
 
-register("mmdit", MMDiTRunConfig, build, CONFIGS)
+# per-mode eval keys (l2t/..., t2l/...) of runs that alternate modes are drawn beside the plain ones
+METRICS = {"loss": ("loss", "text_loss", "latent_loss"),
+           "per mode": ("l2t/loss", "t2l/loss", "unconditional/loss"),
+           "cycle": ("cycle_text_loss", "cycle_latent_loss"),
+           "accuracy": ("text_acc", "l2t/text_acc", "t2l2t_acc", "t2l2t_f1"),
+           "latent": ("l2t2l_cos", "x0_pred_norm", "t2l/latent_loss")}
+register("mmdit", MMDiTRunConfig, build, CONFIGS, metrics=METRICS,
+         clis=("python -m latentDLM_mmdit.sample", "python baseline/eval/generate_samples.py",
+               "python baseline/eval/loss.py"))

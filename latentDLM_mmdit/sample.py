@@ -18,8 +18,11 @@ import torch.nn.functional as F
 
 from latentDLM_mmdit.metrics import roundtrip
 from latentDLM_mmdit.sampling import l2t_decode, t2l_encode
+from mmldlm.argtypes import at_least, nonneg_float, nonneg_int, positive_int
 from mmldlm.data.collate import Collator
+from mmldlm.data.records import read_latent_input
 from mmldlm.eval.text_metrics import adjacent_repeats, token_f1
+from mmldlm.flags import add_renamed
 
 
 # -- loading a trained model ----------------------------------------------------------------
@@ -144,35 +147,34 @@ def main(argv=None) -> None:
                     help="t2l: text -> latent .npy; l2t: latent .npy -> text; roundtrip: a dataset JSON -> report")
     ap.add_argument("--checkpoint", required=True, help="checkpoint_step_N.pt or a run directory")
     ap.add_argument("--input", required=True, help="t2l: a text file, one text per line; l2t: a [N, D] .npy")
-    ap.add_argument("--output", default=None, help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
-    ap.add_argument("--n", type=int, default=64, help="roundtrip: records to score")
-    ap.add_argument("--steps", type=int, default=None,
+    add_renamed(ap, "--out", "--output", default=None,
+                help="t2l: .npy to write; l2t: text file; roundtrip: .json (optional)")
+    ap.add_argument("--n", type=positive_int, default=64, help="roundtrip: records to score")
+    ap.add_argument("--steps", type=positive_int, default=None,
                     help="sampler steps (default: the run's sample.* keys); t2l --steps 1 = the posterior mean")
-    ap.add_argument("--guidance", type=float, default=None,
+    ap.add_argument("--guidance", type=nonneg_float, default=None,
                     help="l2t / roundtrip: classifier-free guidance w (default: the run's sample.l2t_guidance)")
     ap.add_argument("--sampler", choices=["ancestral", "confidence"], default=None,
                     help="l2t / roundtrip: MDLM ancestral sampling, or the confidence heuristic (default: the run's "
                          "sample.l2t_sampler)")
-    ap.add_argument("--temperature", type=float, default=None,
+    ap.add_argument("--temperature", type=nonneg_float, default=None,
                     help="l2t / roundtrip, ancestral: sampling temperature (default: the run's sample.l2t_temperature)")
     ap.add_argument("--judge", default=None,
                     help="roundtrip: also score the L2T texts' generative perplexity with this judge (smollm2 = the "
                          "offline SmolLM2-135M-Instruct; not comparable with gpt2-large figures)")
-    ap.add_argument("--length", type=int, default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
+    ap.add_argument("--length", type=at_least(3), default=32, help="l2t: tokens to decode per latent, with [CLS]/[SEP]")
+    ap.add_argument("--batch-size", type=positive_int, default=32)
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of the DDIM start noise (t2l) and the draws (l2t)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--latent-data-root", default=None,
                     help="roundtrip: base of the records' latent_path (default: the JSON file's directory)")
     ap.add_argument("--allow-paths-outside-root", action="store_true",
                     help="roundtrip: accept absolute latent paths and paths with '..'")
     a = ap.parse_args(argv)
-    if a.guidance is not None and a.guidance < 0:
-        ap.error(f"--guidance: need w >= 0, got {a.guidance}")
-    if a.direction != "roundtrip" and a.output is None:
-        ap.error("--output is required for t2l / l2t")
+    if a.direction != "roundtrip" and a.out is None:
+        ap.error("--out is required for t2l / l2t")
     from mmldlm.config import ConfigError
-    from mmldlm.data.records import DataError
+    from mmldlm.data.records import DataError, LatentError
     from mmldlm.train.rebuild import CheckpointPolicyError
 
     try:
@@ -180,7 +182,7 @@ def main(argv=None) -> None:
     except DataError as e:
         raise SystemExit(f"bad data: {e}\n(list every bad record: python -m latentDLM_mmdit.data_simple "
                          f"check {e.json_path} --latent-dim D)") from None
-    except (ConfigError, CheckpointPolicyError) as e:
+    except (ConfigError, CheckpointPolicyError, LatentError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
@@ -190,8 +192,8 @@ def _run(a) -> None:
                                sampler=a.sampler, temperature=a.temperature, judge=a.judge,
                                allow_outside=a.allow_paths_outside_root)
         print(format_report(rep))
-        if a.output:
-            Path(a.output).write_text(json.dumps(rep, indent=2))
+        if a.out:
+            Path(a.out).write_text(json.dumps(rep, indent=2))
         return
     obj, tok, cfg = load_objective(a.checkpoint, a.device)
     dev = torch.device(a.device)
@@ -205,13 +207,9 @@ def _run(a) -> None:
             enc = collate.tokenize(texts[sl])
             out.append(t2l_encode(obj, enc.input_ids.to(dev), enc.attention_mask.to(dev),
                                   a.steps or cfg.sample.t2l_steps, generator=gen).cpu())
-        np.save(a.output, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
+        np.save(a.out, torch.cat(out).numpy().astype(np.float32), allow_pickle=False)
     else:
-        z = np.load(a.input, allow_pickle=False)
-        z = z[None] if z.ndim == 1 else z
-        D = cfg.model.latent_dim
-        if z.ndim != 2 or z.shape[1] != D:
-            raise SystemExit(f"{a.input}: expected latents of shape [N, {D}], got {list(z.shape)}")
+        z = read_latent_input(a.input, cfg.model.latent_dim)  # NaN/Inf rows refused, naming the first
         if not 3 <= a.length <= cfg.model.max_seq_len:
             raise SystemExit(f"--length must be in [3, model.max_seq_len={cfg.model.max_seq_len}]")
         lines, gen = [], torch.Generator(device=dev).manual_seed(a.seed)
@@ -221,8 +219,8 @@ def _run(a) -> None:
             ids = l2t_decode(obj, lat, mask, a.steps or cfg.sample.l2t_steps or None, a.guidance, a.sampler,
                              a.temperature, gen)
             lines += [" ".join(tok.decode(r, skip_special_tokens=True).split()) for r in ids.cpu().tolist()]
-        Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {a.output}", file=sys.stderr)
+        Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,18 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import torch
 
+from mmldlm.train.advice import guidance_warning, warn_once
+
 if TYPE_CHECKING:
     from latentDLM_mmdit.mmdit_objective import MMDiTObjective
+
+log = logging.getLogger("mm_ldlm")
 
 
 @torch.no_grad()
@@ -52,6 +57,9 @@ def l2t_decode(obj: MMDiTObjective, latent: torch.Tensor, attention_mask: torch.
     ids = obj.text.fully_masked(attention_mask)
     steps = steps or L
     w = sc.l2t_guidance if guidance is None else guidance
+    unguided = guidance_warning(w, obj.lc.l2t_uncond_prob, "loss.l2t_uncond_prob", "--guidance")
+    if unguided:
+        warn_once(log, unguided)
     logits_at = _guided_logits(obj, latent, attention_mask, w)
     if sampler == "ancestral":
         return _ancestral(obj, ids, attention_mask, steps, logits_at, temperature, generator)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from latentDLM_mmdit.models.multimodal_mmdit import MMDiTModelConfig
-from mmldlm.config import ConfigError, RunConfig, TrainingConfig
+from mmldlm.config import ConfigError, RunConfig, TrainingConfig, require_min, require_positive
 
 BASE_MODES = ("l2t", "t2l", "unconditional")
 
@@ -60,6 +60,9 @@ class MMDiTLossConfig:
     l2t_uncond_prob: float = 0.0
 
     def check(self) -> None:
+        require_min("loss", self, latent_loss_weight=0.0, text_loss_weight=0.0, cycle_text_weight=0.0,
+                    cycle_latent_weight=0.0, cycle_text_warmup_steps=0, cycle_latent_warmup_steps=0)
+        require_positive("loss", self, "loss_scale")  # ramps <= 0 mean no ramp (the weight at once)
         if not 0 <= self.cycle_latent_t_min <= self.cycle_latent_t_max <= 1:
             raise ConfigError("loss.cycle_latent_t_min / cycle_latent_t_max: need 0 <= min <= max <= 1")
         if not 0 <= self.l2t_uncond_prob < 1:

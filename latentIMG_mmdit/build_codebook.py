@@ -22,7 +22,9 @@ from tqdm import tqdm
 from latentIMG_mmdit import codebook as C
 from latentIMG_mmdit.data import read_records
 from latentIMG_mmdit.images import ImageError, load_image
+from mmldlm.argtypes import at_least, nonneg_int, positive_int
 from mmldlm.data.records import DataError
+from mmldlm.flags import add_renamed
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,13 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="records file ({image_path, caption, image_id}), e.g. train_data.json")
     p.add_argument("--out", required=True, help="the codebook file to write (.npz)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--codes", type=int, default=512, help="codebook size K (model.codebook_size)")
-    p.add_argument("--max-images", type=int, default=5000, help="records decoded (a seeded choice)")
-    p.add_argument("--max-patches", type=int, default=200_000, help="patches clustered (a seeded choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--patch-size", type=positive_int, default=16)
+    add_renamed(p, "--codebook-size", "--codes", type=at_least(2), default=512,
+                help="codebook size K (model.codebook_size; the image trainer's --codebook-size)")
+    p.add_argument("--max-images", type=positive_int, default=5000, help="records decoded (a seeded choice)")
+    p.add_argument("--max-patches", type=positive_int, default=200_000, help="patches clustered (a seeded choice)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--image-root", default=None, help="base of relative image paths (default: the file's directory)")
     p.add_argument("--allow-paths-outside-root", action="store_true", help="accept absolute image paths")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
@@ -77,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.image_size % a.patch_size:
         p.error(f"--image-size {a.image_size} is not a multiple of --patch-size {a.patch_size}")
     try:
-        out = build_from_records(a.data, a.out, a.image_size, a.patch_size, a.codes, a.seed, a.max_images,
+        out = build_from_records(a.data, a.out, a.image_size, a.patch_size, a.codebook_size, a.seed, a.max_images,
                                  a.max_patches, a.skip_bad, a.image_root, a.allow_paths_outside_root)
     except (DataError, C.CodebookError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote a {a.codes}-code codebook of {a.patch_size}x{a.patch_size} patches to {out}")
+    print(f"wrote a {a.codebook_size}-code codebook of {a.patch_size}x{a.patch_size} patches to {out}")
 
 
 if __name__ == "__main__":

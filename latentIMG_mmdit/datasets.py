@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from latentIMG_mmdit import shapes
+from mmldlm.argtypes import at_least, nonneg_int, positive_int
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = ("a handwritten digit {}", "the number {} written by hand", "a small picture of the digit {}")
@@ -72,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["shapes", "digits"])
     p.add_argument("--out", required=True, help="directory to write images/, *_data.json and tokenizer/ into")
-    p.add_argument("--n", type=int, default=4000, help="shapes: number of images (digits: always 1,797)")
-    p.add_argument("--val", type=int, default=256, help="held out as validation_data.json")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--n", type=positive_int, default=4000, help="shapes: number of images (digits: always 1,797)")
+    p.add_argument("--val", type=nonneg_int, default=256, help="held out as validation_data.json")
+    p.add_argument("--size", type=at_least(2), default=32, help="image side in pixels")
     p.add_argument("--objects", type=int, default=2, choices=[1, 2], help="shapes: objects per image")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--no-tokenizer", action="store_true", help="do not write the captions' tokenizer")
     a = p.parse_args(argv)
     images, captions = shapes.generate(a.n, a.size, a.seed, a.objects) if a.kind == "shapes" else digits(a.size, a.seed)

@@ -3,8 +3,9 @@
 Decoding follows the original's transform without torchvision: resize the shorter side to
 ``size`` (bicubic), centre-crop to ``size x size``, scale to [-1, 1]. An image already
 ``size x size`` is not resampled (generated data round-trips exactly). A file that is missing,
-not a regular file, not an image or truncated raises :class:`ImageError` with the reason; the
-collate turns it into a bad record (file, record, reason), never a grey picture.
+not a regular file, not an image, truncated or larger than :data:`MAX_PIXELS` (read from its header,
+before decoding) raises :class:`ImageError` with the reason; the collate turns it into a bad
+record (file, record, reason), never a grey picture.
 
 Patchify is a reshape: ``[B, 3, H, W] -> [B, N, p * p * 3]`` with N = (H / p) (W / p) patches in
 row-major order, each patch (row, column, channel) flattened. It has no parameters, so image
@@ -21,23 +22,39 @@ import torch
 
 from mmldlm.data.records import regular_file_problem
 
+# The most pixels an image may decode to. PIL only warns up to twice its MAX_IMAGE_PIXELS (89.5 Mpx):
+# a 140 KB PNG that decodes to 144 Mpx cost ~700 MB per decode, in every loader worker. 8K UHD is
+# 33.2 Mpx; the model sees image_size x image_size. Above the cap an image is a bad record.
+MAX_PIXELS = 40_000_000
+
 
 class ImageError(ValueError):
     """An image file that cannot be used; the collate wraps it into a DataError with the record."""
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """``path`` as float32 ``[3, size, size]`` in [-1, 1]."""
+def load_image(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """``path`` as float32 ``[3, size, size]`` in [-1, 1]. The pixel count is read from the header
+    and checked before anything is decoded."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     problem = regular_file_problem(path)
     if problem:
         raise ImageError(f"image {path} {problem}")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file raises here, not as a half-grey array later
-            rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below is stricter
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(f"image {path} is {w} x {h} = {w * h / 1e6:.1f} Mpx, above the cap of "
+                                     f"{max_pixels / 1e6:.0f} Mpx (a decompression bomb?); resize it before training")
+                im.load()  # decode now: a truncated file raises here, not as a half-grey array later
+                rgb = im.convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, ImageError):
+            raise
         raise ImageError(f"image {path} cannot be decoded ({type(e).__name__}: {e})") from None
     return to_array(resize_crop(rgb, size))
 

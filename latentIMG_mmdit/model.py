@@ -11,6 +11,8 @@ v (continuous) or code logits over K + 1 (the [MASK] logit is removed by SUBS).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,7 +22,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
     raise ImportError("the image MMDiT needs the `mmdit` package: pip install 'mmdit==0.3.0'") from e
 
 from latentIMG_mmdit.schema import patch_dim
-from mmldlm.nn import TimeMLP
+from mmldlm.attention import padding_or_none, sdpa_joint_attention
+from mmldlm.nn import TimeMLP, text_out
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -56,6 +59,8 @@ class ImageMMDiT(nn.Module):
         self.backbone = MMDiT(depth=m.depth, dim_modalities=(m.dim_text, m.dim_image), dim_cond=m.dim_cond,
                               heads=m.heads, dim_head=m.dim_head, num_residual_streams=m.num_residual_streams,
                               flash_attn=m.flash_attn, ff_kwargs=dict(dropout=m.dropout))
+        if m.flash_attn:  # SDPA without a mask where nothing is padded (mmldlm.attention)
+            sdpa_joint_attention(self.backbone)
         self.text_head = nn.Linear(m.dim_text, vocab_size)
         self.image_head = nn.Linear(m.dim_image, out)
         nn.init.zeros_(self.image_head.weight)  # DiT's zero-initialised output: training starts at "predict 0"
@@ -64,19 +69,17 @@ class ImageMMDiT(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, t_text: torch.Tensor,
-                t_image: torch.Tensor, text_logits: torch.Tensor | bool = True):
+                t_image: torch.Tensor, text_logits: torch.Tensor | bool | Callable = True):
         """``text_ids [B, L]``, ``text_mask [B, L]`` (True = real token), ``image`` ``[B, N, p*p*3]``
         (continuous) or ``[B, N]`` codes (discrete), ``t_text [B]``, ``t_image [B]`` ->
         (caption logits, image output ``[B, N, p*p*3 | K+1]``). ``text_logits``: a bool ``[B, L]``
-        tensor projects only those positions (``[n, V]``, the loss's); False skips the projection."""
+        tensor projects only those positions (``[n, V]``); False skips the projection; a callable
+        ``(caption stream, text head) -> out`` returns ``out`` (``mmldlm.nn.text_out``)."""
         pos = torch.arange(text_ids.shape[1], device=text_ids.device)
         x_text = self.drop(self.tok(text_ids) + self.pos(pos))
         x_img = self.drop(self.image_in(image) + self.image_pos)
         cond = self.time_text(t_text) + self.time_image(t_image)
-        out_text, out_img = self.backbone(modality_tokens=(x_text, x_img), modality_masks=(text_mask, None),
+        out_text, out_img = self.backbone(modality_tokens=(x_text, x_img),
+                                          modality_masks=(padding_or_none(text_mask), None),
                                           time_cond=cond)
-        if isinstance(text_logits, torch.Tensor):
-            logits = self.text_head(out_text[text_logits])
-        else:
-            logits = self.text_head(out_text) if text_logits else None
-        return logits, self.image_head(out_img)
+        return text_out(out_text, self.text_head, text_logits), self.image_head(out_img)

@@ -139,9 +139,13 @@ class ImageObjective(Objective):
         noisy, masked = self.text.corrupt(ids, mask, t_text, u)
         scored = masked & rows.text.unsqueeze(1)
         image_in, t_image, metrics, image_loss_of = self.image_loss(batch, x0, rows, key)
-        logits, image_out = self.model(noisy, mask, image_in, t_text, t_image, text_logits=scored)
-        text_loss, text_acc = self.text.loss(logits, ids, scored, mask, t_text, weight=w_text,
-                                             denom=rank_share((mask & rows.text.unsqueeze(1)).sum()))
+        denom = rank_share((mask & rows.text.unsqueeze(1)).sum())
+
+        def caption_loss(stream, head):  # in the model's forward: a chunk of tokens at a time, no [n, V] logits
+            return self.text.head_loss(stream[scored], head, ids, scored, mask, t_text, weight=w_text, denom=denom)
+
+        text, image_out = self.model(noisy, mask, image_in, t_text, t_image, text_logits=caption_loss)
+        text_loss, text_acc = text.loss, text.acc
         image_loss = image_loss_of(image_out)
         loss = self.lc.text_weight * text_loss + self.lc.image_weight * image_loss
         metrics.update(text_loss=text_loss.detach(), text_acc=text_acc.detach(), image_loss=image_loss.detach())
@@ -259,6 +263,11 @@ def build_discrete(cfg, sources) -> DiscreteImageObjective:
     return DiscreteImageObjective(cfg, sources.tokenizer, sources.path("codebook"))
 
 
-register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS)
+# sampled metrics beside their chance levels (latentIMG_mmdit.metrics)
+METRICS = {"loss": ("loss", "text_loss", "image_loss"), "accuracy": ("text_acc", "image_acc"),
+           "caption -> image": ("t2i_mse", "t2i_mse_chance", "mean_image_mse", "codebook_mse"),
+           "image -> caption": ("i2t_f1", "i2t_f1_chance")}
+register("image_continuous", ImageRunConfig, build_continuous, CONFIGS, collator=collator, records=IMAGE_RECORDS,
+         metrics=METRICS, clis=("python -m latentIMG_mmdit.sample",))
 register("image_discrete", DiscreteImageRunConfig, build_discrete, CONFIGS, collator=collator,
-         records=IMAGE_RECORDS, sources=codebook_source)
+         records=IMAGE_RECORDS, sources=codebook_source, metrics=METRICS, clis=("python -m latentIMG_mmdit.sample",))

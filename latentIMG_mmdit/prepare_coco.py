@@ -9,6 +9,8 @@ Writes ``OUT/{split}_data.json``: one record ``{image_path, caption, image_id}``
 has about five per image; ``--captions-per-image`` keeps the first N by annotation id), in
 image-id order. Image paths stay relative to OUT, as the loader requires: they go through a
 link ``OUT/images/{split}`` to ``--images`` (made here; ``--copy`` copies the files instead).
+Record paths are confined to their root with symlinks followed, so a run on linked records names
+``--allow-paths-outside-root`` (``data.allow_paths_outside_root=true``); copied ones need nothing.
 Every image an annotation names must exist: missing ones are an error listing them
 (``--skip-missing`` leaves their captions out and says how many).
 """
@@ -21,6 +23,8 @@ import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from mmldlm.argtypes import positive_int
 
 
 class CocoError(ValueError):
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--captions", required=True, help="COCO captions annotation file (captions_train2014.json)")
     p.add_argument("--out", required=True, help="data root to write {split}_data.json into (--data-root)")
     p.add_argument("--split", default="train", help="train | validation (the file name's prefix)")
-    p.add_argument("--captions-per-image", type=int, default=None, help="keep the first N captions of each image")
+    p.add_argument("--captions-per-image", type=positive_int, default=None,
+                   help="keep the first N captions of each image")
     p.add_argument("--copy", action="store_true", help="copy the images under OUT instead of linking their directory")
     p.add_argument("--skip-missing", action="store_true", help="leave out captions whose image file is missing")
     a = p.parse_args(argv)
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     extra = f" ({n['missing_images']} images missing, their captions left out)" if n["missing_images"] else ""
     print(f"wrote {n['records']} records of {n['images']} images to {n['file']}{extra}")
+    if not a.copy:
+        print(f"the records reach {a.images} through a link: train with --allow-paths-outside-root "
+              "(data.allow_paths_outside_root=true), or prepare with --copy")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from latentIMG_mmdit.images import ImageError, load_image, save_grid
 from latentIMG_mmdit.metrics import sampled_metrics
 from latentIMG_mmdit.sampling import caption_to_image, image_to_caption
+from mmldlm.argtypes import at_least, nonneg_float, nonneg_int, positive_int
 from mmldlm.data.records import DataError
 
 
@@ -37,8 +38,11 @@ def load(checkpoint: str, device: str = "cpu"):
     saved = open_saved(checkpoint)  # a run, a checkpoint or an export
     name = saved.objective
     if name not in ("image_continuous", "image_discrete"):
-        raise SystemExit(f"error: {checkpoint} is a checkpoint of {name!r}, not of the image MMDiT")
-    return (*rebuild_from_checkpoint(checkpoint, device, expect=name), int(saved.step or 0))
+        from mmldlm.objective import readers
+
+        raise SystemExit(f"error: {checkpoint} is a checkpoint of objective {name!r}, not of the image MMDiT: "
+                         f"{readers(name)}")
+    return (*rebuild_from_checkpoint(saved, device, expect=name), int(saved.step or 0))
 
 
 def _records(obj, tok, cfg, data: str, n: int, batch_size: int):
@@ -166,13 +170,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     src.add_argument("--captions", help="t2i: a text file, one caption per line")
     src.add_argument("--images", nargs="+", help="i2t: image files")
     p.add_argument("--out", required=True, help="directory for the grids, images, captions and report")
-    p.add_argument("--n", type=int, default=32, help="records / captions / images to use (the first n)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.* keys)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance of caption -> image")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--length", type=int, default=None, help="i2t: caption tokens ([CLS] and [SEP] included)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=positive_int, default=32, help="records / captions / images to use (the first n)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the run's sample.* keys)")
+    p.add_argument("--guidance", type=nonneg_float, default=None, help="classifier-free guidance of caption -> image")
+    p.add_argument("--temperature", type=nonneg_float, default=None)
+    p.add_argument("--length", type=at_least(3), default=None, help="i2t: caption tokens ([CLS] and [SEP] included)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     if a.command == "report" and not a.data:

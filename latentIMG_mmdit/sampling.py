@@ -15,15 +15,19 @@ Both are functions of their ``torch.Generator``.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 from latentIMG_mmdit.schema import num_patches, patch_dim
 from mmldlm.eval.samplers import mdlm_sample
+from mmldlm.train.advice import guidance_warning, warn_once
 
 if TYPE_CHECKING:
     from latentIMG_mmdit.objective import ImageObjective
+
+log = logging.getLogger("mm_ldlm")
 
 
 def null_caption(obj: ImageObjective, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,6 +43,9 @@ def caption_to_image(obj: ImageObjective, ids: torch.Tensor, mask: torch.Tensor,
     sc, m = obj.sample_cfg, obj.m
     steps = steps or sc.t2i_steps
     w = sc.guidance if guidance is None else guidance
+    unguided = guidance_warning(w, obj.lc.caption_drop, "loss.caption_drop", "--guidance")
+    if unguided:
+        warn_once(log, unguided)
     temperature = sc.temperature if temperature is None else temperature
     B, dev = ids.shape[0], ids.device
     zeros = torch.zeros(B, device=dev)

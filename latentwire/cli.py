@@ -21,6 +21,15 @@ from omegaconf import OmegaConf
 
 from latentwire.data import DATASETS, load_qa, write_records
 from latentwire.schema import DEFAULT_LLMS, ENCODERS, LatentWireRunConfig
+from mmldlm.argtypes import (
+    all_or_at_least_one,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from mmldlm.config import ConfigError, absolutize_paths, unknown_override, validate
 
 RECIPE = Path(__file__).resolve().parent / "configs" / "latentwire.yaml"
@@ -48,54 +57,56 @@ def train_parser() -> argparse.ArgumentParser:
     d = ap.add_argument_group("data")
     d.add_argument("--dataset", default="hotpot", choices=DATASETS)
     d.add_argument("--data_file", default=None, help="local SQuAD v1.1 / HotpotQA JSON (required unless synthetic)")
-    d.add_argument("--samples", type=int, default=5000, help="examples kept after a seeded shuffle (-1: all)")
-    d.add_argument("--data_seed", type=int, default=0, help="seed of the subset")
+    d.add_argument("--samples", type=all_or_at_least_one, default=5000,
+                   help="examples kept after a seeded shuffle (-1: all)")
+    d.add_argument("--data_seed", type=nonneg_int, default=0, help="seed of the subset")
     t = ap.add_argument_group("training")
-    t.add_argument("--epochs", type=float, default=8)
-    t.add_argument("--batch_size", type=int, default=1, help="global batch per micro-step (split over ranks)")
-    t.add_argument("--grad_accum_steps", type=int, default=1)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--max_grad_norm", type=float, default=1.0)
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--epochs", type=positive_float, default=8)
+    t.add_argument("--batch_size", type=positive_int, default=1, help="global batch per micro-step (split over ranks)")
+    t.add_argument("--grad_accum_steps", type=positive_int, default=1)
+    t.add_argument("--lr", type=positive_float, default=1e-4)
+    t.add_argument("--max_grad_norm", type=nonneg_float, default=1.0)
+    t.add_argument("--seed", type=nonneg_int, default=42)
     t.add_argument("--output_dir", "--save_dir", dest="output_dir", default="./ckpt", help="the run directory")
-    t.add_argument("--save_every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    t.add_argument("--save_every", type=nonneg_int, default=0, help="checkpoint every N steps (0: at the end)")
     t.add_argument("--resume", default=None, help="auto | a checkpoint path (default: a fresh run)")
     t.add_argument("--auto_resume", action="store_true", help="the same as --resume auto")
     t.add_argument("--resume_from", default=None, help="the same as --resume PATH")
     e = ap.add_argument_group("encoder")
     e.add_argument("--encoder_type", default="byte", choices=ENCODERS)
-    e.add_argument("--latent_len", type=int, default=8)
-    e.add_argument("--latent_shared_len", type=int, default=None)
-    e.add_argument("--latent_private_len", type=int, default=0)
-    e.add_argument("--d_z", type=int, default=256)
-    e.add_argument("--max_bytes", type=int, default=2048, help="the source's bytes; the question is always kept")
+    e.add_argument("--latent_len", type=positive_int, default=8)
+    e.add_argument("--latent_shared_len", type=nonneg_int, default=None)
+    e.add_argument("--latent_private_len", type=nonneg_int, default=0)
+    e.add_argument("--d_z", type=positive_int, default=256)
+    e.add_argument("--max_bytes", type=positive_int, default=2048,
+                   help="the source's bytes; the question is always kept")
     p = ap.add_argument_group("adapters and input")
-    p.add_argument("--adapter_hidden_mult", type=int, default=2)
-    p.add_argument("--adapter_dropout", type=float, default=0.0)
+    p.add_argument("--adapter_hidden_mult", type=positive_int, default=2)
+    p.add_argument("--adapter_dropout", type=fraction, default=0.0)
     p.add_argument("--adapter_colorize", action="store_true")
     p.add_argument("--adapter_metadata", action="store_true",
                    help="the original's default: the adapter reads the GOLD answer length (labelled in every report)")
     p.add_argument("--no_adapter_metadata", dest="adapter_metadata", action="store_false", help="(the default)")
-    p.add_argument("--max_answer_tokens", type=int, default=32)
+    p.add_argument("--max_answer_tokens", type=positive_int, default=32)
     p.add_argument("--warm_anchor_text", default="", help='anchor after the prefix, e.g. "Answer: "')
     p.add_argument("--warm_anchor_mode", default="auto", choices=("auto", "text", "chat", "none"))
-    p.add_argument("--max_anchor_tokens", type=int, default=32)
+    p.add_argument("--max_anchor_tokens", type=positive_int, default=32)
     p.add_argument("--use_chat_template", action="store_true", help="anchor auto without text: the chat header")
     p.add_argument("--train_append_bos_after_prefix", default="no", choices=("yes", "no", "auto"),
                    help="BOS after the prefix (auto: only without an anchor); eval uses the same")
     lo = ap.add_argument_group("loss")
-    lo.add_argument("--first_token_ce_weight", type=float, default=0.5)
+    lo.add_argument("--first_token_ce_weight", type=nonneg_float, default=0.5)
     lo.add_argument("--first_token_ce_schedule", default="none", choices=("none", "warmup", "cosine"))
-    lo.add_argument("--first_token_ce_peak", type=float, default=None)
-    lo.add_argument("--first_token_ce_warmup_frac", type=float, default=0.4)
+    lo.add_argument("--first_token_ce_peak", type=nonneg_float, default=None)
+    lo.add_argument("--first_token_ce_warmup_frac", type=probability, default=0.4)
     lo.add_argument("--first_token_autoscale", type=_yes, default=True)
-    lo.add_argument("--K", type=int, default=4)
-    lo.add_argument("--k_ce_weight", type=float, default=0.5)
-    lo.add_argument("--kd_first_k_weight", type=float, default=1.0)
-    lo.add_argument("--kd_tau", type=float, default=2.0)
-    lo.add_argument("--state_kd_weight", type=float, default=0.0)
+    lo.add_argument("--K", type=positive_int, default=4)
+    lo.add_argument("--k_ce_weight", type=nonneg_float, default=0.5)
+    lo.add_argument("--kd_first_k_weight", type=nonneg_float, default=1.0)
+    lo.add_argument("--kd_tau", type=positive_float, default=2.0)
+    lo.add_argument("--state_kd_weight", type=nonneg_float, default=0.0)
     lo.add_argument("--state_kd_layers", default="0,1,2")
-    lo.add_argument("--scale_l2", type=float, default=0.05)
+    lo.add_argument("--scale_l2", type=nonneg_float, default=0.05)
     return ap
 
 
@@ -188,10 +199,10 @@ def train_main(argv: list[str] | None = None) -> dict:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    write_records(records, cfg.data.data_files.train)  # every rank writes the same bytes, atomically
     from mmldlm.train import train
 
-    result = train(cfg)
+    # the records go into the run directory only once the loop holds its lock (rank 0 writes them)
+    result = train(cfg, prepare=lambda run_dir: write_records(records, cfg.data.data_files.train))
     if int(os.environ.get("RANK", "0")) == 0:
         write_training_stats(Path(result["run_dir"]))
     return result

@@ -24,6 +24,7 @@ import random
 import re
 from pathlib import Path
 
+from mmldlm.argtypes import all_or_at_least_one, nonneg_int
 from mmldlm.data.records import DataError, RecordFields
 
 DATASETS = ("squad", "hotpot", "synthetic")
@@ -188,9 +189,9 @@ def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> lis
 
 
 def write_records(records: list[dict], path: str | Path) -> Path:
-    """QA records as JSONL. Every torchrun rank calls this with the same records: a file that
-    already holds them is left alone (its index stays valid), and each writer renames its own
-    temporary file over the target, so ranks racing never expose half a file or lose a rename."""
+    """QA records as JSONL, written atomically; a file that already holds them is left alone (its
+    index stays valid). Training writes them into the run directory from rank 0, under the run's
+    lock (``mmldlm.train.train``'s ``prepare``); a unique temporary name keeps any two writers apart."""
     from mmldlm.io import write_text_atomic
 
     path = Path(path)
@@ -236,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("convert", help="SQuAD / HotpotQA JSON or synthetic QA -> records JSONL")
     c.add_argument("--dataset", choices=DATASETS, required=True)
     c.add_argument("--data_file", default=None, help="the local SQuAD v1.1 / HotpotQA JSON file")
-    c.add_argument("--samples", type=int, default=-1, help="keep this many after a seeded shuffle (-1: all)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--samples", type=all_or_at_least_one, default=-1,
+                   help="keep this many after a seeded shuffle (-1: all)")
+    c.add_argument("--seed", type=nonneg_int, default=0)
     c.add_argument("--out", required=True)
     k = sub.add_parser("check", help="list the bad records of a records file")
     k.add_argument("path")

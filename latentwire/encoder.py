@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmldlm.attention import padding_or_none
 from mmldlm.nn import masked_mean
 
 
@@ -44,7 +45,8 @@ class ByteEncoder(nn.Module):
 
     def forward(self, byte_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.byte_emb(byte_ids) + self.pe[: byte_ids.shape[1]].to(self.byte_emb.weight.dtype)
-        return self.ln(self.encoder(x, src_key_padding_mask=~mask))
+        mask = padding_or_none(mask)  # none padded: no mask, so SDPA may take the flash kernel
+        return self.ln(self.encoder(x, src_key_padding_mask=None if mask is None else ~mask))
 
 
 class LatentPooler(nn.Module):
@@ -59,7 +61,8 @@ class LatentPooler(nn.Module):
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.latent.unsqueeze(0).expand(feats.shape[0], -1, -1).to(feats.dtype)
-        out, _ = self.cross_attn(q, feats, feats, key_padding_mask=~mask, need_weights=False)
+        mask = padding_or_none(mask)
+        out, _ = self.cross_attn(q, feats, feats, key_padding_mask=None if mask is None else ~mask, need_weights=False)
         out = out + q
         g = self.gate(out)
         out = out * g + q * (1 - g)

@@ -9,6 +9,7 @@ from pathlib import Path
 from latentwire.data import DATASETS, load_qa
 from latentwire.evaluate import EvalOptions, evaluate_qa
 from latentwire.metrics import GROUP
+from mmldlm.argtypes import all_or_at_least_one, nonneg_int, positive_float, positive_int
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -19,17 +20,19 @@ def eval_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt", required=True, help="a run directory (its latest checkpoint) or a checkpoint file")
     ap.add_argument("--dataset", choices=DATASETS, required=True)
     ap.add_argument("--data_file", default=None, help="local SQuAD v1.1 / HotpotQA JSON (e.g. dev-v1.1.json)")
-    ap.add_argument("--samples", type=int, default=-1, help="examples after a seeded shuffle (-1: all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of that shuffle (the training run's --data_seed "
+    ap.add_argument("--samples", type=all_or_at_least_one, default=-1, help="examples after a seeded shuffle (-1: all)")
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of that shuffle (the training run's --data_seed "
                     "reproduces its training set)")
-    ap.add_argument("--max_new_tokens", type=int, default=12)
-    ap.add_argument("--min_new_tokens", type=int, default=1, help="stop ids are banned for this many steps")
-    ap.add_argument("--chunk_size", type=int, default=8)
-    ap.add_argument("--token_budget_k", type=int, default=None, help="token budget (default: M, the latent length)")
+    ap.add_argument("--max_new_tokens", type=positive_int, default=12)
+    ap.add_argument("--min_new_tokens", type=nonneg_int, default=1, help="stop ids are banned for this many steps")
+    ap.add_argument("--chunk_size", type=positive_int, default=8)
+    ap.add_argument("--token_budget_k", type=positive_int, default=None,
+                    help="token budget (default: M, the latent length)")
     ap.add_argument("--calibration", choices=("embed_rms", "fixed", "train_stats", "none"), default=None,
                     help="prefix calibration (default: the run's)")
-    ap.add_argument("--prefix_target_rms", type=float, default=None, help="calibration=fixed (default: the run's)")
-    ap.add_argument("--prefix_gain", type=float, default=None, help="default: the run's")
+    ap.add_argument("--prefix_target_rms", type=positive_float, default=None,
+                    help="calibration=fixed (default: the run's)")
+    ap.add_argument("--prefix_gain", type=positive_float, default=None, help="default: the run's")
     ap.add_argument("--latent_quant_bits", type=int, choices=(16, 8, 6, 4), default=None,
                     help=f"decode from the latent sent with these bits (fp16, or ints with an fp16 scale per {GROUP})")
     ap.add_argument("--gold_length_cap", action="store_true",

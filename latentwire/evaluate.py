@@ -29,6 +29,7 @@ from latentwire import metrics as Mx
 from latentwire.collate import _pad, answer_ids, prompt_then_answer, text_prompt
 from latentwire.metrics import clean_pred, em_f1, exact_match, f1_score, normalize_answer, payload_bytes, quantize
 from latentwire.objective import LatentWireObjective, positions
+from mmldlm.eval.samplers import cache_kwarg
 
 
 @dataclass
@@ -55,7 +56,10 @@ def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, tok, stop_ids, max_new
     B, dev = embeds.shape[0], embeds.device
     stops = torch.tensor(list(stop_ids), device=dev)
     pos = positions(mask)
-    out = llm(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=pos, use_cache=True)
+    from transformers import DynamicCache
+
+    cache = {cache_kwarg(): DynamicCache()}  # the Cache API: filled in place, no legacy kwarg handed back
+    out = llm(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=pos, use_cache=True, **cache)
     logits, first = out.logits[:, -1].float(), out.logits[:, -1].float().cpu()
     nxt_pos, done, rows = pos[:, -1:] + 1, torch.zeros(B, dtype=torch.bool, device=dev), []
     for i in range(max_new):
@@ -68,7 +72,7 @@ def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, tok, stop_ids, max_new
             break
         mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
         out = llm(input_ids=rows[-1][:, None], attention_mask=mask.long(), position_ids=nxt_pos,
-                  past_key_values=out.past_key_values, use_cache=True)
+                  use_cache=True, **cache)
         logits, nxt_pos = out.logits[:, -1].float(), nxt_pos + 1
     ids = torch.stack(rows, 1).tolist()
     texts = []

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from latentwire.schema import bos_policy
+from mmldlm.argtypes import nonneg_int
 from mmldlm.config import ConfigError
 from mmldlm.nn import DTYPES
 from mmldlm.sources import Kind, Source
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--family", choices=("llama", "qwen3"), required=True)
     t.add_argument("--tokenizer", required=True, help="a local tokenizer directory")
     t.add_argument("--out", required=True)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=nonneg_int, default=0)
     a = ap.parse_args(argv)
     try:
         out = materialize_smollm2(a.out, a.dtype) if a.cmd == "smollm2" else make_tiny_llm(

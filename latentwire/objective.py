@@ -304,6 +304,11 @@ class LatentWireObjective(Objective):
         student positions, twice the teacher's forward-only cost (an upper bound for MFU)."""
         return 4.0 * sum(sum(p.numel() for p in m.parameters()) for m in self.llms.values()) / len(self.llms)
 
+    def compile_units(self) -> list[nn.Module]:
+        """The LLMs' decoder layers and the byte encoder's layers (no FSDP units here: DDP only)."""
+        return [m for m in self.modules() if type(m).__name__.endswith("DecoderLayer")
+                or isinstance(m, nn.TransformerEncoderLayer)]
+
     def sources_loaded(self) -> None:
         """Each LLM's embedding statistics: the calibration's target RMS, the colorizer's start."""
         for n in self.names:
@@ -367,5 +372,8 @@ def policy_from_args(args) -> LoadPolicy:
                       paths=paths, allow_source_change=getattr(args, "allow_source_change", False))
 
 
+# the means over the LLMs (per LLM: tf/NAME ...); the eval CLI's EM / F1 are in its own report
+METRICS = {"loss": ("loss", "tf", "kd", "kce", "state"), "first token": ("first", "first_acc"),
+           "prefix": ("raw_rms", "scale_pen")}
 register("latentwire", LatentWireRunConfig, build, CONFIGS, collator=collator, records=QA_FIELDS,
-         sources=llm_sources)
+         sources=llm_sources, metrics=METRICS, clis=("python latentwire/eval.py",))

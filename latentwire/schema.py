@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from mmldlm.config import PATH, PATH_OR_NAME, ConfigError, DataConfig, OptimizerConfig, RunConfig, TrainingConfig
+from mmldlm.config import (
+    PATH,
+    PATH_OR_NAME,
+    ConfigError,
+    DataConfig,
+    OptimizerConfig,
+    RunConfig,
+    TrainingConfig,
+    require_fraction,
+    require_min,
+)
 from mmldlm.nn import DTYPES
 
 ENCODERS = ("byte", "simple-st")
@@ -110,8 +120,8 @@ class LatentWireModelConfig:
         if self.encoder_type not in ENCODERS:
             raise ConfigError(f"model.encoder_type: {self.encoder_type!r} is not one of {', '.join(ENCODERS)} "
                               "(the original's stq encoder is not implemented)")
-        for key in ("latent_len", "d_z", "max_bytes", "encoder_layers", "encoder_heads", "max_answer_tokens",
-                    "adapter_hidden_mult"):
+        for key in ("latent_len", "d_z", "max_bytes", "encoder_layers", "encoder_heads", "encoder_ff_mult",
+                    "max_answer_tokens", "max_anchor_tokens", "adapter_hidden_mult"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}: must be >= 1")
         if self.d_z % self.encoder_heads:
@@ -127,6 +137,7 @@ class LatentWireModelConfig:
             raise ConfigError("model.anchor_mode=text needs model.anchor_text (--warm_anchor_text)")
         if not (self.prefix_gain > 0 and self.prefix_target_rms > 0):
             raise ConfigError("model.prefix_gain and model.prefix_target_rms must be > 0")
+        require_fraction("model", self, "adapter_dropout")
 
 
 
@@ -175,6 +186,7 @@ class LatentWireLossConfig:
                 raise ConfigError(f"loss.{key}: must be >= 0")
         if not 0 <= self.first_token_ce_warmup_frac <= 1:
             raise ConfigError("loss.first_token_ce_warmup_frac: must be in [0, 1]")
+        require_min("loss", self, first_token_ce_peak=0.0, first_token_ce_warmup_steps=0)
 
 
 @dataclass

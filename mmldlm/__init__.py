@@ -1,5 +1,8 @@
 """MM-LDLM: the framework every family builds on (configs, objective registry, data, training loop,
 diffusion processes, prefetch, plots). It imports no family."""
+from mmldlm import quiet
+
+quiet.install()  # known third-party noise, dropped where it is emitted (mmldlm.quiet)
 
 
 def from_pretrained(path: str, device: str = "cpu", policy=None, ema: bool = True):

@@ -25,6 +25,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmldlm.sweep import prepare_job, sweep_args
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and what to do."""
@@ -74,12 +76,37 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def require_min(section: str, obj, **lows) -> None:
+    """ConfigError naming the first of ``obj``'s keys below its lower bound (None passes)."""
+    for key, low in lows.items():
+        v = getattr(obj, key)
+        _require(v is None or v >= low, f"{section}.{key}", f"must be >= {low}, got {v}")
+
+
+def require_positive(section: str, obj, *keys: str) -> None:
+    """ConfigError naming the first of ``obj``'s keys that is not > 0 (None passes)."""
+    for key in keys:
+        v = getattr(obj, key)
+        _require(v is None or v > 0, f"{section}.{key}", f"must be > 0, got {v}")
+
+
+def require_fraction(section: str, obj, *keys: str) -> None:
+    """ConfigError naming the first of ``obj``'s keys outside [0, 1) (a dropout, a probability)."""
+    for key in keys:
+        v = getattr(obj, key)
+        _require(0 <= v < 1, f"{section}.{key}", f"must be in [0, 1), got {v}")
+
+
 @dataclass
 class TrainingConfig:
     seed: int = 42
     train_batch_size: int = 32  # per rank and micro-step; global = this x world x accumulation
     eval_batch_size: int = 32
     num_train_steps: int = 1000
+    # the run's length in passes over the training records instead (null: num_train_steps counts;
+    # fractions allowed): the loop sets num_train_steps = round(epochs x (training records // global
+    # batch)), at least 1, from the record index it builds
+    num_train_epochs: Optional[float] = None
     dtype: Dtype = Dtype.bf16  # bf16 = autocast with fp32 master weights
     compile_model: bool = False
     lr_schedule: LRSchedule = LRSchedule.cosine
@@ -109,6 +136,10 @@ class TrainingConfig:
                     "gradient_accumulation_steps"):
             _require(getattr(self, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
+        _require(self.num_train_epochs is None or self.num_train_epochs > 0, "training.num_train_epochs",
+                 f"must be null or > 0, got {self.num_train_epochs}")
+        _require(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")  # it keys the data order
+        require_positive("training", self, "peak_tflops")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", "must be in [0, 1]")
         _require(0.0 <= self.ema < 1.0, "training.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
         _require(self.device in ("auto", "cpu", "cuda"), "training.device",
@@ -301,6 +332,21 @@ def unknown_override(schema: type, argv: list[str]) -> str | None:
     return None
 
 
+def no_such_group(schema: type, argv: list[str], dirs: list[Path]) -> str | None:
+    """``model=tiny`` where no config directory has a ``model/`` group (the section's keys are set
+    one by one): one line that says so, instead of Hydra's error about its defaults list."""
+    sections = {f.name: f for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.default_factory)}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq or "." in key or "/" in key or key not in sections:
+            continue
+        if not any((d / key).is_dir() for d in dirs):
+            first = dataclasses.fields(sections[key].default_factory)[0].name
+            return (f"{arg}: this config has no {key} presets (no {key}/ config group); set its keys one by one, "
+                    f"e.g. {key}.{first}=...")
+    return None
+
+
 def did_you_mean(schema: type | None, full_key: str) -> str:
     """" (did you mean training.num_train_steps?)" for a near-miss key, else ""."""
     if schema is None or not full_key:
@@ -366,16 +412,21 @@ def validate(cfg: DictConfig, schema: type | None = None) -> Any:
 SHARED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # groups every family shares (data/)
 
 
+_STORED: dict[str, type] = {}  # name -> the schema stored under it (storing converts it: not free)
+
+
 def _store_schemas() -> dict:
     """Every registered family's schema in Hydra's ConfigStore as ``<name>_schema`` (the primary
-    YAMLs list theirs first in their defaults)."""
+    YAMLs list theirs first in their defaults); each once per process, unless it changed."""
     from hydra.core.config_store import ConfigStore
 
     from mmldlm.objective import registered
 
     entries = registered()
     for name, entry in entries.items():
-        ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+        if _STORED.get(name) is not entry.schema:
+            ConfigStore.instance().store(name=f"{name}_schema", node=entry.schema)
+            _STORED[name] = entry.schema
     return entries
 
 
@@ -439,11 +490,15 @@ def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable
     name, extra_dirs = _argv_config(sys.argv[1:], default_config)
     obj = objective_of(name, [*extra_dirs, Path(config_dir), SHARED_CONFIGS]) if name else None
     unknown = unknown_override(entries[obj].schema, sys.argv[1:]) if obj in entries else None
+    unknown = unknown or (no_such_group(entries[obj].schema, sys.argv[1:], [*extra_dirs, Path(config_dir),
+                                                                            SHARED_CONFIGS])
+                          if obj in entries else None)
     if unknown:
         print(f"config error: {unknown}", file=sys.stderr)
         sys.exit(2)
 
     def checked(cfg: DictConfig) -> Any:
+        prepare_job(cfg)  # a multirun job: its own run directory (and on SLURM, its ranks)
         try:
             _finish(cfg, entries)
         except ConfigError as e:
@@ -455,8 +510,12 @@ def hydra_main(config_dir: str | Path, default_config: str | None, run: Callable
 
         return train(cfg)
 
+    added = sweep_args(sys.argv[1:])
     if not any(a.startswith("hydra.job.name=") for a in sys.argv):  # named after the script, not this module
-        sys.argv.append(f"hydra.job.name={Path(sys.argv[0]).stem}")
+        added.append(f"hydra.job.name={Path(sys.argv[0]).stem}")
+    # beside the user's overrides: Hydra parses them as one run of arguments (not after a trailing --cfg job)
+    at = next((i for i, a in enumerate(sys.argv) if i and "=" in a and not a.startswith("-")), 1)
+    sys.argv[at:at] = added
     return hydra.main(version_base="1.3", config_path=str(Path(config_dir).resolve()),
                       config_name=default_config)(checked)()
 
@@ -478,7 +537,9 @@ def compose(name: str, overrides: list[str] | tuple = (), config_dir: str | Path
     obj = objective_of(name, [*all_dirs, SHARED_CONFIGS])
     if obj not in entries:
         raise ConfigError(f"config {name!r} names no registered objective schema in its defaults")
-    unknown = unknown_override(entries[obj].schema, list(overrides))
+    schema = entries[obj].schema
+    own_dirs = [found, entries[obj].config_dir, SHARED_CONFIGS]
+    unknown = unknown_override(schema, list(overrides)) or no_such_group(schema, list(overrides), own_dirs)
     if unknown:
         raise ConfigError(unknown)
     family_dir = entries[obj].config_dir.resolve()

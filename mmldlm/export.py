@@ -27,6 +27,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from mmldlm.flags import add_renamed
 from mmldlm.sources import LoadPolicy, SourceError
 from mmldlm.sources.cli import add_policy_args, policy_of
 from mmldlm.sources.resolve import TOKENIZER_FILES
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmldlm.export", d
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint), a checkpoint, or "
                                                         "an export")
-    ap.add_argument("--out", "--output", dest="out", required=True,
+    add_renamed(ap, "--out", "--output", required=True,
                     help="the directory to write (must not exist, or be empty)")
     ap.add_argument("--no-ema", dest="ema", action="store_false", help="the raw weights, not the run's EMA")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out once the export is complete")

@@ -1,4 +1,5 @@
-"""Atomic file writes: the one implementation (checkpoints, logs, the record index, extraction).
+"""Atomic file writes: the one implementation (checkpoints, logs, the record index, extraction);
+and :func:`load_tensors`, the one reader of the tensor files users hand the CLIs.
 
 A file is written to a temporary name in the same directory, flushed, fsynced and renamed over
 the target, then the directory is fsynced: a reader sees the old file or the new one, never half
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -47,3 +49,26 @@ def write_json_atomic(path: Path, obj: Any, unique_tmp: bool = False, indent: in
 
 def write_text_atomic(path: Path, text: str, unique_tmp: bool = False) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), unique_tmp)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "file"):
+    """``torch.load(weights_only=True)`` of a file a user hands a CLI (a samples file). Whatever
+    goes wrong is a ValueError naming the file in one line: missing, not a torch.save file, cut
+    short, or a payload weights-only loading refuses (pickled Python objects, which it never runs)."""
+    import pickle
+
+    import torch
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} {path}: not found (or not a regular file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle torch wrote (random bytes, another format)
+            raise ValueError(f"{what} {path}: not a torch.save file, or cut short (UnpicklingError)") from None
+        raise ValueError(f"{what} {path}: refused, it holds pickled Python objects ({found.group(1)}) that "
+                         "weights-only loading does not run; save plain tensors, lists, dicts, strings and "
+                         "numbers") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{what} {path}: not a torch.save file, or cut short ({type(e).__name__})") from None

@@ -70,6 +70,18 @@ class TimeMLP(nn.Module):
         return self.net(timestep_embedding(t, self.freq_dim))
 
 
+def text_out(stream: torch.Tensor, head: nn.Linear, what):
+    """What an MMDiT's text head returns for ``what`` (its ``text_logits`` argument): True = logits
+    ``[B, L, V]``; False = None (no projection); a bool ``[B, L]`` tensor = logits at those positions
+    ``[N, V]``; a callable ``(stream [B, L, h], head) -> out`` = ``out`` (a loss computed from the
+    hidden states without the logits, :meth:`mmldlm.diffusion.masked_text.MaskedTextDiffusion.head_loss`)."""
+    if isinstance(what, torch.Tensor):
+        return head(stream[what])
+    if callable(what):
+        return what(stream, head)
+    return head(stream) if what else None
+
+
 @torch.no_grad()
 def global_rms(weight: torch.Tensor) -> torch.Tensor:
     """The RMS of every element of ``weight`` (fp32), also of an FSDP-sharded one (DTensor)."""

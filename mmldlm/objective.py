@@ -13,6 +13,8 @@ sources)``, a family's own collate; ``records``, the extra record fields it need
 ``sources(cfg)``, its external inputs (:mod:`mmldlm.sources`). ``build(cfg, sources)`` makes the
 architecture only (no file I/O: pretrained parts come empty from ``sources.model``); the
 framework loads their weights once the objective is wrapped, then calls ``sources_loaded()``.
+The entry also declares ``metrics``, the groups of metrics worth drawing (``mmldlm.plot`` reads
+them for any run from its recorded objective name; the console's eval line shows them).
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ from torch import nn
 from mmldlm.data.records import RecordFields
 
 ENTRY_POINT_GROUP = "mmldlm.objectives"
+
+# The metrics worth drawing, by panel: title -> metric keys drawn together (training as lines, eval
+# as dots; a key the run did not log is left out). Their order is also the console's eval line.
+MetricGroups = dict[str, tuple[str, ...]]
+DEFAULT_METRICS: MetricGroups = {"loss": ("loss",)}
 
 
 class BatchCount(NamedTuple):
@@ -74,6 +81,17 @@ class Objective(nn.Module):
     def shard_units(self) -> list[nn.Module]:
         """The submodules FSDP shards one by one (transformer blocks); the root is sharded last."""
         return []
+
+    def compile_units(self) -> list[nn.Module]:
+        """The blocks ``training.compile_model`` compiles one by one (``mmldlm.train.compile``). The
+        default: the shard units that hold no other unit (the transformer blocks), embeddings
+        aside. Empty: the objective is compiled whole."""
+        units, leaves = self.shard_units(), []
+        for u in units:
+            inside = {id(m) for m in u.modules() if m is not u}
+            if not isinstance(u, nn.Embedding) and not any(id(o) in inside for o in units):
+                leaves.append(u)
+        return leaves
 
     nelbo_needs_t = True  # False: nelbo() is exact without a noise level (AR), scored once
 
@@ -139,6 +157,9 @@ class Entry:
     collator: Callable[[Any, Any], Callable] | None = None  # (cfg, sources) -> collate(items) -> Collated
     records: RecordFields = field(default_factory=RecordFields)
     sources: Callable[[Any], list] | None = None  # cfg -> [mmldlm.sources.Source]; the tokenizer is implied
+    metrics: MetricGroups = field(default_factory=lambda: dict(DEFAULT_METRICS))  # plots + the eval line
+    # the commands that read this objective's runs (a CLI handed another family's checkpoint names them)
+    clis: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -146,9 +167,22 @@ _REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, schema: type, build: Callable, config_dir: str | Path, *,
              collator: Callable | None = None, records: RecordFields | None = None,
-             sources: Callable | None = None) -> None:
-    """Make a family's objective known by ``name`` (its schema's ``objective`` default)."""
-    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources)
+             sources: Callable | None = None, metrics: MetricGroups | None = None,
+             clis: tuple[str, ...] = ()) -> None:
+    """Make a family's objective known by ``name`` (its schema's ``objective`` default);
+    ``metrics``: what its runs' plots draw and its eval line shows (default: the loss); ``clis``: the
+    commands that read its runs."""
+    _REGISTRY[name] = Entry(name, schema, build, Path(config_dir), collator, records or RecordFields(), sources,
+                            dict(metrics or DEFAULT_METRICS), tuple(clis))
+
+
+def readers(name: str | None) -> str:
+    """Which commands read runs of objective ``name``, as a clause for an error message."""
+    try:
+        clis = lookup(name).clis if name else ()
+    except KeyError:
+        return f"no installed family registers objective {name!r}"
+    return f"read it with {' or '.join(clis)}" if clis else "no command of this repository evaluates it"
 
 
 def load_families() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from mmldlm.argtypes import nonneg_float, nonneg_int
 from mmldlm.io import write_json_atomic
 
 log = logging.getLogger("mm_ldlm.prefetch")
@@ -186,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-dir", required=True, help="directory to fill (created if missing)")
     p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     p.add_argument("--allow-patterns", nargs="*", default=None, help="glob patterns of files to fetch")
-    p.add_argument("--retries", type=int, default=int(os.environ.get("PREFETCH_RETRIES", 5)),
+    p.add_argument("--retries", type=nonneg_int, default=int(os.environ.get("PREFETCH_RETRIES", 5)),
                    help="retries on 429/5xx/connection errors (env PREFETCH_RETRIES)")
-    p.add_argument("--backoff", type=float, default=float(os.environ.get("PREFETCH_BACKOFF", 2.0)),
+    p.add_argument("--backoff", type=nonneg_float, default=float(os.environ.get("PREFETCH_BACKOFF", 2.0)),
                    help="first retry delay in seconds, doubled each retry (env PREFETCH_BACKOFF)")
     p.add_argument("--check", action="store_true",
                    help="no download: exit 0 if the directory is complete, else 1 with a message")

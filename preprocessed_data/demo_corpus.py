@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmldlm.argtypes import positive_int
 from mmldlm.data.tokenizer import train_wordpiece
 
 
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     out.add_argument("--output-dir", help="write the dataset (texts + MiniLM latents)")
     out.add_argument("--text-out", help="write the paragraphs only, one per line (for the extraction CLI)")
     p.add_argument("--tokenizer-out", default=None, help="also train a WordPiece tokenizer on the texts into this dir")
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--vocab-size", type=positive_int, default=4096)
+    p.add_argument("--max-samples", type=positive_int, default=None)
     p.add_argument("--layout", choices=["shard", "per-file"], default="shard")
     args = p.parse_args(argv)
     texts = pydoc_paragraphs()[: args.max_samples]

@@ -40,9 +40,9 @@ FINETUNE = [
 OTHERS = [
     ("MMDiT base 1024 x 24, cycle-VAE cluster recipe (batch 4 x 512)", "mmdit_cycle_vae_cluster", 8, [],
      "cycle_vae_impl/configs"),
-    ("MDLM small, OWT recipe (batch 64 x 1024 per rank)", "mdlm", 8, ["model=small"], None),
-    ("MDLM base, OWT recipe (batch 64 x 1024 per rank)", "mdlm", 8, ["model=base"], None),
-    ("MDLM base, OWT recipe, batch 16 x 1024 per rank", "mdlm", 8, ["model=base", "training.train_batch_size=16"],
+    ("MDLM small, OWT recipe (batch 64 x 512 per rank)", "mdlm", 8, ["model=small"], None),
+    ("MDLM base, OWT recipe (batch 64 x 512 per rank)", "mdlm", 8, ["model=base"], None),
+    ("MDLM base, OWT recipe, batch 16 x 512 per rank", "mdlm", 8, ["model=base", "training.train_batch_size=16"],
      None),
     *[(f"LatentWire 8B + 7B, the users' command (batch 64, M 32){', --sequential_models' if seq else ''}", "latentwire",
        1, ["training.train_batch_size=64", "model.latent_len=32", "model.anchor_text='Answer: '",

@@ -133,7 +133,7 @@ echo "== 6/6 results"
 python -m mmldlm.plot "$RUNS/mmdit_cycle_vae" >/dev/null
 python -m mmldlm.plot "$RUNS/bridge_tiny" >/dev/null
 python -m latentDLM_mmdit.sample roundtrip --checkpoint "$RUNS/mmdit_cycle_vae" \
-  --input "$DATA/validation_data.json" --n 96 --judge smollm2 --output "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
+  --input "$DATA/validation_data.json" --n 96 --judge smollm2 --out "$OUT_DIR/roundtrip.json" | tee "$OUT_DIR/roundtrip.txt"
 # what the runs give to the next tool: model directories (docs/sources.md); the bridge trained its
 # backbone (freeze_backbone=false), so its export holds it as a stock transformers directory too
 for run in mmdit_cycle_vae bridge_tiny; do

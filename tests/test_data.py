@@ -148,6 +148,8 @@ def _bad_cases(d):
     (d / "junk.npy").write_bytes(pickle.dumps([1, 2, 3]))
     os.mkfifo(d / "fifo.npy")  # opening it would hang the reader
     (d / "adir.npy").mkdir()
+    (d.parent / f"{d.name}_outside.npy").write_bytes((d / "shard.npy").read_bytes())
+    (d / "link.npy").symlink_to(d.parent / f"{d.name}_outside.npy")  # a link that leads out of the root
     ok = {"text": "fine", "latent_path": "ok.npy"}
     return [
         ("no_text", {"latent_path": "ok.npy"}, "no 'text' field"),
@@ -171,6 +173,8 @@ def _bad_cases(d):
         ("fifo", {"text": "x", "latent_path": "fifo.npy"}, "is a FIFO"),
         ("fifo_shard", {"text": "x", "latent_path": "fifo.npy", "latent_row": 0}, "is a FIFO"),
         ("directory", {"text": "x", "latent_path": "adir.npy"}, "is a directory"),
+        ("symlink_out", {"text": "x", "latent_path": "link.npy"}, "through a symlink"),
+        ("symlink_out_shard", {"text": "x", "latent_path": "link.npy", "latent_row": 0}, "through a symlink"),
     ], ok
 
 
@@ -206,12 +210,12 @@ def test_skip_mode_counts_instead_of_raising(tmp_path, tokenizer):
     cases, ok = _bad_cases(tmp_path)
     path = write_json(tmp_path / "mixed.json", [ok] * 8 + [bad for _, bad, _ in cases])
     data, training = cfgs(path, on_bad_record="skip", shuffle=False)
-    training.train_batch_size = 19  # 29 records, 10 dropped while reading
+    training.train_batch_size = 20  # 31 records, 11 dropped while reading
     bundle = build_data(data, training, tokenizer)
     # field and shard problems are found while reading; per-file latents when loaded
-    assert bundle.bad_records == 10
+    assert bundle.bad_records == 11
     batch, info = next(bundle.train)
-    assert info.skipped == 11 and batch["input_ids"].shape[0] == 8 and info.texts == 8
+    assert info.skipped == 12 and batch["input_ids"].shape[0] == 8 and info.texts == 8
     assert set(batch) == {"input_ids", "attention_mask", "index", "latent"}  # no bookkeeping inside
     assert (batch["latent"] == 0).all()  # what remains is the good data, nothing filled in
 
@@ -244,7 +248,9 @@ def test_skipped_records_are_counted_in_the_training_log(run_tiny, tiny_data):
     assert "latentDLM_mmdit.data_simple check" in out and "Traceback" not in out
 
 
-def test_checker_cli_lists_every_bad_record(tmp_path):
+def test_checker_cli_lists_every_bad_record(tmp_path, capsys):
+    from mmldlm.data.check import check_main
+
     cases, ok = _bad_cases(tmp_path)
     bad_path = write_json(tmp_path / "all.json", [ok] + [bad for _, bad, _ in cases])
     good_path = write_json(tmp_path / "good.json", [ok, ok])
@@ -259,6 +265,12 @@ def test_checker_cli_lists_every_bad_record(tmp_path):
     assert f"{len(cases) + 1} records, {len(cases)} bad, 1 good" in out.stdout
     good = run(good_path)
     assert good.returncode == 0 and "0 bad" in good.stdout
+    wrong_dim = next(bad for name, bad, _ in cases if name == "wrong_dim")  # a systematic error: one line
+    assert check_main([str(write_json(tmp_path / "many.json", [ok] + [wrong_dim] * 8)), "--latent-dim", str(D)]) == 1
+    many = capsys.readouterr().out
+    (line,) = [ln for ln in many.splitlines() if ln.startswith("BAD")]
+    assert "8 records (first: 1, 2, 3, 4, 5, ...)" in line and "dim 17" in line, line
+    assert "9 records, 8 bad, 1 good" in many
 
 
 @pytest.mark.parametrize("fixed,multiple,side", [(False, 1, "right"), (False, 8, "right"), (True, 1, "right"),

@@ -15,7 +15,7 @@ from tests.helpers.common import REPO, ok, run_entry
 pytestmark = pytest.mark.slow
 HYDRA = REPO / "latentIMG_mmdit" / "train_image.py"
 SMALL = ["--image-size", "32", "--patch-size", "8", "--mmdit-depth", "1", "--heads", "2", "--dim-head", "16",
-         "--dim-cond", "32", "--num-workers", "0", "--log-every", "1"]
+         "--dim-cond", "32", "--num-workers", "0", "--log-every", "1", "--dtype", "fp32"]
 QUIET = "logging.progress_bar=false"  # a Hydra override after the flags
 
 
@@ -75,6 +75,11 @@ def test_discrete_readme_command_builds_its_codebook_and_the_sampling_cli_writes
     assert rep["records"] == 6 and rep["objective"] == "image_discrete" and 0 <= rep["i2t_f1"] <= 1
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["step"] == 2
     assert (tmp_path / "rep" / "t2i_grid.png").stat().st_size > 1000 and "chance" in capsys.readouterr().out
+    from baseline.eval.generate_samples import main as generate_main  # refused, naming the CLI that samples it
+    from mmldlm.train.rebuild import CheckpointPolicyError
+
+    with pytest.raises(CheckpointPolicyError, match="'image_discrete'.*python -m latentIMG_mmdit.sample"):
+        generate_main([f"path={out}", f"samples_path={tmp_path / 's.pt'}", "num_samples=1"])
     (tmp_path / "caps.txt").write_text("a red circle above a blue square\na green square left of a red triangle\n")
     sample_cli.main(["t2i", "--checkpoint", str(out), "--captions", str(tmp_path / "caps.txt"), "--steps", "2",
                      "--out", str(tmp_path / "t2i")])

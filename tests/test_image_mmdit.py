@@ -246,5 +246,8 @@ def test_prepare_coco_writes_loadable_records_and_names_missing_images(shapes_da
     recs = json.loads((tmp_path / "out" / "train_data.json").read_text())
     assert recs[0] == {"image_path": "images/train/COCO_train2014_000000000001.png", "caption": "caption number 0",
                        "image_id": 1}
-    ds = read_records(str(tmp_path / "out" / "train_data.json"))  # relative paths, through the link
+    # relative paths through the link: it leads outside OUT, which the user allows by name
+    refused = read_records(str(tmp_path / "out" / "train_data.json"))[1]
+    assert isinstance(refused, DataError) and "outside" in str(refused), refused
+    ds = read_records(str(tmp_path / "out" / "train_data.json"), allow_outside=True)
     assert ds[1]["files"]["image_path"].endswith("COCO_train2014_000000000002.png")

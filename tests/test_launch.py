@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,12 +71,16 @@ def test_a_killed_holder_neither_leaves_a_model_nor_blocks_the_next(tmp_path, hu
     holder = prefetch_proc(env, local)
     wait_for(lambda: list(local.glob(".cache/huggingface/download/*.incomplete")), "a partial download")
     waiter = prefetch_proc(env, local)
-    time.sleep(0.3)  # let the waiter block on the lock (it must not need the holder's cooperation)
+    said = []  # the waiter's log until it blocks on the lock (it must not need the holder's cooperation)
+    while not any("waiting for the prefetch lock" in line for line in said):
+        said.append(waiter.stderr.readline())
+        assert said[-1], f"the waiter ended before it waited for the lock: {''.join(said)}"
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait()
     assert read_marker(local) is None  # a half-downloaded directory is not a model
     hub.slow.clear()
     _, err = waiter.communicate(timeout=120)
+    err = "".join(said) + err
     assert waiter.returncode == 0, err
     assert f"pid {holder.pid}" in err  # it said whom it waited for
     assert (local / "model.safetensors").read_bytes() == hub.files["model.safetensors"]

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from mmldlm.train.run_log import read_jsonl
 from tests.helpers.common import REPO, ok, run_entry, tiny_judge
@@ -46,6 +47,10 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
 
     plot_main([str(tmp_path / "cyc")])
     assert (tmp_path / "cyc" / "curves.png").stat().st_size > 10_000
+    from mmldlm.plot import panels  # the objective's declared panels, each with what the run logged
+
+    drawn = panels([tmp_path / "cyc"])
+    assert {"loss", "cycle", "accuracy", "latent"} <= drawn.keys() and "t2l2t_acc" in drawn["accuracy"], drawn
 
     # the sampling CLI on the trained run: text -> latents -> text
     texts = tmp_path / "in.txt"
@@ -57,6 +62,15 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     assert z.shape == (2, 384) and np.isfinite(z).all()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.strip() and "[MASK]" not in line for line in lines)
+    # the generate CLI serves the MMDiT too: L2T from those latents through its sampler
+    from baseline.eval.generate_samples import main as generate_main
+
+    common = [f"path={tmp_path / 'cyc'}", "num_samples=2", "num_denoising_steps=8", "length=12"]
+    out = generate_main([*common, f"latents={tmp_path / 'z.npy'}", f"samples_path={tmp_path / 'gen.pt'}"])
+    gen = torch.load(out, weights_only=True)
+    assert gen["ids"].shape == (2, 12) and gen["header"]["objective"] == "mmdit" and len(gen["text"]) == 2
+    with pytest.raises(ValueError, match="latents=FILE.npy"):
+        generate_main([*common, f"samples_path={tmp_path / 'none.pt'}"])
 
     # generate -> gen PPL -> loss on the MMDiT: the l2t texts scored by a judge, the L2T NELBO by the loss CLI
     from baseline.eval.generative_ppl import main as gen_ppl
@@ -69,6 +83,35 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     loss_main([f"path={tmp_path / 'cyc'}", "num_t=2", "batch_size=8", f"metrics_path={tmp_path / 'loss.json'}"])
     loss = json.loads((tmp_path / "loss.json").read_text())
     assert loss["objective"] == "mmdit" and math.isfinite(loss["nelbo"]) and loss["num_t"] == 2 and loss["tokens"] > 0
+    # the key loss.py's docs and its own error name (its parser once refused it), on 12 records
+    import shutil
+
+    val = tmp_path / "val"
+    shutil.copytree(minilm_data.parent / "latents", val / "latents")
+    (val / "val.json").write_text(json.dumps(json.loads(minilm_data.read_text())[:12]))
+    loss_main([f"path={tmp_path / 'cyc'}", "num_t=2", "batch_size=8", f"data_files.validation={val / 'val.json'}",
+               f"metrics_path={tmp_path / 'loss_val.json'}"])
+    assert json.loads((tmp_path / "loss_val.json").read_text())["sequences"] == 12
+
+    # faults that end in one line (issue 25): a latents file with a NaN row; this run handed to
+    # commands of other families (each names the objective and the commands that read it)
+    z_nan = np.load(tmp_path / "z.npy")
+    z_nan[1, 5] = np.nan
+    np.save(tmp_path / "z_nan.npy", z_nan)
+    with pytest.raises(SystemExit, match=r"error: latents .*z_nan.npy: row 1 has non-finite values"):
+        sample_main(["l2t", "--checkpoint", str(tmp_path / "cyc"), "--input", str(tmp_path / "z_nan.npy"),
+                     "--output", str(tmp_path / "nan.txt")])
+    assert not (tmp_path / "nan.txt").exists()
+    from baseline.eval.generate_samples import main as generate_main
+    from latentIMG_mmdit.sample import load as image_load
+    from mmldlm.train.rebuild import CheckpointPolicyError
+
+    readers = "read it with python -m latentDLM_mmdit.sample or python baseline/eval/loss.py"
+    with pytest.raises(CheckpointPolicyError, match="objective 'mmdit', which python baseline/eval/generate_samples.py "
+                                                    f"does not read: {readers}"):
+        generate_main([f"path={tmp_path / 'cyc'}", f"samples_path={tmp_path / 's.pt'}"])
+    with pytest.raises(SystemExit, match=f"objective 'mmdit', not of the image MMDiT: {readers}"):
+        image_load(str(tmp_path / "cyc"))
 
     # the round-trip report, and a missing latent file named in a message rather than dropped
     roundtrip = lambda data: sample_main(["roundtrip", "--checkpoint", str(tmp_path / "cyc"),  # noqa: E731

@@ -298,4 +298,4 @@ def test_sample_cli_rejects_a_negative_guidance_before_loading_anything(capsys):
 
     with pytest.raises(SystemExit) as e:
         main(["l2t", "--checkpoint", "no/such/run", "--input", "z.npy", "--output", "t.txt", "--guidance", "-1"])
-    assert e.value.code == 2 and "--guidance: need w >= 0, got -1.0" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --guidance: must be >= 0.0, got -1" in capsys.readouterr().err

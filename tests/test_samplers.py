@@ -218,10 +218,20 @@ def llama():
 
 
 def test_ar_cache_matches_no_cache_and_fills_after_eos():
+    import logging
+
     model = llama()
     bos, eos = 1, 2
     kw = {"excluded": [PAD, MASK]}
-    a = ar_sample(model, 4, 24, bos, eos, generator=gen(0), use_cache=True, **kw)
+    said = []
+    hook = logging.Handler()
+    hook.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(hook)  # the library's loggers do not propagate
+    try:
+        a = ar_sample(model, 4, 24, bos, eos, generator=gen(0), use_cache=True, **kw)
+    finally:
+        logging.getLogger("transformers").removeHandler(hook)
+    assert not [m for m in said if "deprecated" in m], said  # the Cache API, not the legacy kwarg
     b = ar_sample(model, 4, 24, bos, eos, generator=gen(0), use_cache=False, **kw)
     assert torch.equal(a, b)
     assert torch.equal(a, ar_sample(model, 4, 24, bos, eos, generator=gen(0), **kw))

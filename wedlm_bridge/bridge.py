@@ -24,14 +24,15 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldlm.config import ConfigError, RunConfig, TrainingConfig
+from mmldlm.config import ConfigError, RunConfig, TrainingConfig, require_fraction, require_min, require_positive
 from mmldlm.data.collate import mean_latent
+from mmldlm.heads import head_loss, token_ce
 from mmldlm.nn import global_rms, pool
 from mmldlm.objective import Objective, register
 from mmldlm.sources import SourceError
@@ -80,6 +81,8 @@ class BridgeModelConfig(BackboneConfig):
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if self.lora_r < 0:
             raise ConfigError("model.lora_r: must be >= 0 (0 = no adapters)")
+        require_positive("model", self, "lora_alpha")
+        require_fraction("model", self, "lora_dropout")
         if self.lora_r and not self.freeze_backbone:
             raise ConfigError("model.lora_r: adapters train on a frozen backbone; set model.freeze_backbone=true "
                               "or model.lora_r=0 for full fine-tuning")
@@ -90,6 +93,10 @@ class BridgeTrainingConfig(TrainingConfig):
     task: Task = Task.t2l
     text_loss_weight: float = 1.0
     latent_loss_weight: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        require_min("training", self, text_loss_weight=0.0, latent_loss_weight=0.0)
 
 
 @dataclass
@@ -121,6 +128,20 @@ def shifted_text_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1), ignore_index=-100)
     acc = (pred.argmax(-1) == tgt)[valid].float().mean() if valid.any() else torch.zeros((), device=logits.device)
     return loss, acc
+
+
+def _shifted_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token CE nats per row, scored tokens per row)."""
+    pred, tgt = logits[:, :-1].float(), labels[:, 1:]
+    nll = F.cross_entropy(pred.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view_as(tgt)
+    return nll.sum(1), (tgt != -100).sum(1)
+
+
+class TextCE(NamedTuple):
+    loss: torch.Tensor  # the mean next-token CE over the text positions
+    acc: torch.Tensor  # next-token accuracy there
+    nats: torch.Tensor  # [B] the CE summed per row (detached on the head path)
+    tokens: torch.Tensor  # [B] text positions scored per row
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -181,8 +202,8 @@ class BridgeObjective(Objective):
             p = p * torch.rsqrt(p.pow(2).mean(-1, keepdim=True) + 1e-6) * self.emb_rms
         return p
 
-    def lm_logits(self, prefix: Optional[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor):
-        """(logits over [prefix; text], labels with -100 on the prefix and pads)."""
+    def _lm_inputs(self, prefix: Optional[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor):
+        """(input embeddings of [prefix; text], its mask, labels with -100 on the prefix and pads)."""
         embeds = self.backbone.get_input_embeddings()(ids)
         labels = ids.masked_fill(~mask.bool(), -100)
         if prefix is not None:
@@ -190,13 +211,53 @@ class BridgeObjective(Objective):
             B, P = prefix.shape[:2]
             mask = torch.cat([torch.ones(B, P, dtype=mask.dtype, device=mask.device), mask], 1)
             labels = torch.cat([torch.full((B, P), -100, dtype=labels.dtype, device=labels.device), labels], 1)
+        return embeds, mask, labels
+
+    def lm_logits(self, prefix: Optional[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor):
+        """(logits over [prefix; text], labels with -100 on the prefix and pads)."""
+        embeds, mask, labels = self._lm_inputs(prefix, ids, mask)
         out = self.backbone(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
         return out.logits, labels
 
+    def text_ce(self, prefix: Optional[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> TextCE:
+        """The next-token CE over the text positions (module docstring) through the LM head a chunk
+        of tokens at a time (``mmldlm.heads``: no ``[B, L, V]`` logits: 5 GiB in float32 at
+        8 x 1,041 positions and Qwen's 151,936 rows). Under FSDP the head is sharded outside the
+        backbone's forward: there it takes the logits (:func:`shifted_text_ce`)."""
+        from torch.distributed.tensor import DTensor
+
+        head = self.backbone.get_output_embeddings()
+        if isinstance(head.weight, DTensor):
+            logits, labels = self.lm_logits(prefix, ids, mask)
+            return TextCE(*shifted_text_ce(logits, labels), *_shifted_nll(logits, labels))
+        embeds, mask, labels = self._lm_inputs(prefix, ids, mask)
+        hidden = self._final_hidden(inputs_embeds=embeds, attention_mask=mask.long())
+        tgt = labels[:, 1:]
+        valid = tgt != -100
+        res = head_loss(hidden[:, :-1][valid], head.weight, head.bias, token_ce, tgt[valid])
+        n = valid.sum()
+        nll = torch.zeros(valid.shape, device=valid.device).masked_scatter(valid, res.per_token["loss"])
+        return TextCE(res.loss / n.clamp_min(1), res.per_token["correct"].sum() / n.clamp_min(1), nll.sum(1),
+                      valid.sum(1))
+
+    def _final_hidden(self, **inputs) -> torch.Tensor:
+        """The backbone's last hidden states (after its final norm: what the LM head reads), from its
+        own forward (an FSDP unit gathers as usual) computing the logits of one position only. The
+        final norm's output is caught by a hook: ``output_hidden_states`` would put a context-variable
+        read inside every decoder layer, a graph break under ``training.compile_model``."""
+        causal = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        caught = []
+        hook = causal.model.norm.register_forward_hook(lambda module, args, out: caught.append(out))
+        try:
+            self.backbone(**inputs, use_cache=False, logits_to_keep=1)
+        finally:
+            hook.remove()
+        return caught[-1]
+
     def _encode_scaled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ids, mask = right_pad(ids, mask)
-        out = self.backbone(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
-        return self.t2l_head(pool(out.hidden_states[-1], mask, self.pooling).float())
+        hidden = self._final_hidden(input_ids=ids, attention_mask=mask.long())
+        return self.t2l_head(pool(hidden, mask, self.pooling).float())
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text -> latent ``[B, D]`` in data units."""
@@ -222,10 +283,9 @@ class BridgeObjective(Objective):
         loss, metrics = torch.zeros((), device=ids.device), {}
         if self.task in ("l2t", "joint"):
             i2, m2 = self.with_eos(ids, mask)
-            logits, labels = self.lm_logits(self.prefix_embeds(z), i2, m2)
-            text_loss, acc = shifted_text_ce(logits, labels)
-            loss = loss + self.tw * text_loss
-            metrics.update(text_loss=text_loss.detach(), text_acc=acc)
+            text = self.text_ce(self.prefix_embeds(z), i2, m2)
+            loss = loss + self.tw * text.loss
+            metrics.update(text_loss=text.loss.detach(), text_acc=text.acc.detach())
         if self.task in ("t2l", "joint"):
             pred = self._encode_scaled(ids, mask)
             latent_loss = F.mse_loss(pred, z * self.latent_scale)  # in scaled units: ~1 for a blind guess
@@ -245,10 +305,8 @@ class BridgeObjective(Objective):
     def _text_nll(self, ids, mask, latent):
         """(nats [B], tokens [B]) of each text and its EOS given the latent's prefix."""
         i2, m2 = self.with_eos(ids, mask)
-        logits, labels = self.lm_logits(self.prefix_embeds(latent), i2, m2)
-        pred, tgt = logits[:, :-1].float(), labels[:, 1:]
-        nll = F.cross_entropy(pred.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
-        return nll.sum(1), (tgt != -100).sum(1)
+        text = self.text_ce(self.prefix_embeds(latent), i2, m2)
+        return text.nats, text.tokens
 
     def nelbo(self, batch: dict, t, k: int):
         """The exact NLL of each text (with its EOS) given its latent, and ``latent_gain``: the NLL
@@ -351,4 +409,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources)
+register("bridge", BridgeRunConfig, build, CONFIGS, sources=backbone_sources,
+         metrics={"loss": ("loss", "text_loss", "latent_loss"), "accuracy": ("text_acc",), "cosine": ("latent_cos",)},
+         clis=("python -m wedlm_bridge.decode|encode|export", "python baseline/eval/generate_samples.py",
+               "python baseline/eval/loss.py"))

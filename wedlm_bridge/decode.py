@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from mmldlm.argtypes import nonneg_float, nonneg_int, positive_int, unit
+from mmldlm.data.records import LatentError, read_latent_input
+from mmldlm.flags import add_renamed
 from mmldlm.sources.cli import add_policy_args
 from wedlm_bridge.bridge import default_device, load_bridge_for_cli
 
@@ -40,20 +42,20 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
     ap.add_argument("--latents", required=True, help=".npy of shape [N, latent_dim] (or [latent_dim])")
-    ap.add_argument("--output", required=True, help="text file to write, one line per latent")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    add_renamed(ap, "--out", "--output", required=True, help="text file to write, one line per latent")
+    ap.add_argument("--max-new-tokens", type=positive_int, default=64)
+    ap.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=unit, default=1.0)
+    ap.add_argument("--batch-size", type=positive_int, default=16)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
     ap.add_argument("--device", default=default_device())
     add_policy_args(ap)
     a = ap.parse_args(argv)
     obj, tok, cfg = load_bridge_for_cli(a, a.device)
-    z = np.load(a.latents, allow_pickle=False)
-    z = z[None] if z.ndim == 1 else z
-    if z.ndim != 2 or z.shape[1] != cfg.model.latent_dim:
-        raise SystemExit(f"{a.latents}: expected [N, {cfg.model.latent_dim}], got {list(z.shape)}")
+    try:
+        z = read_latent_input(a.latents, cfg.model.latent_dim)  # NaN/Inf rows refused, naming the first
+    except LatentError as e:
+        raise SystemExit(f"error: {e}") from None
     gen = torch.Generator(device=a.device).manual_seed(a.seed)
     lines = []
     for i in tqdm(range(0, len(z), a.batch_size), desc="decode", unit="batch", disable=len(z) <= a.batch_size):
@@ -62,8 +64,8 @@ def main(argv=None) -> None:
             lines += decode(obj, tok, lat, a.max_new_tokens, a.temperature, a.top_p, gen)
         except ValueError as e:  # a t2l run (no trained decoder), a tokenizer without a stop token
             raise SystemExit(f"error: {e}") from None
-    Path(a.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {len(lines)} texts to {a.output}")
+    Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {len(lines)} texts to {a.out}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmldlm.argtypes import positive_int
 from mmldlm.data.collate import Collator
+from mmldlm.flags import add_renamed
 from mmldlm.sources.cli import add_policy_args
 from wedlm_bridge.bridge import default_device, load_bridge_for_cli
 
@@ -28,8 +30,8 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a bridge run directory or checkpoint_step_N.pt")
     ap.add_argument("--input", required=True, help="text file, one text per line")
-    ap.add_argument("--output", required=True, help=".npy to write")
-    ap.add_argument("--batch-size", type=int, default=16)
+    add_renamed(ap, "--out", "--output", required=True, help=".npy to write")
+    ap.add_argument("--batch-size", type=positive_int, default=16)
     ap.add_argument("--device", default=default_device())
     add_policy_args(ap)
     a = ap.parse_args(argv)
@@ -40,8 +42,8 @@ def main(argv=None) -> None:
     collate = Collator(tok, cfg.data.max_seq_len)
     z = np.concatenate([encode(obj, collate, texts[i : i + a.batch_size], a.device)
                         for i in range(0, len(texts), a.batch_size)])
-    np.save(a.output, z.astype(np.float32), allow_pickle=False)
-    print(f"wrote {z.shape[0]} x {z.shape[1]} latents to {a.output}")
+    np.save(a.out, z.astype(np.float32), allow_pickle=False)
+    print(f"wrote {z.shape[0]} x {z.shape[1]} latents to {a.out}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@
 
 MDLM: ancestral (ddpm) or ddpm_cache (only for models trained without time conditioning); GIDD:
 its posterior sampler (min_p); HDLM: the two-stage sampler; AR: ancestral with a KV cache (top_p);
-the WeDLM bridge: AR from each latent's prefix (backbone_dir=DIR names its frozen backbone). Latent
-models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row). Draws are float64.
+the WeDLM bridge: AR from each latent's prefix (backbone_dir=DIR names its frozen backbone); the
+MMDiT: L2T through its own sampler (sampler=ancestral | confidence; default the run's
+sample.l2t_sampler). Latent models take latents=FILE.npy ([N, D] or [N, K, D]; one sample per row).
+Other families (image, LatentWire, fine-tune, text->latent regression) are refused in one line
+that names the CLI that samples them. Draws are float64.
 The file (torch.save; read with torch.load(weights_only=True), no pickled objects) holds ids [N, L],
 the decoded text (special tokens kept) and a header: checkpoint, step, objective, sampler, steps,
 precision, seed, length, temperature, EMA. samples_dir= (the original README's spelling) is
@@ -26,22 +29,25 @@ class GenerateArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a run directory (its latest checkpoint), a checkpoint_step_N path or an "
                                         "export (python -m mmldlm.export)"})
     samples_path: str = field(default="samples.pt", metadata={"help": "output file (samples_dir= accepted)"})
-    num_samples: int = field(default=16, metadata={"help": "sequences to draw"})
-    num_denoising_steps: int = field(default=128, metadata={"help": "sampler steps (diffusion models)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward batch"})
+    num_samples: int = field(default=16, metadata={"min": 1, "help": "sequences to draw"})
+    num_denoising_steps: int = field(default=128, metadata={"min": 1, "help": "sampler steps (diffusion models)"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "sequences per forward batch"})
     seed: int = field(default=0, metadata={"help": "the generator's seed: same seed, same samples"})
-    length: Optional[int] = field(default=None, metadata={"help": "tokens per sample (default model.max_seq_len)"})
-    temperature: float = field(default=1.0, metadata={"help": "0 = argmax"})
-    top_p: float = field(default=1.0, metadata={"help": "AR and the bridge: draw from the top-p nucleus"})
-    min_p: float = field(default=0.0, metadata={"help": "GIDD: drop tokens below min_p x the top probability"})
-    sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache"})
+    length: Optional[int] = field(default=None, metadata={"min": 1,
+                                                           "help": "tokens per sample (default model.max_seq_len)"})
+    temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "0 = argmax"})
+    top_p: float = field(default=1.0, metadata={"above": 0.0, "max": 1.0,
+                                                "help": "AR and the bridge: draw from the top-p nucleus"})
+    min_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0,
+                                                "help": "GIDD: drop tokens below min_p x the top probability"})
+    sampler: str = field(default="ddpm", metadata={"help": "MDLM: ddpm | ddpm_cache; MMDiT: ancestral | confidence"})
     latents: Optional[str] = field(default=None, metadata={"help": "latent models: a .npy of latents, one per sample"})
 
 
 def main(argv: list[str] | None = None) -> Path:
-    import numpy as np
     import torch
 
+    from mmldlm.data.records import read_latent_input
     from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.io import write_atomic
     from mmldlm.train.rebuild import open_saved
@@ -53,11 +59,13 @@ def main(argv: list[str] | None = None) -> Path:
     device = resolve_device(args.device)
     saved = open_saved(args.path)  # a run, a checkpoint or an export
     ckpt = saved.path
-    objective, tok, cfg = args.rebuild(ckpt, device)
+    objective, tok, cfg = args.rebuild(saved, device, "python baseline/eval/generate_samples.py", needs="generate")
     length = args.length or cfg.model.max_seq_len
     latents = None
     if args.latents:
-        latents = torch.from_numpy(np.load(args.latents, allow_pickle=False)).float()
+        if cfg.model.get("latent_dim") is None:
+            raise ValueError(f"latents={args.latents}: {cfg.objective} models take no latents")
+        latents = torch.from_numpy(read_latent_input(args.latents, cfg.model.latent_dim, multi=True))
         if latents.shape[0] < args.num_samples:
             raise SystemExit(f"latents={args.latents} holds {latents.shape[0]} rows, fewer than "
                              f"num_samples={args.num_samples}")

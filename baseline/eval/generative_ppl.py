@@ -44,12 +44,12 @@ class GenPPLArgs:
     pretrained_model: Optional[str] = field(default=None, metadata={
         "help": "judge: unset/smollm2 = offline SmolLM2-135M-Instruct Q4_1 (not comparable with gpt2-large "
                 "figures); gpt2-large = the paper protocol; or a local dir / .gguf"})
-    batch_size: int = field(default=8, metadata={"help": "judge windows per forward pass"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "judge windows per forward pass"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "output JSON (default metrics.json next "
                                                                         "to the samples file)"})
     reference_path: Optional[str] = field(default=None, metadata={
         "help": "held-out real text (.txt lines or JSON/JSONL records) scored under the same judge"})
-    max_length: int = field(default=1024, metadata={"help": "judge context per window (capped at the judge's "
+    max_length: int = field(default=1024, metadata={"min": 2, "help": "judge context per window (capped at the judge's "
                                                             "max positions); longer texts are windowed"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the judge"})
@@ -60,8 +60,9 @@ def read_samples(path: str | Path):
     import torch
 
     from mmldlm.eval.gen_ppl import GenPPLError
+    from mmldlm.io import load_tensors
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_tensors(path, "samples_path")
     if isinstance(obj, torch.Tensor):  # the original generate_samples.py wrote a bare tensor
         obj = {"ids": obj}
     if not isinstance(obj, dict) or ("ids" not in obj and "text" not in obj):
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
             ref = read_texts(args.reference_path)
             result["reference"] = {**score(judge, ref, args.batch_size, args.max_length).as_dict(),
                                    "path": str(args.reference_path)}
-    except (ConfigError, GenPPLError, OSError) as e:
+    except (ConfigError, GenPPLError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(metrics_path, result, indent=2)

@@ -23,8 +23,8 @@ from mmldlm.eval.cli import CheckpointKeys
 class LossArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a run directory (its latest checkpoint), a checkpoint_step_N path or an "
                                         "export (python -m mmldlm.export)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per batch and rank"})
-    num_t: int = field(default=16, metadata={"help": "noise levels of the t-grid"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per batch and rank"})
+    num_t: int = field(default=16, metadata={"min": 1, "help": "noise levels of the t-grid"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "where the JSON goes (default: "
                                                                         "loss_step_N.json beside the checkpoint)"})
     data_files: dict = field(default_factory=dict, metadata={"help": "data_files.validation=PATH: another file"})
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         saved = open_saved(args.path)  # a run, a checkpoint or an export
         ckpt = saved.path
-        objective, tok, cfg = args.rebuild(ckpt, str(dist.device))
+        objective, tok, cfg = args.rebuild(saved, str(dist.device), "python baseline/eval/loss.py", needs="nelbo")
         if args.data_files.get("validation"):
             cfg.data.data_files.validation = str(Path(args.data_files["validation"]).resolve())
             cfg.data.val_split_ratio = 0.0

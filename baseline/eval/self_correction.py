@@ -19,18 +19,21 @@ from typing import Optional
 
 from mmldlm.eval.cli import CheckpointKeys
 
+NEEDS = ("a GIDD model trained with uniform noise (model.p_uniform > 0), which learned to tell wrong tokens from "
+         "right ones")
+
 
 @dataclass
 class CorrectionArgs(CheckpointKeys):
     path: str = field(metadata={"help": "a GIDD run directory or checkpoint (p_uniform > 0)"})
     samples_path: str = field(metadata={"help": "samples written by generate_samples.py"})
     corrected_samples_path: Optional[str] = field(default=None, metadata={"help": "default: <samples>_corrected.pt"})
-    temp: float = field(default=0.1, metadata={"help": "proposal temperature"})
-    t0: float = field(default=0.01, metadata={"help": "the fixed noise level"})
-    max_patience: int = field(default=32, metadata={"help": "steps without improvement before stopping"})
-    tokens_per_step: int = field(default=1, metadata={"help": "tokens replaced per step"})
-    num_denoising_steps: int = field(default=128, metadata={"help": "the most correction steps"})
-    batch_size: int = field(default=16, metadata={"help": "samples per batch"})
+    temp: float = field(default=0.1, metadata={"above": 0.0, "help": "proposal temperature"})
+    t0: float = field(default=0.01, metadata={"above": 0.0, "max": 1.0, "help": "the fixed noise level"})
+    max_patience: int = field(default=32, metadata={"min": 1, "help": "steps without improvement before stopping"})
+    tokens_per_step: int = field(default=1, metadata={"min": 1, "help": "tokens replaced per step"})
+    num_denoising_steps: int = field(default=128, metadata={"min": 1, "help": "the most correction steps"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "samples per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the proposals"})
     metrics_path: Optional[str] = field(default=None, metadata={"help": "default: <samples>_correction.json"})
 
@@ -42,16 +45,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mmldlm.eval.cli import parse_keys, resolve_device
     from mmldlm.eval.samplers import gidd_self_correct
-    from mmldlm.io import write_atomic, write_json_atomic
+    from mmldlm.io import load_tensors, write_atomic, write_json_atomic
 
     args = parse_keys(CorrectionArgs, argv, __doc__)
     device = resolve_device(args.device)
-    objective, tok, cfg = args.rebuild(args.path, device)
+    objective, tok, cfg = args.rebuild(args.path, device, "python baseline/eval/self_correction.py", needs="forward",
+                                       what=f"it needs {NEEDS}")
     if cfg.objective != "gidd" or not cfg.model.p_uniform > 0:
         what = f"a {cfg.objective} checkpoint" if cfg.objective != "gidd" else "a mask-only GIDD (p_uniform=0)"
-        raise SystemExit(f"error: {args.path} is {what}; self-correction needs a GIDD model trained with "
-                         "uniform noise (model.p_uniform > 0), which learned to tell wrong tokens from right ones")
-    samples = torch.load(args.samples_path, weights_only=True)
+        raise SystemExit(f"error: {args.path} is {what}; self-correction needs {NEEDS}")
+    samples = load_tensors(args.samples_path, "samples_path")
+    if not isinstance(samples, dict) or not isinstance(samples.get("ids"), torch.Tensor):
+        raise ValueError(f"samples_path {args.samples_path}: not a samples file (a dict with 'ids' [N, L], as "
+                         "generate_samples.py writes)")
     ids_all = samples["ids"].long()
     if ((ids_all < 0) | (ids_all >= objective.vocab)).any():
         raise SystemExit(f"error: {args.samples_path} holds ids outside this model's vocabulary ({objective.vocab})")

@@ -11,6 +11,7 @@ import torch
 
 from cycle_vae_impl.harness import compose_cycle_config, offline_tokenizer_path
 from latentDLM_mmdit.mmdit_objective import MMDiTObjective
+from mmldlm.argtypes import at_least, positive_int
 from mmldlm.data.tokenizer import load_tokenizer
 
 KEYS = ("text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss", "cycle_text_loss",
@@ -20,8 +21,8 @@ KEYS = ("text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["tiny", "base"], default="tiny")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--seq-len", type=at_least(2), default=32)
     args = p.parse_args()
     tok = load_tokenizer(offline_tokenizer_path())
     cfg = compose_cycle_config("mmdit_cycle_vae", [f"model={args.size}", "data.data_files.train=unused.json",

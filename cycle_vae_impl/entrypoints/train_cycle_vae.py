@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from cycle_vae_impl.harness import compose_cycle_config, offline_tokenizer_path, synthetic_dataset
+from mmldlm.argtypes import positive_int
 from mmldlm.train import train
 from mmldlm.train.run_log import read_jsonl
 
@@ -18,8 +19,8 @@ from mmldlm.train.run_log import read_jsonl
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic", action="store_true", help="train on a generated dataset (required for now)")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--records", type=int, default=256)
+    p.add_argument("--steps", type=positive_int, default=60)
+    p.add_argument("--records", type=positive_int, default=256)
     p.add_argument("--output-dir", default=None, help="default: a temporary directory")
     args, overrides = p.parse_known_args()
     if not args.synthetic:

@@ -11,6 +11,7 @@ vector from the mean of the latent tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,8 +24,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
     raise ImportError("the MMDiT model needs the `mmdit` package: pip install 'mmdit==0.3.0' "
                       "(or pip install -e . in this repository, which lists it)") from e
 
-from mmldlm.config import ConfigError
-from mmldlm.nn import TimeMLP
+from mmldlm.attention import padding_or_none, sdpa_joint_attention
+from mmldlm.config import ConfigError, require_fraction, require_positive
+from mmldlm.nn import TimeMLP, text_out
 
 
 @dataclass
@@ -73,6 +75,8 @@ class MMDiTModelConfig:
             raise ConfigError("model.latent_scale: must be > 0 (sqrt(latent_dim) for L2-normalised latents)")
         if not 0 < self.t_eps < 1:
             raise ConfigError("model.t_eps: must be in (0, 1)")
+        require_fraction("model", self, "dropout")
+        require_positive("model", self, "x0_clamp")
 
 
 class MultimodalMMDiT(nn.Module):
@@ -88,28 +92,29 @@ class MultimodalMMDiT(nn.Module):
         self.backbone = MMDiT(depth=m.n_blocks, dim_modalities=(h, h), dim_cond=m.cond_dim, heads=m.n_heads,
                               dim_head=h // m.n_heads, num_residual_streams=m.num_residual_streams,
                               flash_attn=m.flash_attn, ff_kwargs=dict(dropout=m.dropout))
+        if m.flash_attn:  # SDPA without a mask where nothing is padded (mmldlm.attention)
+            sdpa_joint_attention(self.backbone)
         self.text_head = nn.Linear(h, vocab_size)
         self.latent_head = nn.Linear(h, m.latent_dim)
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, latent: torch.Tensor,
-                t_text: torch.Tensor, t_latent: torch.Tensor, text_logits: bool | torch.Tensor = True):
+                t_text: torch.Tensor, t_latent: torch.Tensor, text_logits: bool | torch.Tensor | Callable = True):
         """``text_ids [B, L]``, ``text_mask [B, L]`` (True = real token), ``latent [B, D]``,
         ``t_text [B]`` and ``t_latent [B]`` in [0, 1] -> (logits ``[B, L, V]``, latent ``[B, D]``).
         ``text_logits=False`` skips the vocabulary projection (passes that only read the latent); a
-        bool ``[B, L]`` tensor projects only those positions and returns ``[N, V]`` (the loss's)."""
+        bool ``[B, L]`` tensor projects only those positions and returns ``[N, V]``; a callable
+        ``(text stream [B, L, h], text head) -> out`` returns ``out`` (the loss, computed here, inside
+        this module's forward, where FSDP has its weights gathered: ``MaskedTextDiffusion.head_loss``)."""
         pos = torch.arange(text_ids.shape[1], device=text_ids.device)
         x_text = self.drop(self.tok(text_ids) + self.pos(pos))
         x_lat = self.latent_in(latent).view(latent.shape[0], self.k, -1) + self.latent_pos
         cond = self.time_text(t_text) + self.time_latent(t_latent)
         out_text, out_lat = self.backbone(modality_tokens=(x_text, x_lat),
-                                          modality_masks=(text_mask, None), time_cond=cond)
-        if isinstance(text_logits, torch.Tensor):
-            logits = self.text_head(out_text[text_logits])
-        else:
-            logits = self.text_head(out_text) if text_logits else None
-        return logits, self.latent_head(out_lat.mean(1))
+                                          modality_masks=(padding_or_none(text_mask), None),
+                                          time_cond=cond)
+        return text_out(out_text, self.text_head, text_logits), self.latent_head(out_lat.mean(1))
 
 
 def get_model(m: MMDiTModelConfig, vocab_size: int) -> nn.Module:

@@ -66,6 +66,40 @@ def settle(collated: Collated, skip: bool) -> tuple[dict, BatchInfo]:
     return collated.batch, BatchInfo(len(collated.bad), collated.truncated, collated.samples)
 
 
+# A text is cut to this many characters per token a model can use before it is tokenised: one 5 MB
+# record cost ~590 MB of encodings to keep 512 tokens. Only a cut that then yields no more than the
+# tokens wanted (a text of very long tokens) is tokenised whole after all, so the ids never differ.
+CHARS_PER_TOKEN = 16
+
+
+def cut_text(text: str, max_tokens: int, keep_end: bool = False) -> str:
+    """The part of ``text`` that can hold its first (``keep_end``: last) ``max_tokens`` tokens: at
+    most ``max_tokens x CHARS_PER_TOKEN`` characters, cut at whitespace near that point (a word cut
+    in two would tokenise differently); ``text`` itself (the same object) when it is shorter."""
+    cap = max_tokens * CHARS_PER_TOKEN
+    if len(text) <= cap:
+        return text
+    part = text[-cap:] if keep_end else text[:cap]
+    edge = part[:1024] if keep_end else part[-1024:]
+    spaces = [i for i in (edge.find(c) if keep_end else edge.rfind(c) for c in " \n\t") if i >= 0]
+    if not spaces:
+        return part
+    at = min(spaces) if keep_end else max(spaces)
+    return part[at:] if keep_end else part[: len(part) - len(edge) + at]
+
+
+def settle_later(collated: Collated, skip: bool, noted: DataError | None) -> tuple[dict, BatchInfo, DataError | None]:
+    """:func:`settle` for loops whose every batch is a collective step (evaluation): under
+    ``error`` a bad record is noted, not raised, and the batch's good records go on, so every rank
+    runs the same collectives; the caller raises the first noted error once the ranks agree
+    (``mmldlm.train.distributed.first_error``). Returns (batch, info, the first error noted)."""
+    if collated.bad and not skip:
+        noted = noted or collated.bad[0]
+        collated = collated._replace(bad=[])
+    batch, info = settle(collated, skip)
+    return batch, info, noted
+
+
 class Collator:
     """Batch tokenisation and latent stacking.
 
@@ -112,9 +146,15 @@ class Collator:
         if not texts:
             return Tokenized(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool),
                              torch.zeros(0, dtype=torch.bool))
+        keep_end = self.tokenizer.truncation_side == "left"
+        cut = [cut_text(t, self.max_seq_len, keep_end) for t in texts]
         if self.backend is not None:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # no offsets
-            encs = encode(texts)
+            encs = encode(cut)
+            # a cut text that turned out to fit (rare: very long tokens) is encoded whole after all
+            redo = [j for j, (c, t, e) in enumerate(zip(cut, texts, encs)) if c is not t and not e.overflowing]
+            for j, e in zip(redo, encode([texts[j] for j in redo]) if redo else []):
+                encs[j] = e
             rows = [e.ids for e in encs]
             lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
             L = self._padded_length(int(lengths.max()))
@@ -130,11 +170,15 @@ class Collator:
             return Tokenized(torch.from_numpy(ids), torch.from_numpy(mask),
                              torch.tensor([len(e.overflowing) > 0 for e in encs], dtype=torch.bool))
         split = {"split_special_tokens": self.split_special_tokens}
+        full = self.tokenizer(cut, truncation=False, **split)["input_ids"]
+        if any(c is not t and len(f) <= self.max_seq_len for c, t, f in zip(cut, texts, full)):
+            cut = [t if c is not t and len(f) <= self.max_seq_len else c for c, t, f in zip(cut, texts, full)]
+            full = self.tokenizer(cut, truncation=False, **split)["input_ids"]
+        texts = cut
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len,
                              padding="max_length" if self.fixed_length else "longest",
                              pad_to_multiple_of=None if self.fixed_length or self.multiple == 1 else self.multiple,
                              return_tensors="pt", **split)
-        full = self.tokenizer(texts, truncation=False, **split)["input_ids"]
         return Tokenized(enc["input_ids"].long(), enc["attention_mask"].bool(),
                          torch.tensor([len(f) > self.max_seq_len for f in full], dtype=torch.bool))
 

@@ -6,13 +6,18 @@ text (in a text corpus: its line) lies in the file (byte offset, length) and its
 A record is read when it is sampled (positioned reads of its index entry and its text, then
 ``json.loads``), so a rank's memory does not grow with the corpus. Beside it: ``split.npy`` (a
 salted hash of each text, which decides the held-out split and the train/validation overlap
-check), ``problems.json`` (every bad record: number, line, reason) and ``meta.json`` (the data
-file's size, mtime and inode, the rules it was checked with, the fingerprint resume compares).
+check), ``problems.json`` (every bad record: number, line, reason) and ``meta.json``, the header:
+the index version, the data file's size, mtime, inode and a hash of its first and last 64 KiB,
+the record and bad-record counts, the same edge hash of ``records.npy``, the rules it was checked
+with, the fingerprint resume compares.
 
 Where: ``<data dir>/.mmldlm_index/<file name>.<rules hash>/``, or under ``data.index_cache_dir``
-(default ``~/.cache/mmldlm/index``) when the data directory is not writable. The first process to
-need it builds it under a file lock; the others wait and map it. A changed data file (size, mtime
-or inode) is re-indexed.
+(default ``$MMLDLM_CACHE`` or ``~/.cache/mmldlm/index``) when the data directory is not writable,
+or, when that cannot be written either (read-only, full), under a private directory in the
+temporary directory, with a warning. The first process to need it builds it under a file lock;
+the others wait and read it. Every open checks the header against the data file and the files
+beside it: a changed data file, a cut ``records.npy``, another file's index copied in place is
+rebuilt (with a warning naming the index and why), never read.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,7 @@ from mmldlm.data.records import (
     LatentError,
     LatentShard,
     RecordRules,
+    escape_problem,
     normalized,
     record_problem,
     regular_file_problem,
@@ -44,7 +51,9 @@ from mmldlm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3  # 2: *.jsonl is always JSON Lines; 3: the latent shards the records read are listed
+INDEX_VERSION = 4  # 2: *.jsonl is always JSON Lines; 3: the latent shards the records read are listed;
+# 4: the header (meta.json) holds counts and edge hashes
+_EDGE = 1 << 16  # the bytes at each end of a data file that its header hashes
 RECORD_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("record", "<u4")])
 # The trainer's split hash is salted: the extractor's --create-validation uses the unsalted hash,
 # so with one hash a ratio on an extracted train file would hold out nothing (every text there
@@ -303,38 +312,103 @@ class RecordReader:
         return obj if normalize is None else normalize(obj)  # checked when indexed: cannot fail here
 
 
-def _stat_key(path: Path) -> dict:
+def _edges(path: Path, size: int) -> str:
+    """A hash of a file's first and last 64 KiB: cheap, and different for another file's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(_EDGE))
+        if size > _EDGE:
+            f.seek(max(_EDGE, size - _EDGE))
+            h.update(f.read(_EDGE))
+    return h.hexdigest()
+
+
+def _source_key(path: Path) -> dict:
+    """What identifies a data file's bytes cheaply: size, mtime, inode and its edge hash (a file
+    rewritten within the mtime's resolution differs there)."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "edges": _edges(path, st.st_size)}
 
 
-def _index_dir(json_path: Path, rules: RecordRules, cache_dir: str | None) -> Path:
+def _candidate_dirs(json_path: Path, rules: RecordRules, cache_dir: str | None) -> list[tuple[Path, bool]]:
+    """Where the index may live, in order, each with whether to warn when it cannot be written:
+    beside the data (unless ``cache_dir`` is set), the cache directory (``data.index_cache_dir``, else
+    ``$MMLDLM_CACHE`` or ``~/.cache/mmldlm/index``), then a private one under the temporary directory."""
     key = hashlib.blake2b(json.dumps(rules.key(), sort_keys=True).encode(), digest_size=6).hexdigest()
     name = f"{json_path.name}.{key}"
-    beside = json_path.parent / ".mmldlm_index"
-    if cache_dir is None:
-        try:
-            beside.mkdir(exist_ok=True)
-            if os.access(beside, os.W_OK):
-                probe = beside / f".probe.{uuid.uuid4().hex[:8]}"
-                probe.write_bytes(b"")
-                probe.unlink()
-                return beside / name
-        except OSError:
-            pass
-        cache_dir = os.environ.get("MMLDLM_CACHE", str(Path.home() / ".cache" / "mmldlm" / "index"))
     where = hashlib.blake2b(str(json_path).encode(), digest_size=8).hexdigest()
-    return Path(cache_dir).expanduser() / where / name
+    out = [] if cache_dir else [(json_path.parent / ".mmldlm_index" / name, False)]
+    cache = cache_dir or os.environ.get("MMLDLM_CACHE", str(Path.home() / ".cache" / "mmldlm" / "index"))
+    out.append((Path(cache).expanduser() / where / name, True))
+    out.append((private_cache() / where / name, True))
+    return out
 
 
-def _valid(d: Path, json_path: Path, rules: RecordRules) -> dict | None:
+def private_cache() -> Path:
+    """This user's own index cache under the temporary directory (mode 0700): the last resort."""
+    return Path(tempfile.gettempdir()) / f"mmldlm-index-{os.getuid()}"
+
+
+def _writable(d: Path) -> str | None:
+    """Why the index directory ``d`` cannot be created and written (a real write: root passes
+    ``os.access`` on a read-only mount), or None."""
+    try:
+        if d.parent.parent == private_cache():
+            private_cache().mkdir(mode=0o700, exist_ok=True)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(d.parent, os.W_OK):
+            return "not writable"
+        probe = d.parent / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _npy_count(path: Path) -> tuple[int, bool] | None:
+    """(items its header promises, whether the file holds that many bytes), or None if unreadable."""
+    try:
+        rows = NpyRows(path)
+        return rows.n, path.stat().st_size == rows.offset + rows.n * rows.dtype.itemsize
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _check(d: Path, json_path: Path, rules: RecordRules, source: dict) -> tuple[dict | None, str | None]:
+    """(header, None) when the index at ``d`` is whole and of this data file under these rules;
+    (None, None) when there is none; (None, why it cannot be used) otherwise."""
     try:
         meta = json.loads((d / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    ok = (meta.get("version") == INDEX_VERSION and meta.get("data") == _stat_key(json_path)
-          and meta.get("rules") == rules.key())
-    return meta if ok else None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:
+        return None, f"its meta.json does not read ({e})"
+    if meta.get("version") != INDEX_VERSION:
+        return None, f"it was built by index version {meta.get('version')}, this is {INDEX_VERSION}"
+    if meta.get("rules") != rules.key():
+        return None, "it was built under other record rules"
+    built = meta.get("data", {})
+    changed = [k for k in ("size", "mtime_ns", "inode", "edges") if built.get(k) != source[k]]
+    if changed:
+        return None, f"the data file changed since it was indexed ({', '.join(changed)})"
+    n = meta.get("records")
+    for name in ("records.npy", "split.npy"):
+        count = _npy_count(d / name)
+        if count is None:
+            return None, f"{name} does not read"
+        if count[0] != n or not count[1]:
+            return None, f"{name} holds {count[0]} entries{'' if count[1] else ' (cut short)'}, the header says {n}"
+    records = d / "records.npy"
+    if _edges(records, records.stat().st_size) != meta.get("records_edges"):
+        return None, "records.npy is not the one indexed with this header (another file's?)"
+    try:
+        problems = json.loads((d / "problems.json").read_text())
+    except (OSError, ValueError) as e:
+        return None, f"problems.json does not read ({e})"
+    if len(problems) != meta.get("problems"):
+        return None, f"problems.json lists {len(problems)} bad records, the header says {meta.get('problems')}"
+    return meta, None
 
 
 _RECORD = struct.Struct("<QII")  # RECORD_DTYPE, packed
@@ -356,10 +430,11 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
     """One streaming pass: check every record, write the arrays, the problems and the meta. The
     arrays go to disk as they grow, so building costs no memory that grows with the corpus."""
     root = Path(rules.latent_root) if rules.latent_root else json_path.parent
+    real_root = None if rules.allow_outside else os.path.realpath(root)
     problems: list[dict] = []
     shards: dict[str, int | str] = {}  # resolved shard path -> rows, or why it is unusable
     fp = hashlib.blake2b(digest_size=16)
-    stat_before = _stat_key(json_path)
+    source_before = _source_key(json_path)
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}.{uuid.uuid4().hex[:6]}")
     tmp.mkdir(parents=True)
     try:
@@ -371,8 +446,8 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
                     obj, reason = normalized(obj, rules.fields)
                 reason = reason or record_problem(obj, rules)
                 if reason is None and rules.latent_dim is not None and obj.get("latent_row") is not None:
-                    reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_row"], rules.latent_dim,
-                                            shards)
+                    reason = _shard_problem(str(root / obj["latent_path"]), obj["latent_path"], obj["latent_row"],
+                                            rules, real_root, shards)
                 if reason:
                     problems.append({"record": record_no, "line": line, "reason": reason})
                     continue
@@ -384,16 +459,20 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
                     fp.update(f"{obj['latent_path']}\x00{obj.get('latent_row')}\x01".encode())
                 for k in rules.fields.required:
                     fp.update(json.dumps(obj[k], sort_keys=True).encode() + b"\x02")
-        if _stat_key(json_path) != stat_before:
+        if _source_key(json_path) != source_before:
             raise DataError(json_path, None, "the file changed while it was being indexed; retry once it is complete")
         n = _raw_to_npy(tmp / "records.raw", tmp / "records.npy", RECORD_DTYPE)
         _raw_to_npy(tmp / "split.raw", tmp / "split.npy", np.dtype("<u8"))
         write_json_atomic(tmp / "problems.json", problems)
-        fingerprint = {"path": str(json_path), "size": stat_before["size"], "mtime": stat_before["mtime_ns"] / 1e9,
-                       "records": n, "table_hash": fp.hexdigest()}
+        fingerprint = {"path": str(json_path), "size": source_before["size"],
+                       "mtime": source_before["mtime_ns"] / 1e9, "records": n, "table_hash": fp.hexdigest()}
         used = sorted(p for p, rows in shards.items() if isinstance(rows, int))
-        write_json_atomic(tmp / "meta.json", {"version": INDEX_VERSION, "data": stat_before, "rules": rules.key(),
-                                              "fingerprint": fingerprint, "latent_shards": used})
+        # the header, checked on every open (_check)
+        records_edges = _edges(tmp / "records.npy", (tmp / "records.npy").stat().st_size)
+        write_json_atomic(tmp / "meta.json", {"version": INDEX_VERSION, "data": source_before, "records": n,
+                                              "records_edges": records_edges, "problems": len(problems),
+                                              "rules": rules.key(), "fingerprint": fingerprint,
+                                              "latent_shards": used})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -401,16 +480,36 @@ def _build(json_path: Path, rules: RecordRules, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _shard_problem(path: str, row: int, latent_dim: int, shards: dict) -> str | None:
+def _shard_problem(path: str, rel: str, row: int, rules: RecordRules, real_root: str | None,
+                   shards: dict) -> str | None:
+    """Why a shard row is unusable (the shard checked once: header, size, confinement), or None."""
     if path not in shards:
         try:
-            shards[path] = LatentShard(path, latent_dim).rows
+            shards[path] = (real_root and escape_problem("latent_path", rel, path, real_root)) or \
+                LatentShard(path, rules.latent_dim).rows
         except LatentError as e:
             shards[path] = str(e)
     rows = shards[path]
     if isinstance(rows, str):
         return rows
     return f"latent_row {row} out of range for shard {path} with {rows} rows" if row >= rows else None
+
+
+def _build_locked(d: Path, json_path: Path, rules: RecordRules, source: dict) -> dict:
+    """Build the index at ``d`` under its file lock, unless another process built it meanwhile;
+    returns its header."""
+    with FileLock(str(d) + ".lock"):
+        meta, why = _check(d, json_path, rules, source)
+        if meta is not None:
+            return meta
+        if why and not why.startswith(("the data file changed", "it was built by index version")):
+            log.warning("the record index %s cannot be used (%s); rebuilding it", d, why)
+        log.info("indexing %s (once; cached in %s)", json_path, d)
+        _build(json_path, rules, d)
+        meta, why = _check(d, json_path, rules, _source_key(json_path))
+        if meta is None:
+            raise DataError(json_path, None, f"the file changed while it was being indexed ({why}); retry")
+        return meta
 
 
 def open_index(json_path: str | os.PathLike, rules: RecordRules, cache_dir: str | None = None) -> RecordIndex:
@@ -422,18 +521,31 @@ def open_index(json_path: str | os.PathLike, rules: RecordRules, cache_dir: str 
         raise DataError(json_path, None, "file not found")
     if problem:
         raise DataError(json_path, None, f"the dataset file {problem}")
-    d = _index_dir(json_path, rules, cache_dir)
-    meta = _valid(d, json_path, rules)
-    if meta is None:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(d) + ".lock"):
-            meta = _valid(d, json_path, rules)  # another process may have built it meanwhile
-            if meta is None:
-                log.info("indexing %s (once; cached in %s)", json_path, d)
-                _build(json_path, rules, d)
-                meta = _valid(d, json_path, rules)
-                if meta is None:
-                    raise DataError(json_path, None, "the file changed while it was being indexed; retry")
+    try:
+        source = _source_key(json_path)
+    except OSError as e:
+        raise DataError(json_path, None, f"the dataset file cannot be read ({e.strerror or e})") from None
+    tried = []
+    for d, warn in _candidate_dirs(json_path, rules, cache_dir):
+        meta, _ = _check(d, json_path, rules, source)
+        if meta is not None:
+            break
+        unwritable = _writable(d)
+        if unwritable:
+            tried.append(f"{d.parent} ({unwritable})")
+            if warn:
+                log.warning("the record index cache %s cannot be written (%s); trying the next place", d.parent,
+                            unwritable)
+            continue
+        try:
+            meta = _build_locked(d, json_path, rules, source)
+            break
+        except OSError as e:  # a full disk, a quota
+            tried.append(f"{d} ({e.strerror or e})")
+            log.warning("writing the record index %s failed (%s); trying the next place", d, e.strerror or e)
+    else:
+        raise DataError(json_path, None, f"its record index cannot be written anywhere: {'; '.join(tried)}; set "
+                                         "data.index_cache_dir to a writable directory with space")
     records = NpyRows(d / "records.npy")
     problems = [DataError(json_path, p["record"], p["reason"], line=p["line"])
                 for p in json.loads((d / "problems.json").read_text())]

@@ -40,6 +40,7 @@ from mmldlm.data.records import (
     LatentShard,
     RecordFields,
     RecordRules,
+    escape_problem,
     load_latent_file,
     non_finite_problem,
 )
@@ -64,7 +65,10 @@ class RecordDataset(Dataset):
         self.latent_dim = index.rules.latent_dim
         self.reader = index.reader()
         self.path_fields = index.rules.fields.paths
-        self._shards: dict[str, LatentShard] = {}  # per process; reopened by each worker
+        # paths are confined to the root with symlinks followed (records.escapes_root); None: not checked
+        confine = not index.rules.allow_outside and (self.latent_dim is not None or self.path_fields)
+        self.real_root = os.path.realpath(index.root) if confine else None
+        self._shards: dict[str, LatentShard | str] = {}  # per process; reopened by each worker
 
     def __len__(self) -> int:
         return self.length
@@ -74,23 +78,38 @@ class RecordDataset(Dataset):
         where = np.asarray(indices, dtype=np.int64)
         return self.reader.read(where if self.positions is None else self.positions.take(where))
 
-    def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any]:
+    def _item(self, number: int, obj: dict, latent: np.ndarray | None = None) -> dict[str, Any] | DataError:
         item = {"index": number, "record": obj, "file": self.index.json_path}
         if "text" in obj:
             item["text"] = obj["text"]
         if self.path_fields:  # only file sources have path fields (a hub dataset's records cannot)
             item["files"] = {k: os.path.join(self.index.root, obj[k]) for k in self.path_fields}
+            for k, path in item["files"].items():
+                why = self._escape(k, obj[k], path)
+                if why:
+                    return self._bad(number, why)
         if latent is not None:
             item["latent"] = latent
         return item
 
+    def _escape(self, key: str, rel: str, path: str) -> str | None:
+        return None if self.real_root is None else escape_problem(key, rel, path, self.real_root)
+
     def _bad(self, number: int, reason: str) -> DataError:
         return DataError(self.index.json_path, number, reason)
 
-    def _shard(self, path: str) -> LatentShard:
+    def _shard(self, path: str, rel: str) -> LatentShard:
+        """The shard at ``path`` (opened once per process); LatentError when it is unusable."""
         shard = self._shards.get(path)
         if shard is None:
-            shard = self._shards[path] = LatentShard(path, self.latent_dim)
+            why = self._escape("latent_path", rel, path)
+            try:
+                shard = why or LatentShard(path, self.latent_dim)
+            except LatentError as e:
+                shard = str(e)
+            self._shards[path] = shard
+        if isinstance(shard, str):
+            raise LatentError(shard)
         return shard
 
     def __getitem__(self, i: int) -> dict[str, Any] | DataError:
@@ -110,6 +129,9 @@ class RecordDataset(Dataset):
                 by_shard.setdefault(path, []).append(k)
                 continue
             try:
+                why = self._escape("latent_path", obj["latent_path"], path)
+                if why:
+                    raise LatentError(why)
                 lat = load_latent_file(path, self.latent_dim)
             except LatentError as e:
                 out[k] = self._bad(n, str(e))
@@ -119,7 +141,7 @@ class RecordDataset(Dataset):
         for path, ks in by_shard.items():
             rows = np.array([recs[k][1]["latent_row"] for k in ks], dtype=np.int64)
             try:
-                block = self._shard(path).read(rows)
+                block = self._shard(path, recs[ks[0]][1]["latent_path"]).read(rows)
             except LatentError as e:
                 for k in ks:
                     out[k] = self._bad(recs[k][0], str(e))

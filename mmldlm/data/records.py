@@ -3,7 +3,8 @@
 A dataset is a JSON list or a JSONL file of records (or a text file: one record ``{"text": line}``
 per non-empty line, ``data.dataset_name: text``). Core fields: ``text`` (a non-empty string),
 and, unless ``data.latent_dim`` is null, ``latent_path`` (relative to the JSON file's directory or
-``data.latent_data_root``, never outside it unless ``data.allow_paths_outside_root``) with an
+``data.latent_data_root``, never outside it, symlinks followed, unless
+``data.allow_paths_outside_root``) with an
 optional ``latent_row`` (a row of a 2-D shard ``[N, D]``). Without ``latent_row`` the file holds
 one sample: ``[D]``, ``[1, D]`` or ``[K, D]``. A family may require more fields
 (:class:`RecordFields`). Every problem is a :class:`DataError` naming the JSON file, the record
@@ -102,6 +103,23 @@ def outside_root(path: str) -> bool:
     climbs out of its root with ``..``."""
     norm = os.path.normpath(path)
     return os.path.isabs(path) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def escapes_root(path: str, real_root: str) -> str | None:
+    """Where ``path`` really lies (symlinks followed) when that is outside ``real_root`` (itself a
+    real path), else None: a link inside the root may not lead a record's file out of it."""
+    real = os.path.realpath(path)
+    inside = real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+    return None if inside else real
+
+
+def escape_problem(key: str, rel: str, path: str, real_root: str) -> str | None:
+    """The bad-record reason of a record path that a symlink leads out of its root, or None."""
+    real = escapes_root(path, real_root)
+    if real is None:
+        return None
+    return (f"{key} {rel!r} leads out of its root {real_root} through a symlink (to {real}); set "
+            "data.allow_paths_outside_root=true to allow it")
 
 
 def normalized(obj, fields: RecordFields):
@@ -221,11 +239,11 @@ class LatentShard:
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
 
-def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:
-    """A per-record latent file as float32 ``[K, D]`` (``[D]`` and ``[1, D]`` give K = 1)."""
+def _load_npy(path: str) -> np.ndarray:
+    """A regular ``.npy`` file, never unpickled; LatentError naming the file otherwise."""
     _file_ok(path)
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except ValueError as e:
         if "Object arrays" in str(e):
             raise LatentError(f"latent file {path} holds a pickled object array; refusing to load it "
@@ -236,6 +254,11 @@ def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:
         raise LatentError(f"latent file {path} is truncated or not a .npy array ({e})") from None
     except (EOFError, OSError) as e:
         raise LatentError(f"latent file {path} is truncated or unreadable ({e})") from None
+
+
+def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:
+    """A per-record latent file as float32 ``[K, D]`` (``[D]`` and ``[1, D]`` give K = 1)."""
+    arr = _load_npy(path)
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise LatentError(f"latent file {path} has shape {list(arr.shape)}, expected [D], [1, D] or [K, D]")
     _check_array_meta(path, arr.dtype, arr.shape, latent_dim)
@@ -245,3 +268,22 @@ def load_latent_file(path: str, latent_dim: int | None) -> np.ndarray:
 def non_finite_problem(arr: np.ndarray, where: str) -> str | None:
     n_bad = arr.size - int(np.isfinite(arr).sum())
     return f"latent in {where} has {n_bad} non-finite values (NaN/Inf)" if n_bad else None
+
+
+def read_latent_input(path: str, latent_dim: int, multi: bool = False) -> np.ndarray:
+    """Latents handed to a sampling CLI, one sample per row: ``[N, D]`` (``[D]`` is one row; with
+    ``multi`` also ``[N, K, D]``) as float32, refused as training refuses them (pickles, non-float
+    dtypes, another dimension) and with the first row holding NaN/Inf named (such a row decodes to
+    garbage text). Raises :class:`LatentError` (a ValueError) naming the file."""
+    arr = _load_npy(str(path))
+    arr = arr[None] if arr.ndim == 1 else arr
+    shapes = "[N, D] or [N, K, D]" if multi else "[N, D]"
+    if arr.ndim not in ((2, 3) if multi else (2,)) or arr.size == 0:
+        raise LatentError(f"latents {path} have shape {list(arr.shape)}, expected {shapes} with D = {latent_dim}")
+    _check_array_meta(str(path), arr.dtype, arr.shape, latent_dim)
+    finite = np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise LatentError(f"latents {path}: row {rows[0]} has non-finite values (NaN/Inf); {len(rows)} of "
+                          f"{arr.shape[0]} rows do. Fix or drop them")
+    return np.asarray(arr, dtype=np.float32)

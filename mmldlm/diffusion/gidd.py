@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +41,6 @@ import torch.nn.functional as F
 from mmldlm.config import ConfigError
 
 LOSS_WEIGHTINGS = ("none", "clip", "dynamic")
-
-
-class GiddTerms(NamedTuple):
-    elbo: torch.Tensor  # [B, L] per-token negative ELBO, 0 at padding
-    loss: torch.Tensor  # [B, L] the training-weighted version, 0 at padding
-    metrics: dict[str, torch.Tensor]  # 0-d, detached: means over real tokens
 
 
 class GiddDiffusion:
@@ -162,11 +155,43 @@ class GiddDiffusion:
         z = torch.where(r < p_mask, self.mask_id, z)
         return torch.where(attention_mask.bool(), z, input_ids)
 
-    # ---- loss -----------------------------------------------------------------------------------
+    # ---- loss ----------------------------------------------------------------------------------
+    # (mmldlm.diffusion.terms: the terms from a text head a chunk of tokens at a time, or from logits)
+    def scored(self, input_ids, noisy_ids, attention_mask) -> torch.Tensor:
+        """Every real token has a term (clean ones too: GIDD's ELBO scores them)."""
+        return attention_mask.bool()
+
+    def token_terms(self, logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor):
+        """Per real token (``logits [n, >= V]``, clean ids ``x``, noisy ids ``z``, levels ``t``, ``[n]``
+        each): (training loss, {"elbo", "loss", "kl", "is"})."""
+        one = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        elbo, loss, kl, is_term = self._per_token(logits[:, None], x[:, None], z[:, None], one, t)
+        return loss[:, 0], {"elbo": elbo[:, 0].detach(), "loss": loss[:, 0].detach(), "kl": kl[:, 0].detach(),
+                            "is": is_term[:, 0].detach()}
+
+    def summarize(self, sums: dict, input_ids, noisy_ids, attention_mask) -> dict[str, torch.Tensor]:
+        """Means over the real tokens: the ELBO and its two parts, the fraction of each kind of token."""
+        attn = attention_mask.bool()
+        n = attn.sum().clamp_min(1)
+        is_mask = noisy_ids == self.mask_id
+        is_clean = (noisy_ids == input_ids) & ~is_mask
+        is_unif = ~(is_mask | is_clean)
+        return {"elbo": sums["elbo"] / n, "kl": sums["kl"] / n, "is": sums["is"] / n,  # kl + is = elbo
+                "frac_mask": (is_mask & attn).sum() / n, "frac_uniform": (is_unif & attn).sum() / n,
+                "frac_clean": (is_clean & attn).sum() / n}
+
     def terms(self, logits: torch.Tensor, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
-              attention_mask: torch.Tensor, t: torch.Tensor) -> GiddTerms:
-        """Per-token negative ELBO and training loss for ``logits [B, L, V]`` (extra padded-vocab
-        columns are dropped), float32 inside. ``input_ids`` at real positions must be allowed ids."""
+              attention_mask: torch.Tensor, t: torch.Tensor):
+        """Per-token negative ELBO and training loss (``Terms``, 0 at padding) for ``logits [B, L, V]``
+        (extra padded-vocab columns are dropped). ``input_ids`` at real positions must be allowed ids."""
+        from mmldlm.diffusion.terms import logit_terms
+
+        return logit_terms(self, logits, input_ids, noisy_ids, attention_mask, t)
+
+    def _per_token(self, logits: torch.Tensor, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, t: torch.Tensor):
+        """(elbo, loss, weighted KL, weighted IS term) ``[B, L]`` each, for ``logits [B, L, >= V]``,
+        float32 inside, 0 at padding."""
         V = self.vocab_size
         if logits.shape[-1] < V:
             raise ValueError(f"logits have {logits.shape[-1]} classes, fewer than the vocabulary {V}")
@@ -209,7 +234,6 @@ class GiddDiffusion:
 
         is_mask = z == self.mask_id
         is_clean = (z == x) & ~is_mask
-        is_unif = ~(is_mask | is_clean)
         # r = 1 on [MASK] (both t/C); on a uniform-noise z, q(z|x) = u <= q(z|x_hat)
         log_r = torch.where(is_mask, 0.0, torch.where(is_clean, log_r_x, -sp_z))
         # r - log r - 1 >= 0, by its series where expm1(log r) - log r would cancel
@@ -229,16 +253,4 @@ class GiddDiffusion:
         w_elbo = w_elbo.float()
         elbo = torch.where(attn, w_elbo * kl_is, 0.0)
         loss = torch.where(attn, w_loss.float() * kl_is, 0.0)
-
-        n = attn.sum().clamp_min(1)
-        with torch.no_grad():
-            metrics = {
-                "elbo": elbo.sum() / n,
-                # the ELBO's two parts (they sum to "elbo"); unweighted, r on clean tokens reaches alpha/u
-                "kl": torch.where(attn, w_elbo * kl, 0.0).sum() / n,
-                "is": torch.where(attn, w_elbo * is_term, 0.0).sum() / n,
-                "frac_mask": (is_mask & attn).sum() / n,
-                "frac_uniform": (is_unif & attn).sum() / n,
-                "frac_clean": (is_clean & attn).sum() / n,
-            }
-        return GiddTerms(elbo, loss, metrics)
+        return elbo, loss, torch.where(attn, w_elbo * kl, 0.0), torch.where(attn, w_elbo * is_term, 0.0)

@@ -34,16 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-
-
-class HdlmTerms(NamedTuple):
-    elbo: torch.Tensor  # [B, L] per-token NELBO contribution (the simplified objective when simplified)
-    loss: torch.Tensor  # [B, L] the same terms with the clipped training weights
-    metrics: dict[str, torch.Tensor]  # 0-d, detached
 
 
 def load_clusters(path: str, vocab_size: int) -> torch.LongTensor:
@@ -224,28 +217,27 @@ class HierarchicalDiffusion:
         z = torch.where(u < alpha, input_ids, torch.where(u < alpha + c, self.vocab_size + cluster, self.mask_id))
         return torch.where(live, z, input_ids)
 
-    def terms(self, logits: torch.Tensor, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
-              attention_mask: torch.Tensor, t: torch.Tensor) -> HdlmTerms:
-        """Per-token NELBO and training loss from ``logits [B, L, >= V]`` (token logits; columns past V, the
-        model's padded rows, are ignored). Computed in float32 on the noised positions only."""
-        V, n = self.vocab_size, self.n_clusters
-        if logits.shape[-1] < V:
-            raise ValueError(f"logits have {logits.shape[-1]} columns, fewer than vocab_size {V}")
+    # ---- loss (mmldlm.diffusion.terms: from a text head a chunk of tokens at a time, or from logits) ------
+    def scored(self, input_ids, noisy_ids, attention_mask) -> torch.Tensor:
+        """The noised positions ([MASK] or a cluster token): clean ones have no reverse transition."""
         self._to(input_ids.device)
-        att = attention_mask.bool()
-        cx = self.cluster_of[input_ids]
-        live = att & (cx >= 0)
-        is_mask = live & (noisy_ids == self.mask_id)
-        is_cluster = live & (noisy_ids >= V) & (noisy_ids < V + n)
-        sel = is_mask | is_cluster  # clean positions have no reverse transition: their term is 0
-        rows = logits[..., :V][sel].float().masked_fill(self.blocked, -torch.inf)  # [N, V]
-        tgt, tc = input_ids[sel], cx[sel]
+        V, n = self.vocab_size, self.n_clusters
+        live = attention_mask.bool() & (self.cluster_of[input_ids] >= 0)
+        return live & ((noisy_ids == self.mask_id) | ((noisy_ids >= V) & (noisy_ids < V + n)))
+
+    def token_terms(self, logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor):
+        """Per noised token (``logits [n, >= V]`` token logits, clean ids ``x``, noisy ids ``z``, levels
+        ``t``): (training loss, {"elbo", "loss", "clusters", "tokens"}: the unweighted cluster and token terms)."""
+        V, n = self.vocab_size, self.n_clusters
+        self._to(x.device)
+        rows = logits[:, :V].float().masked_fill(self.blocked, -torch.inf)
+        tc = self.cluster_of[x]
         lse_all = rows.logsumexp(-1)
         lse_c = rows.masked_fill(self.cluster_of != tc.unsqueeze(1), -torch.inf).logsumexp(-1)  # true cluster only
-        logit_x = rows.gather(1, tgt.unsqueeze(1)).squeeze(1)
+        logit_x = rows.gather(1, x.unsqueeze(1)).squeeze(1)
         ce = lse_all - logit_x  # -log p(x)
         log_pc = lse_c - lse_all  # log p(c(x)), <= 0
-        m_sel, c_sel = is_mask[sel], is_cluster[sel]
+        m_sel, c_sel = z == self.mask_id, (z >= V) & (z < V + n)
         zero = torch.zeros_like(ce)
         if self.simplified:
             xi = 1 - self.p_perturb
@@ -254,30 +246,44 @@ class HierarchicalDiffusion:
                 ell = -torch.log(r + (1 - r) * log_pc.exp())  # -log(q(c(x) | p) / xi), p(c) pushed through q
             else:
                 ell = -log_pc
-            true_c = (noisy_ids == V + cx)[sel] & c_sel
+            true_c = (z == V + tc) & c_sel
             cluster_term = torch.where(m_sel, xi * ell, zero)
             token_term = torch.where(true_c, ce - ell, torch.where(c_sel, ce, zero))
         else:
             cluster_term = torch.where(m_sel, -log_pc, zero)
             token_term = torch.where(c_sel, lse_c - logit_x if self.force_transitting_within else ce, zero)
-        tb = t.reshape(-1, 1).expand(sel.shape)[sel]
-        _, _, _, w_mask, w_cluster = (v.float() for v in self.schedule(tb))
+        _, _, _, w_mask, w_cluster = (v.float() for v in self.schedule(t))
         lo, hi = self.min_loss_weight, self.max_loss_weight
-        elbo_sel = w_mask * cluster_term + w_cluster * token_term
-        loss_sel = w_mask.clamp(lo, hi) * cluster_term + w_cluster.clamp(lo, hi) * token_term
-        elbo = torch.zeros(sel.shape, dtype=torch.float32, device=sel.device).masked_scatter(sel, elbo_sel)
-        loss = torch.zeros(sel.shape, dtype=torch.float32, device=sel.device).masked_scatter(sel, loss_sel)
-        n_real = att.sum().clamp_min(1)
-        n_live = live.sum().clamp_min(1)
-        metrics = {
-            "elbo": elbo.detach().sum() / n_real,
-            "loss": loss.detach().sum() / n_real,
-            "loss_clusters": cluster_term.detach().sum() / n_real,  # unweighted, as upstream logs them
-            "loss_tokens": token_term.detach().sum() / n_real,
-            "frac_mask": is_mask.sum() / n_live,
-            "frac_cluster": is_cluster.sum() / n_live,
-            "frac_clean": (live & ~sel).sum() / n_live,
-        }
+        elbo = w_mask * cluster_term + w_cluster * token_term
+        loss = w_mask.clamp(lo, hi) * cluster_term + w_cluster.clamp(lo, hi) * token_term
+        return loss, {"elbo": elbo.detach(), "loss": loss.detach(), "clusters": cluster_term.detach(),
+                      "tokens": token_term.detach()}
+
+    def summarize(self, sums: dict, input_ids, noisy_ids, attention_mask) -> dict[str, torch.Tensor]:
+        """Means over the real tokens (the terms; unweighted cluster / token terms, as upstream logs them)
+        and fractions of the live ones (neither [MASK] nor excluded)."""
+        self._to(input_ids.device)
+        V, n = self.vocab_size, self.n_clusters
+        att = attention_mask.bool()
+        cx = self.cluster_of[input_ids]
+        live = att & (cx >= 0)
+        is_mask = live & (noisy_ids == self.mask_id)
+        is_cluster = live & (noisy_ids >= V) & (noisy_ids < V + n)
+        n_real, n_live = att.sum().clamp_min(1), live.sum().clamp_min(1)
+        metrics = {"elbo": sums["elbo"] / n_real, "loss": sums["loss"] / n_real,
+                   "loss_clusters": sums["clusters"] / n_real, "loss_tokens": sums["tokens"] / n_real,
+                   "frac_mask": is_mask.sum() / n_live, "frac_cluster": is_cluster.sum() / n_live,
+                   "frac_clean": (live & ~(is_mask | is_cluster)).sum() / n_live}
         if self.p_perturb > 0:
             metrics["frac_wrong_cluster"] = (is_cluster & (noisy_ids != V + cx)).sum() / n_live
-        return HdlmTerms(elbo, loss, metrics)
+        return metrics
+
+    def terms(self, logits: torch.Tensor, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
+              attention_mask: torch.Tensor, t: torch.Tensor):
+        """Per-token NELBO and training loss (``Terms``) from ``logits [B, L, >= V]`` (token logits;
+        columns past V, the model's padded rows, are ignored), computed on the noised positions only."""
+        from mmldlm.diffusion.terms import logit_terms
+
+        if logits.shape[-1] < self.vocab_size:
+            raise ValueError(f"logits have {logits.shape[-1]} columns, fewer than vocab_size {self.vocab_size}")
+        return logit_terms(self, logits, input_ids, noisy_ids, attention_mask, t)

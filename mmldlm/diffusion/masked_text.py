@@ -11,8 +11,17 @@ its logit is -inf in the training loss, the accuracy and every sampler (:meth:`s
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class HeadOut(NamedTuple):
+    loss: torch.Tensor  # the ELBO loss over the real tokens (or the given denominator)
+    acc: torch.Tensor  # accuracy on the masked tokens
+    token_loss: torch.Tensor  # [N] each masked token's weighted CE, detached
+    pick: torch.Tensor | None  # [N] what ``pick`` chose at each masked token
 
 
 class MaskedTextDiffusion:
@@ -54,6 +63,22 @@ class MaskedTextDiffusion:
         out[..., self.mask_id] = -torch.inf
         return out
 
+    def token_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pick=None):
+        """Per masked token: (ELBO-weighted CE, {"loss": the same, detached; "correct": argmax == target;
+        "pick": ``pick(p(x0 | x_t) logits)`` when given}). ``logits [n, V]``, ``target [n]``,
+        ``weight [n]``: the per-token ``fn`` of :func:`mmldlm.heads.head_loss`."""
+        logits = self.subs(logits)
+        loss = F.cross_entropy(logits, target, reduction="none") * weight
+        report = {"loss": loss.detach(), "correct": (logits.argmax(-1) == target).float()}
+        if pick is not None:
+            with torch.no_grad():
+                report["pick"] = pick(logits.detach())
+        return loss, report
+
+    def token_weights(self, masked: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The ELBO weight of each masked position (row-major), ``weight [B]`` replacing ``loss_weight(t)``."""
+        return (self.loss_weight(t) if weight is None else weight).unsqueeze(1).expand_as(masked)[masked]
+
     def loss(self, logits: torch.Tensor, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None = None,
              denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +89,24 @@ class MaskedTextDiffusion:
         share per rank, ``mmldlm.nn.rank_share``)."""
         if logits.dim() == 3:
             logits = logits[masked]
-        tgt = input_ids[masked]
-        logits = self.subs(logits)
-        ce = F.cross_entropy(logits, tgt, reduction="none")  # masked positions only
-        w = (self.loss_weight(t) if weight is None else weight).unsqueeze(1).expand_as(masked)[masked]
-        loss = (ce * w).sum() / (attention_mask.sum() if denom is None else denom).clamp_min(1)
-        acc = (logits.argmax(-1) == tgt).sum() / masked.sum().clamp_min(1)
-        return loss, acc
+        loss, report = self.token_loss(logits, input_ids[masked], self.token_weights(masked, t, weight))
+        return self.reduce(loss.sum(), report["correct"].sum(), masked, attention_mask, denom)
+
+    def head_loss(self, hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torch.Tensor, masked: torch.Tensor,
+                  attention_mask: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None = None,
+                  denom: torch.Tensor | None = None, pick=None) -> HeadOut:
+        """:meth:`loss` from the hidden states of the masked positions (``hidden [N, d]``, row-major)
+        through the text ``head``, a chunk of tokens at a time (:func:`mmldlm.heads.head_loss`: no
+        ``[N, V]`` logits); ``pick``: see :meth:`token_loss`."""
+        from mmldlm.heads import head_loss
+
+        out = head_loss(hidden, head.weight, head.bias, lambda lg, tg, w: self.token_loss(lg, tg, w, pick),
+                        input_ids[masked], self.token_weights(masked, t, weight))
+        loss, acc = self.reduce(out.loss, out.per_token["correct"].sum(), masked, attention_mask, denom)
+        return HeadOut(loss, acc, out.per_token["loss"], out.per_token.get("pick"))
+
+    @staticmethod
+    def reduce(loss_sum, correct, masked, attention_mask, denom=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss over the real tokens (or ``denom``), accuracy over the masked ones)."""
+        loss = loss_sum / (attention_mask.sum() if denom is None else denom).clamp_min(1)
+        return loss, correct / masked.sum().clamp_min(1)

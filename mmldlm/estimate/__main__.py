@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 
+from mmldlm.argtypes import nonneg_int, positive_int, unit
 from mmldlm.estimate.estimate import GIB, GPUS, PEAK_FLOPS, Estimate, distribute, needed_bytes
 
 
@@ -163,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-name", help="a shipped config (mmdit, mdlm, wedlm8b_ar_bridge, wedlm8b_sft, ...)")
     ap.add_argument("--encoder", choices=["e5"], help="latent extraction's encoder instead of a training config")
-    ap.add_argument("--batch", type=int, default=256, help="--encoder: texts per forward")
-    ap.add_argument("--seq", type=int, default=512, help="--encoder: tokens per text (padded)")
+    ap.add_argument("--batch", type=positive_int, default=256, help="--encoder: texts per forward")
+    ap.add_argument("--seq", type=positive_int, default=512, help="--encoder: tokens per text (padded)")
     ap.add_argument("--config-dir", default=None, help="a config directory outside the families' own "
                     "(e.g. cycle_vae_impl/configs for mmdit_cycle_vae_cluster)")
-    ap.add_argument("--world-size", type=int, default=1, help="ranks (FSDP divides what it shards)")
-    ap.add_argument("--mfu", type=float, default=0.35, help="the ASSUMED model FLOPs utilisation for tokens/s")
-    ap.add_argument("--step", type=int, default=None, help="the step traced (default: the last, ramps on)")
+    ap.add_argument("--world-size", type=positive_int, default=1, help="ranks (FSDP divides what it shards)")
+    ap.add_argument("--mfu", type=unit, default=0.35, help="the ASSUMED model FLOPs utilisation for tokens/s")
+    ap.add_argument("--step", type=nonneg_int, default=None, help="the step traced (default: the last, ramps on)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the report")
     ap.add_argument("--verdict", action="store_true", help="only the one-line verdict (the launchers' preflight)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")

@@ -22,7 +22,12 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
     if any(a in ("-h", "--help") for a in argv):
         lines = [doc.strip(), "", "keys (key=value):"]
         for f in fields.values():
-            default = "required" if f.default is dataclasses.MISSING else f"default {f.default!r}"
+            if f.default is not dataclasses.MISSING:
+                default = f"default {f.default!r}"
+            elif f.default_factory is not dataclasses.MISSING:  # a section of keys (data_files.validation=...)
+                default = "optional"
+            else:
+                default = "required"
             lines.append(f"  {f.name:<22} {f.metadata.get('help', '')} ({default})")
         print("\n".join(lines))
         raise SystemExit(0)
@@ -30,16 +35,40 @@ def parse_keys(spec: type, argv: list[str] | None, doc: str, aliases: dict[str, 
     for arg in argv:
         key, eq, value = arg.partition("=")
         key = (aliases or {}).get(key, key)
-        if not eq or key.split(".")[0] not in fields:
+        if not eq or not known_key(fields, key):
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             _fail(f"{arg!r} is not key=value with a known key{hint}; keys: {', '.join(fields)}")
         pairs.append(f"{key}={value}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(spec), OmegaConf.from_dotlist(pairs))
-        return OmegaConf.to_object(cfg)
+        obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         _fail(str(e).splitlines()[0])
+    _check_ranges(obj, fields)
+    return obj
+
+
+def known_key(fields: dict, key: str) -> bool:
+    """``key`` is a field, or a key inside a section field (``data_files.validation``)."""
+    section = key.split(".", 1)[0]
+    return section in fields and ("." in key) == (fields[section].default_factory is not dataclasses.MISSING)
+
+
+def _check_ranges(obj, fields: dict) -> None:
+    """Each key's range from its ``min`` / ``above`` (strictly) / ``max`` metadata; a value out of it
+    is one line and exit 2, before any work."""
+    for name, f in fields.items():
+        value = getattr(obj, name)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        low, above, high = f.metadata.get("min"), f.metadata.get("above"), f.metadata.get("max")
+        if low is not None and value < low:
+            _fail(f"{name}={value}: must be >= {low}")
+        if above is not None and value <= above:
+            _fail(f"{name}={value}: must be > {above}")
+        if high is not None and value > high:
+            _fail(f"{name}={value}: must be <= {high}")
 
 
 def resolve_device(name: str) -> str:
@@ -77,11 +106,29 @@ class CheckpointKeys:
         return LoadPolicy(trust_remote_code=self.trust_remote_code, paths=paths,
                           allow_source_change=self.allow_source_change)
 
-    def rebuild(self, checkpoint, device: str):
-        """(objective in eval mode, tokenizer, config) under this command line's load policy."""
-        from mmldlm.train.rebuild import rebuild_from_checkpoint
+    def rebuild(self, checkpoint, device: str, cli: str | None = None, needs: str | None = None, what: str = ""):
+        """(objective in eval mode, tokenizer, config) under this command line's load policy, of a
+        run, checkpoint, export or :class:`~mmldlm.train.rebuild.Saved`. ``cli`` (this command, as
+        families list their readers) and ``needs`` (the objective method it calls: generate |
+        nelbo): a run of a family this command does not read is refused before anything is built,
+        naming its objective, ``what`` the command needs, and the commands that do read it."""
+        from mmldlm.objective import Objective, lookup, readers
+        from mmldlm.train.rebuild import CheckpointPolicyError, Saved, open_saved, rebuild_from_checkpoint
 
-        return rebuild_from_checkpoint(checkpoint, device, self.policy(), ema=self.ema)
+        saved = checkpoint if isinstance(checkpoint, Saved) else open_saved(checkpoint)
+        name = saved.objective
+        try:
+            declared = lookup(name).clis if name else ()
+        except KeyError:
+            declared = ()
+        if cli and declared and cli not in declared:
+            raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}, which {cli} does not read"
+                                        f"{f' ({what})' if what else ''}: {readers(name)}")
+        built = rebuild_from_checkpoint(saved, device, self.policy(), ema=self.ema)
+        if needs and getattr(type(built[0]), needs) is getattr(Objective, needs):
+            raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}, which defines no {needs}() "
+                                        f"for {cli}: {readers(name)}")
+        return built
 
 
 def _flat(node: dict, prefix: str = ""):

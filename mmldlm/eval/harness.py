@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmldlm.argtypes import at_least, nonneg_int, positive_float, positive_int
+
 RESULT_KEYS = ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
@@ -29,17 +31,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                          "export")
     ap.add_argument("--tasks", required=True, help="comma-separated lm-eval task (or group) names")
     ap.add_argument("--include_path", default=None, help="a directory of more task YAMLs (e.g. local json tasks)")
-    ap.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples per prompt (task default)")
-    ap.add_argument("--limit", type=float, default=None, help="documents per task (< 1: a fraction); for tests")
-    ap.add_argument("--batch_size", type=int, default=16, help="requests per forward batch")
+    ap.add_argument("--num_fewshot", type=nonneg_int, default=None, help="few-shot examples per prompt (task default)")
+    ap.add_argument("--limit", type=positive_float, default=None,
+                    help="documents per task (< 1: a fraction); for tests")
+    ap.add_argument("--batch_size", type=positive_int, default=16, help="requests per forward batch")
     ap.add_argument("--output_path", help="the JSON written (results, model identity, protocol)")
-    ap.add_argument("--num_t", type=int, default=16, help="diffusion models: t-grid points of the bound")
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--num_t", type=positive_int, default=16, help="diffusion models: t-grid points of the bound")
+    ap.add_argument("--steps", type=positive_int, default=None,
                     help="diffusion models' generate_until: sampler steps (default one per generated token)")
-    ap.add_argument("--max_length", type=int, default=None, help="tokens per row (default data.max_seq_len)")
-    ap.add_argument("--rolling_context", type=int, default=1,
+    ap.add_argument("--max_length", type=at_least(2), default=None,
+                    help="tokens per row (default data.max_seq_len)")
+    ap.add_argument("--rolling_context", type=positive_int, default=1,
                     help="rolling perplexity: context tokens at least before each window (1: disjoint windows)")
-    ap.add_argument("--seed", type=int, default=0, help="generate_until draws and the harness's own seeds")
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="generate_until draws and the harness's own seeds")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--no-ema", dest="ema", action="store_false", help="the raw weights even if the run kept EMA")
     ap.add_argument("--backbone-dir", default=None,

@@ -26,9 +26,11 @@ GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
 DEFAULT_MAX_GEN_TOKS = 256
 
 
-def _int(name: str, value) -> int:
+def _int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
         raise ValueError(f"{name}={value!r}: a whole number is needed")
+    if int(value) < low:
+        raise ValueError(f"{name}={value!r}: must be >= {low}")
     return int(value)
 
 
@@ -45,19 +47,21 @@ class MMLDLM(TemplateLM):
         if (pretrained is None) == (loaded is None):
             raise ValueError("mmldlm: pass pretrained=RUN_DIR_OR_EXPORT")
         self._device = torch.device(resolve_device(device or "auto"))
+        if str(batch_size).startswith("auto") or max_batch_size is not None:
+            raise ValueError("mmldlm: batch_size=auto (and its max_batch_size) is not supported; pass a number")
+        # every number checked before the model is read
+        self.batch_size = _int("batch_size", batch_size)
+        self.num_t, self.seed = _int("num_t", num_t), _int("seed", seed, low=0)
+        self.steps = None if steps is None else _int("steps", steps)
+        self.rolling_context = _int("rolling_context", rolling_context)
+        max_length = None if max_length is None else _int("max_length", max_length, low=2)
         if loaded is None:
             keys = CheckpointKeys(ema=bool(ema), device=str(self._device), backbone_dir=backbone_dir,
                                   trust_remote_code=bool(trust_remote_code))
             loaded = keys.rebuild(pretrained, str(self._device))
         self.objective, self.tokenizer, self.cfg = loaded
         self.path = str(pretrained) if pretrained is not None else None
-        if str(batch_size).startswith("auto") or max_batch_size is not None:
-            raise ValueError("mmldlm: batch_size=auto (and its max_batch_size) is not supported; pass a number")
-        self.batch_size = _int("batch_size", batch_size)
-        self.num_t, self.seed = _int("num_t", num_t), _int("seed", seed)
-        self.steps = None if steps is None else _int("steps", steps)
-        self.max_length = _int("max_length", max_length) if max_length is not None else int(self.cfg.data.max_seq_len)
-        self.rolling_context = _int("rolling_context", rolling_context)
+        self.max_length = max_length or int(self.cfg.data.max_seq_len)
         self.eps = float(self.cfg.model.get("t_eps", 1e-4)) if "model" in self.cfg else 1e-4
         self.start_id, self.end_id = _document_tokens(self.tokenizer)
         pad = self.tokenizer.pad_token_id

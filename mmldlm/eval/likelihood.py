@@ -17,8 +17,9 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from mmldlm.data.collate import settle
+from mmldlm.data.collate import settle_later
 from mmldlm.data.loader import shutdown_workers
+from mmldlm.train import distributed as D
 
 
 class Nelbo(NamedTuple):
@@ -45,10 +46,10 @@ def validation_nelbo(objective, loader, device: torch.device, num_t: int = 16, e
     sums: dict[str, torch.Tensor] = {}
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     sequences = torch.zeros((), dtype=torch.float64, device=device)
-    it = iter(loader)
+    it, error = iter(loader), None
     try:
         for collated in tqdm(it, desc="nelbo", unit="batch", disable=not progress):
-            batch, _ = settle(collated, skip_bad)
+            batch, _, error = settle_later(collated, skip_bad, error)
             batch = {k: v.to(device) for k, v in batch.items()}
             n = batch["input_ids"].shape[0]
             for k, t in enumerate(grid):
@@ -66,6 +67,9 @@ def validation_nelbo(objective, loader, device: torch.device, num_t: int = 16, e
     packed = torch.stack([sums[k] for k in names] + [tokens, sequences])
     if dist.is_initialized():
         dist.all_reduce(packed)
+    error = D.first_error(error, device)  # a bad record on any rank: every rank raises it
+    if error is not None:
+        raise error
     totals = dict(zip(names, packed[:-2].tolist()))
     n_tok = packed[-2].item()
     result = {name: total / max(n_tok, 1.0) for name, total in totals.items()}

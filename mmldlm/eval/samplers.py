@@ -30,6 +30,8 @@ used or not, so the stream does not depend on which positions happen to need the
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -256,6 +258,15 @@ def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+@functools.cache
+def cache_kwarg() -> str:
+    """The forward's name of the KV cache: ``cache`` in current transformers, ``past_key_values``
+    (deprecated there) in the older releases the pins allow."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
 def ar_sample(model, batch_size: int, length: int, bos_id: int | None, eos_id: int, *, temperature: float = 1.0,
               top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
               excluded: Sequence[int] = (), prefix: torch.Tensor | None = None, device=None,
@@ -277,19 +288,21 @@ def ar_sample(model, batch_size: int, length: int, bos_id: int | None, eos_id: i
     was_training = model.training
     model.eval()
 
-    def inputs(i: int, past) -> dict:
+    def inputs(i: int) -> dict:
         """The model's input to predict ids[:, i]: everything so far, or with the cache the last id."""
-        if past is not None:
+        if use_cache and i > first:
             return {"input_ids": ids[:, i - 1:i]}
         if prefix is None:
             return {"input_ids": ids[:, :i]}
         return {"inputs_embeds": torch.cat([prefix, model.get_input_embeddings()(ids[:, :i])], 1)}
 
     try:
-        past = None
+        from transformers import DynamicCache
+
+        # the Cache API: one cache object the model fills in place (no legacy tuples handed back)
+        cache = {cache_kwarg(): DynamicCache()} if use_cache else {}
         for i in range(first, length):
-            out = model(**inputs(i, past), past_key_values=past, use_cache=use_cache)
-            past = out.past_key_values if use_cache else None
+            out = model(**inputs(i), **cache, use_cache=use_cache)
             logits = out.logits[:, -1].float()
             logits[:, list(excluded)] = -torch.inf
             u = _uniform(batch_size, generator, ids.device)  # one per row and position, in both modes

@@ -8,9 +8,17 @@ and renamed, the directory fsynced, and only then does ``latest`` move (same pro
 process killed at any moment leaves ``latest`` naming a complete checkpoint. Loading uses
 ``torch.load(weights_only=True)``; a sharded checkpoint loads onto any number of ranks, with or
 without FSDP (DCP reshards).
+
+A checkpoint is complete only when every file it is made of is there with its size: a sharded
+one lists its files in ``manifest.json`` (size each, and a blake2b of those small enough to hash
+cheaply); one written before manifests is held to the files and bytes its DCP ``.metadata``
+names. ``resume=auto`` takes the newest complete checkpoint (``latest`` first) and says which it
+skipped and why (:func:`incomplete`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import re
@@ -27,6 +35,12 @@ log = logging.getLogger(__name__)
 
 _CKPT = re.compile(r"^checkpoint_step_(\d+)(\.pt)?$")
 EXTRA = "extra.pt"  # a sharded checkpoint's unsharded part
+MANIFEST = "manifest.json"  # a sharded checkpoint's files: name -> size (and blake2b when small)
+HASH_LIMIT = 64 * 2**20  # files up to this size are hashed into the manifest (extra.pt, .metadata, small shards)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (incomplete, unreadable); the message names it and why."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -60,8 +74,79 @@ def check_free_space(directory: Path, needed: int) -> None:
                                    "training.resume=auto")
 
 
+def _blake2b(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """``manifest.json``: every file of a sharded checkpoint with its size (and blake2b when small)."""
+    from mmldlm.io import write_json_atomic
+
+    files = {}
+    for f in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        size = f.stat().st_size
+        files[str(f.relative_to(directory))] = {"size": size, **({"blake2b": _blake2b(f)} if size <= HASH_LIMIT
+                                                                  else {})}
+    write_json_atomic(directory / MANIFEST, {"version": 1, "files": files})
+
+
+def _dcp_problem(path: Path) -> str | None:
+    """A sharded checkpoint without a manifest (written before them): the files and bytes its DCP
+    ``.metadata`` names, and its extra.pt."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (path / EXTRA).is_file():
+        return f"{EXTRA} is missing"
+    try:
+        storage = FileSystemReader(str(path)).read_metadata().storage_data or {}
+    except Exception as e:  # noqa: BLE001 - a missing or cut .metadata raises whatever unpickling raises
+        return f"its .metadata does not read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    need: dict[str, int] = {}
+    for info in storage.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size < size:
+            return f"{name} is {f.stat().st_size} bytes, its .metadata needs {size}"
+    return None
+
+
+def incomplete(path: Path) -> str | None:
+    """Why a checkpoint is not complete (a file of its manifest missing, of another size or
+    checksum), or None. A DDP checkpoint is one file, renamed into place whole: loading it is its
+    check."""
+    path = Path(path)
+    if not path.exists():
+        return "it does not exist"
+    if not path.is_dir():
+        return None if path.stat().st_size > 0 else "the file is empty"
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return _dcp_problem(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its {MANIFEST} does not read ({e})"
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{name} is {size} bytes, its manifest says {want['size']}"
+        if "blake2b" in want and _blake2b(f) != want["blake2b"]:
+            return f"{name} does not match its checksum (changed after it was written)"
+    return None
+
+
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (files and sharded directories), oldest first."""
+    """Checkpoints by name (files and sharded directories), oldest first; :func:`incomplete`
+    tells whether one is whole."""
     if not run_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _CKPT.match(p.name))]
@@ -134,8 +219,9 @@ def save_sharded(run_dir: Path, step: int, model, optimizer, extra: dict, keep_l
     if D.broadcast_object(error is None):
         try:
             dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp))
-            if is_main:
+            if is_main:  # dcp.save returns once every rank's shards and the .metadata are written
                 write_atomic(tmp / EXTRA, lambda f: torch.save(extra, f))
+                write_manifest(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # the same step saved again (a re-run)
                 tmp.rename(final)
                 fsync_dir(run_dir)
@@ -157,6 +243,13 @@ def load_checkpoint(path: Path) -> dict:
     :func:`load_sharded`."""
     path = Path(path)
     return torch.load(path / EXTRA if path.is_dir() else path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_objective(path: Path) -> str | None:
+    """The objective a checkpoint names, read without loading its tensors (memory-mapped)."""
+    path = Path(path)
+    state = torch.load(path / EXTRA if path.is_dir() else path, map_location="cpu", weights_only=True, mmap=True)
+    return (state.get("config") or {}).get("objective")
 
 
 def load_sharded(path: Path, model, optimizer, keys: set[str]) -> None:
@@ -223,15 +316,45 @@ def read_ema_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint (file or sharded directory), or a run directory (the one its ``latest`` names)."""
+    """A complete checkpoint (file or sharded directory), or of a run directory the newest complete
+    one (``latest`` first, saying what it skipped). For the CLIs: exits with one line naming why not."""
     p = Path(path)
     if p.is_dir() and not _CKPT.match(p.name):
-        if not (p / "latest").is_file():
-            raise SystemExit(f"{p} holds no 'latest' checkpoint pointer; pass a checkpoint_step_N path")
-        p = p / (p / "latest").read_text().strip()
-    if not p.exists():
-        raise SystemExit(f"checkpoint {p} does not exist")
+        if not (p / "latest").is_file() and not list_checkpoints(p):
+            raise SystemExit(f"error: {p} holds no checkpoint ('latest' or checkpoint_step_N); pass a run "
+                             "directory or a checkpoint_step_N path")
+        found = newest_complete(p, load=False)
+        if found is None:
+            raise SystemExit(f"error: {p} holds no complete checkpoint (the warnings above say why)")
+        return found[0]
+    why = incomplete(p)
+    if why:
+        raise SystemExit(f"error: checkpoint {p} cannot be used: {why}")
     return p
+
+
+def newest_complete(run_dir: Path, load: bool = True) -> tuple[Path, dict | None] | None:
+    """(path, state or None) of the newest complete checkpoint of a run, the one ``latest`` names
+    first (the head of the run's timeline, also after a rollback), then the others newest first;
+    each one skipped is logged with why. ``load``: also load it (one that does not load is skipped)."""
+    head = read_latest(run_dir)
+    others = [p for _, p in reversed(list_checkpoints(run_dir)) if p != head]
+    skipped = []
+    for p in ([head] if head is not None else []) + others:
+        why, state = incomplete(p), None
+        if why is None and load:
+            try:
+                state = load_checkpoint(p)
+            except Exception as e:  # noqa: BLE001 - an unreadable file: skip it, saying why
+                why = f"it does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if why is None:
+            if skipped:
+                log.warning("taking %s: skipped %s", p.name, "; ".join(skipped))
+            return p, state
+        skipped.append(f"{p.name} ({why})")
+    if skipped:
+        log.warning("no complete checkpoint in %s: skipped %s", run_dir, "; ".join(skipped))
+    return None
 
 
 def remove_stale_temps(run_dir: Path) -> None:
@@ -250,25 +373,23 @@ def read_latest(run_dir: Path) -> Path | None:
 
 
 def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path, dict] | None:
-    """``null`` -> None; a path -> that checkpoint; ``auto`` -> the checkpoint ``latest`` names
-    (the head of the run's timeline, also after a rollback), falling back to the newest checkpoint
-    that loads only when ``latest`` is missing or does not load; None when there is none."""
+    """``null`` -> None; a path -> that checkpoint (:class:`CheckpointError` when it is incomplete
+    or does not load); ``auto`` -> :func:`newest_complete` (``latest`` first, then the newest
+    complete one that loads, saying what it skipped); None when there is none."""
     if resume is None:
         return None
     if resume != "auto":
-        return Path(resume), load_checkpoint(Path(resume))
-    head = read_latest(run_dir)
-    if head is not None:
+        path = Path(resume)
+        why = incomplete(path)
+        if why:
+            raise CheckpointError(f"training.resume: checkpoint {path} cannot be used: {why}; pass another, or "
+                                  "training.resume=auto for the newest complete one")
         try:
-            return head, load_checkpoint(head)
-        except Exception as e:  # noqa: BLE001 - fall back to a scan below
-            log.warning("latest names %s, which does not load (%s); scanning for the newest that does", head, e)
-    for _, p in reversed(list_checkpoints(run_dir)):
-        try:
-            return p, load_checkpoint(p)
-        except Exception as e:  # noqa: BLE001 - an unreadable file: try the next older one
-            log.warning("checkpoint %s does not load (%s); trying an older one", p, e)
-    return None
+            return path, load_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a damaged file
+            raise CheckpointError(f"training.resume: checkpoint {path} does not load ({type(e).__name__}); pass "
+                                  "another, or training.resume=auto for the newest complete one") from None
+    return newest_complete(run_dir)
 
 
 def abandon_newer(run_dir: Path, step: int) -> list[Path]:

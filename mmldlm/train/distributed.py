@@ -1,7 +1,11 @@
-"""torchrun environment -> process group and device; DDP or FSDP2 wrapping; small collectives."""
+"""torchrun environment -> process group and device; DDP or FSDP2 wrapping; small collectives;
+the launcher watchdog (a rank whose torchrun is gone stops instead of running on as an orphan)."""
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,10 +45,43 @@ def setup(device_pref: str = "auto", timeout_min: float = 30.0, need_group: bool
         torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        watch_launcher()
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min), device_id=device if use_cuda else None)
     elif need_group and not dist.is_initialized():
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistInfo(rank, local_rank, world, device)
+
+
+ORPHAN_GRACE_S = float(os.environ.get("MMLDLM_ORPHAN_GRACE_S", 60))  # then a rank exits whatever it is doing
+_watchdog: threading.Thread | None = None
+
+
+def watch_launcher(poll_s: float = 0.5) -> threading.Thread | None:
+    """Under torchrun (``TORCHELASTIC_RUN_ID``): a daemon thread that notices when the launcher, this
+    process's parent, is gone (killed alone, the ranks went on as orphans for minutes, holding the
+    run lock and the devices) and stops this rank: SIGTERM to itself, so the loop finishes its
+    step, checkpoints and exits as on preemption (every rank sees it within ``poll_s`` and they
+    agree on the step), or, before the loop runs, the process ends at once; whatever still runs
+    ``ORPHAN_GRACE_S`` seconds later (``$MMLDLM_ORPHAN_GRACE_S``) exits then. The OS releases the
+    run lock with the process. Once per process."""
+    global _watchdog
+    if "TORCHELASTIC_RUN_ID" not in os.environ or _watchdog is not None:
+        return None
+    launcher = os.getppid()
+    tick = threading.Event()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            tick.wait(poll_s)
+        logging.getLogger("mm_ldlm").error("the launcher (pid %d) is gone: stopping this rank (checkpoint at the end "
+                                           "of the step, then exit)", launcher)
+        os.kill(os.getpid(), signal.SIGTERM)
+        tick.wait(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    _watchdog = threading.Thread(target=watch, name="launcher-watchdog", daemon=True)
+    _watchdog.start()
+    return _watchdog
 
 
 def wrap(objective: torch.nn.Module, parallelism: str, info: DistInfo, bf16: bool,
@@ -111,6 +148,19 @@ def all_gather_object(obj) -> list:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def first_error(err: BaseException | None, device: torch.device) -> BaseException | None:
+    """Whether any rank failed, agreed by all: the first failing rank's error on every rank (a
+    DataError names the file, record and reason), else None. One flag all-reduce; the errors are
+    gathered only when some rank failed. Collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return err
+    flag = torch.tensor([float(err is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    return next(e for e in all_gather_object(err) if e is not None)
 
 
 def broadcast_object(obj, src: int = 0):

@@ -24,14 +24,15 @@ def update_ema(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], dec
 @contextlib.contextmanager
 def ema_weights(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]):
     """The EMA weights in place of the trained ones for the duration (eval); restored after.
-    Without an EMA (off, or before the first update) the weights stay as they are."""
+    Without an EMA (off, or before the first update) the weights stay as they are. Yields
+    whether the EMA is in place."""
     pairs = [(p, optimizer.state[p]["ema"]) for p in params if "ema" in optimizer.state.get(p, {})]
     backup = [p.detach().clone() for p, _ in pairs]
     with torch.no_grad():
         for p, ema in pairs:
             p.copy_(ema)
     try:
-        yield
+        yield bool(pairs)
     finally:
         with torch.no_grad():
             for (p, _), b in zip(pairs, backup):

@@ -2,10 +2,11 @@
 
 ``train(cfg)`` builds the objective registered under ``cfg.objective`` and runs it. Start-up
 order (cheap checks first, so a mistake never costs the expensive part): the save directory is
-writable; the run directory does not hold another run; the tokenizer loads; every record is
-checked (``mmldlm.data``); only then is the run directory created and locked (one run per
-directory) and the objective built (for the bridge: 8B weights loaded), wrapped (DDP or FSDP2)
-and, if asked, resumed.
+writable; the run directory does not hold another run; the run directory is created and locked
+(one run per directory; nothing is written into it before); the sources resolve (the tokenizer
+loads); every record is checked (``mmldlm.data``); only then is the objective built (for the
+bridge: 8B weights loaded), wrapped (DDP or FSDP2) and, if asked, resumed. A run that fails before
+it starts leaves no empty run directory behind.
 
 A step (``_train_step``): ``gradient_accumulation_steps`` micro-batches (gradient sync only on the
 last), bf16 autocast over fp32 master weights, clipping, then one all-reduced flag tells every
@@ -19,8 +20,10 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,9 +41,12 @@ from mmldlm.sources.fingerprint import latents_record
 from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
 from mmldlm.train import distributed as D
+from mmldlm.train.advice import available_cores, start_warnings
+from mmldlm.train.compile import compile_model
 from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
 from mmldlm.train.optim import build_optimizer, build_scheduler
+from mmldlm.train.report import RunSummary, eval_line, summary_line
 from mmldlm.train.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
 from mmldlm.train.run_log import JsonlLog, MetricWindow, Wandb, read_jsonl
 
@@ -55,7 +61,8 @@ class DataChangedError(RuntimeError):
 
 
 # errors that end a run with one line (no traceback): the message says what to do
-ONE_LINE_ERRORS = (PrefetchError, ConfigError, RunDirError, C.CheckpointWriteError, DataChangedError)
+ONE_LINE_ERRORS = (PrefetchError, ConfigError, RunDirError, C.CheckpointWriteError, C.CheckpointError,
+                   DataChangedError)
 
 
 def _peak_tflops(cfg_value, device: torch.device) -> float | None:
@@ -107,13 +114,15 @@ def _check_run_dir(run_dir: Path, resume) -> None:
                           "it, or choose another logging.run_name")
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``."""
+def train(cfg: DictConfig, prepare: Callable[[Path], None] | None = None) -> dict:
+    """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``. ``prepare(run_dir)``: a
+    family's own writes into the run directory (LatentWire's records file), done by rank 0 once the
+    run directory is locked, before any data is read."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fsdp = cfg.training.parallelism.name == "fsdp"
     dist, loop, finished = D.setup(cfg.training.device, need_group=fsdp), None, False
     try:
-        loop = _Loop(cfg, dist)
+        loop = _Loop(cfg, dist, prepare)
         with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
             out = loop.run()
         finished = True
@@ -123,12 +132,7 @@ def train(cfg: DictConfig) -> dict:
         log.error("%s%s", "" if plain else "config error: ", e)
         raise SystemExit(1) from None
     except DataError as e:
-        core = lookup(cfg.objective).records.name == "core"  # the checker knows the core fields only
-        hint = "" if e.record is None else (
-            (f"\nList every bad record with: python -m latentDLM_mmdit.data_simple check {e.json_path} "
-             f"--latent-dim {cfg.data.latent_dim} (or" if core else "\n(Or") +
-            " set data.on_bad_record=skip to skip and count them)")
-        log.error("bad data: %s%s", e, hint)
+        log.error("bad data: %s%s", e, _bad_data_hint(e, cfg, loop))
         raise SystemExit(1) from None
     finally:
         if loop is not None:
@@ -145,14 +149,49 @@ def train(cfg: DictConfig) -> dict:
         D.teardown()
 
 
+def _bad_data_hint(e: DataError, cfg, loop: _Loop | None) -> str:
+    """What to do about a bad record: the checker's command for the run's data, and how to
+    continue (the step the run saved first, when it had trained)."""
+    if e.record is None:
+        return ""
+    if lookup(cfg.objective).records.name == "core" and lookup(cfg.objective).collator is None:
+        check = f"python -m latentDLM_mmdit.data_simple check {e.json_path} --latent-dim {cfg.data.latent_dim}"
+    elif loop is not None and (loop.run_dir / "config.yaml").is_file():
+        check = f"python -m mmldlm.data.check {e.json_path} --run {loop.run_dir}"
+    else:
+        check = f"python -m mmldlm.data.check {e.json_path} --config-name NAME [your overrides]"
+    hint = f"\nList every bad record with: {check} (or set data.on_bad_record=skip to skip and count them)"
+    if loop is not None and loop.step > 0 and loop.last_saved == loop.step:  # the trained steps are on disk
+        how = "was saved first" if loop.rescued_step == loop.step else "is saved"
+        hint += f"\nStep {loop.step} {how}: after the fix, continue with training.resume=auto (nothing trained is lost)"
+    return hint
+
+
 class _Loop:
-    def __init__(self, cfg, dist: D.DistInfo):
+    def __init__(self, cfg, dist: D.DistInfo, prepare: Callable[[Path], None] | None = None):
         self.cfg, self.dist, t = cfg, dist, cfg.training
         self.entry = lookup(cfg.objective)
         self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
         _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
+        # locked before anything is written into it or read from it: a second command on a running
+        # run's directory is refused before it can touch that run's files
+        if dist.is_main:
+            self.lock = RunDirLock(self.run_dir)
+        _agree(lambda: self.lock.acquire(), dist)
+        try:
+            self._start(prepare)
+        except BaseException:
+            self.close()  # failed before the run started: the lock goes, and an empty run directory
+            raise
+        self.started = True
+
+    def _start(self, prepare) -> None:
+        """Everything after the lock: the family's files, sources, data, objective, resume, logs."""
+        cfg, dist, t = self.cfg, self.dist, self.cfg.training
+        if prepare is not None:
+            _agree(lambda: prepare(self.run_dir), dist)
         # every source resolved (and downloaded, where allowed) by rank 0 first, then by all
         self.source_records = _agree(lambda: open_sources(cfg, self.entry).records(), dist)
         self.sources = open_sources(cfg, self.entry)
@@ -161,12 +200,15 @@ class _Loop:
         self.data = build_data(cfg.data, t, self.tokenizer, dist.rank, dist.world,
                                pin_memory=dist.device.type == "cuda", need_val=cfg.logging.eval_freq > 0,
                                fields=self.entry.records, collate=collate)
+        if t.num_train_epochs:
+            self._steps_from_epochs()
+        if dist.is_main:
+            ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+            for warning in start_warnings(cfg, ranks_on_node, available_cores()):
+                log.warning("%s", warning)
         latents = _agree(lambda: latents_record(list(self.data.latent_shards), "data.latent_data_root"), dist)
         if latents:  # the latents the records read, as a source: rewritten in place is refused on resume
             self.source_records["latents"] = latents
-        if dist.is_main:
-            self.lock = RunDirLock(self.run_dir)
-        _agree(lambda: self.lock.acquire(), dist)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         # the architecture first (pretrained parts empty, on meta); their weights once each rank
         # knows its part: under FSDP after sharding, so no rank ever holds a full pretrained copy
@@ -193,13 +235,15 @@ class _Loop:
         self.step, self.skipped_steps = 0, 0
         self.batch_bad_records = 0  # this rank's records dropped at batch time (skip mode)
         self.wandb_id = None
+        self.last_saved = None  # the step of the newest checkpoint of this timeline, once known
+        self.rescued_step = None  # the step saved before a bad record ended the run
         resumed = C.resolve_resume(self.run_dir, t.resume)
         if resumed:
             self._load(*resumed)
         else:
             torch.manual_seed(t.seed + 1 + dist.rank)  # per-rank noise from here on
-        if t.compile_model:
-            self.model = torch.compile(self.model)
+        if t.compile_model:  # per block, noise drawn eagerly between them (mmldlm.train.compile)
+            self.model = compile_model(self.objective, self.model)
         self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         self.peak = _peak_tflops(t.peak_tflops, dist.device)
         n_train = sum(p.numel() for _, p in self.params)
@@ -208,7 +252,6 @@ class _Loop:
         if dist.is_main:
             self._open_logs(resumed, n_train, n_frozen)
         D.barrier()
-        self.started = True
 
     def close(self) -> None:
         if self.data is not None:
@@ -220,6 +263,14 @@ class _Loop:
                 self.lock.abandon()
 
     # -- set-up helpers ---------------------------------------------------------------------
+    def _steps_from_epochs(self) -> None:
+        """``training.num_train_epochs`` as steps, from the record index the loader built."""
+        t = self.cfg.training
+        per_step = t.train_batch_size * self.dist.world * t.gradient_accumulation_steps
+        t.num_train_steps = max(1, round(t.num_train_epochs * max(1, self.data.train_records // per_step)))
+        if self.dist.is_main:
+            log.info("training.num_train_epochs=%g: %d steps (%d records, %d per step)", t.num_train_epochs,
+                     t.num_train_steps, self.data.train_records, per_step)
     def _init_from(self, path: str) -> set[str]:
         """A previous stage's trained tensors (names and shapes that exist here); fresh optimizer.
         Returns their names: this run's checkpoints keep them even where they stay frozen."""
@@ -264,6 +315,7 @@ class _Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.load_state_dict(state["data"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.last_saved = self.step  # this step's checkpoint exists: a failure now need not rewrite it
         self.wandb_id = state.get("wandb_id")
         rngs, bad, windows = state["rng"], state["batch_bad_records"], state["metric_window"]
         self.batch_bad_records = bad[self.dist.rank] if len(bad) == self.dist.world else (
@@ -314,7 +366,8 @@ class _Loop:
         dev = self.dist.device
         self.samples = torch.zeros((), dtype=torch.float64, device=dev)
         self.tokens = torch.zeros((), dtype=torch.float64, device=dev)
-        self.t_window, self.last_saved, stopped = time.perf_counter(), None, False
+        self.t_window, stopped = time.perf_counter(), False
+        self.summary, self.eval_on_ema = RunSummary(self.step), False
         while self.step < t.num_train_steps:
             stop_now = self._train_step(stop)
             bar.update(1)
@@ -332,6 +385,9 @@ class _Loop:
             self.train_log.close(), self.eval_log.close()
             if self.wandb:
                 self.wandb.finish()
+            latest = C.read_latest(self.run_dir)
+            summary = self.summary.finish(self.run_dir, self.step, stopped, self.eval_on_ema, latest)
+            log.info("%s", summary_line(summary))
         return {"step": self.step, "stopped_by_signal": stopped, "run_dir": str(self.run_dir)}
 
     def _train_step(self, stop: _StopFlag) -> bool:
@@ -340,8 +396,7 @@ class _Loop:
         accum, clip = t.gradient_accumulation_steps, self.cfg.optimizer.grad_clip_norm
         step_metrics = MetricWindow(dev)
         loss_sum = torch.zeros((), device=dev)
-        for micro in range(accum):
-            batch, info = next(self.data.train)
+        for micro, (batch, info) in enumerate(self._fetch_step(accum)):
             self.batch_bad_records += info.skipped
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with D.sync_grads(self.model, micro == accum - 1):
@@ -376,6 +431,31 @@ class _Loop:
         self.step += 1
         return bool(stop_now)
 
+    def _fetch_step(self, accum: int) -> list:
+        """This step's micro-batches, fetched before any forward. A bad record on any rank
+        (``data.on_bad_record=error``) ends every rank together, after a checkpoint of the last
+        completed step at the data position before this one: no work is lost, and a resume after
+        the fix (or with ``skip``) reads this step's batches again."""
+        position = self.data.train.state_dict()
+        batches, error = [], None
+        try:
+            for _ in range(accum):
+                batches.append(next(self.data.train))
+        except DataError as e:
+            error = e
+        error = D.first_error(error, self.dist.device)
+        if error is not None:
+            self._save_before_failing(position)
+            raise error
+        return batches
+
+    def _save_before_failing(self, data_state: dict | None = None) -> None:
+        """A checkpoint of the last completed step before a bad record ends the run (collective)."""
+        if self.step > 0 and self.last_saved != self.step:
+            self._save(data_state)
+            self.last_saved = self.step
+            self.rescued_step = self.step
+
     def _after_step(self, stop_now: bool) -> dict | None:
         """Log, evaluate and checkpoint as the step number asks; returns the logged record."""
         t, lg, rec = self.cfg.training, self.cfg.logging, None
@@ -386,7 +466,11 @@ class _Loop:
             self.t_window = time.perf_counter()
         t_side = time.perf_counter()  # eval and checkpoint time is not training throughput
         if self.data.val is not None and (lg.eval_freq and self.step % lg.eval_freq == 0 or last):
-            self._evaluate()
+            try:
+                self._evaluate()  # a bad validation record ends every rank together (evaluate agrees)
+            except DataError:
+                self._save_before_failing()
+                raise
         if (lg.save_freq and self.step % lg.save_freq == 0 or last or stop_now) and self.last_saved != self.step:
             self._save()
             self.last_saved = self.step
@@ -396,6 +480,7 @@ class _Loop:
     def _log_train(self, elapsed: float) -> dict:
         bad = torch.tensor(float(self.batch_bad_records), dtype=torch.float64, device=self.samples.device)
         counts = D.all_reduce(torch.stack([self.samples, self.tokens, bad])).tolist()
+        self.summary.add_window(counts[1], elapsed)
         rec = {"step": self.step, **self.window.reduce(), "lr": self.scheduler.get_last_lr()[0],
                "samples_per_s": counts[0] / elapsed, "tokens_per_s": counts[1] / elapsed,
                "skipped_steps": self.skipped_steps, "bad_records": self.data.bad_records + int(counts[2]),
@@ -414,19 +499,24 @@ class _Loop:
         return rec
 
     def _evaluate(self) -> None:
-        t = self.cfg.training
-        with ema_weights(self.optimizer, [p for _, p in self.params]):
+        t, lg, t0 = self.cfg.training, self.cfg.logging, time.perf_counter()
+        bar = f"eval step {self.step}" if self.dist.is_main and lg.progress_bar else None
+        if self.dist.is_main and not lg.progress_bar:
+            log.info("step %d: evaluating ...", self.step)  # the status line where no bar shows
+        with ema_weights(self.optimizer, [p for _, p in self.params]) as self.eval_on_ema:
             result = evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed, self.dist.rank,
-                              self.cfg.logging.num_eval_batches, self.data.skip_bad, self.autocast)
+                              lg.num_eval_batches, self.data.skip_bad, self.autocast, progress=bar)
         rec = {"step": self.step, **result}
         if self.dist.is_main:
+            log.info("%s", eval_line(self.step, rec, self.entry.metrics, self.eval_on_ema, time.perf_counter() - t0))
             self.eval_log.write(rec)
             if self.wandb:
                 self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)
 
-    def _save(self) -> None:
+    def _save(self, data_state: dict | None = None) -> None:
+        """A checkpoint of this step; ``data_state``: the data position to record (default: now)."""
         extra = {"scheduler": self.scheduler.state_dict(), "step": self.step,
-                 "data": self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
+                 "data": data_state or self.data.train.state_dict(), "data_fingerprint": self.data.fingerprint,
                  "rng": D.all_gather_object(C.rng_state(self.dist.device)),
                  "metric_window": D.all_gather_object(self.window.state_dict()),
                  "skipped_steps": self.skipped_steps, "batch_bad_records": D.all_gather_object(self.batch_bad_records),

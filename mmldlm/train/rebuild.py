@@ -103,9 +103,10 @@ def apply_load_policy(cfg, policy: LoadPolicy) -> None:
         parent[key] = policy.local_files_only
 
 
-def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy: LoadPolicy | None = None,
+def rebuild_from_checkpoint(checkpoint: str | Path | Saved, device: str = "cpu", policy: LoadPolicy | None = None,
                             expect: str | None = None, ema: bool = True, adjust=None):
-    """(objective in eval mode, tokenizer, config) of a checkpoint, run directory or export:
+    """(objective in eval mode, tokenizer, config) of a checkpoint, run directory or export (or
+    one a CLI opened already, a :class:`Saved`):
     the family its config names, its sources under ``policy`` (fingerprints compared with the
     recorded ones), the architecture, the sources' weights, the trained weights. ``expect``:
     the family a CLI handles (another is refused, naming it). ``ema``: the EMA weights where the
@@ -114,13 +115,14 @@ def rebuild_from_checkpoint(checkpoint: str | Path, device: str = "cpu", policy:
     reloads the base in full precision); the policy still decides what it decides."""
     from omegaconf import OmegaConf
 
-    from mmldlm.objective import lookup
+    from mmldlm.objective import lookup, readers
 
     policy = policy or LoadPolicy()
-    saved = Saved(checkpoint)
+    saved = checkpoint if isinstance(checkpoint, Saved) else Saved(checkpoint)
     name = saved.objective or expect
     if name is None or (expect is not None and name != expect):
-        raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}; this command reads {expect!r} runs")
+        raise CheckpointPolicyError(f"{saved.path} is a run of objective {name!r}; this command reads {expect!r} "
+                                    f"runs: {readers(name)}")
     entry = lookup(name)
     cfg = OmegaConf.merge(OmegaConf.structured(entry.schema), saved.config)
     apply_load_policy(cfg, policy)

@@ -87,7 +87,9 @@ mmldlm_topology() {
   if [ -z "${MASTER_ADDR:-}" ]; then
     if [ "$NNODES" -gt 1 ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
       command -v scontrol >/dev/null 2>&1 || mmldlm_die "multi-node SLURM job but no scontrol on PATH: set MASTER_ADDR"
-      MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+      # read every line (no `head`): a reader that stops early sends scontrol SIGPIPE, which
+      # pipefail turns into exit 141 whenever scontrol is still writing
+      MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
     elif [ "$NNODES" -gt 1 ]; then
       mmldlm_die "NNODES=$NNODES needs MASTER_ADDR (the address of node rank 0) outside SLURM"
     else

@@ -92,7 +92,7 @@ def build(cfg, sources) -> Tiny:
     return BUILT["m"]
 
 
-register("tiny", TinyConfig, build, CONFIGS)
+register("tiny", TinyConfig, build, CONFIGS, metrics={"loss": ("loss", "mse")})
 
 
 def run(cfg):
@@ -100,7 +100,8 @@ def run(cfg):
     if cfg.dump_params:
         torch.save({k: v.detach().clone() for k, v in BUILT["m"].state_dict().items()},
                    Path(cfg.dump_params) / f"rank{os.environ.get('RANK', 0)}.pt")
-    sys.exit(0 if out["step"] else 1)
+    if not out["step"]:
+        sys.exit(1)  # (returning lets a multirun go on to its next job)
 
 
 if __name__ == "__main__":

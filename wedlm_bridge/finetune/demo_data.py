@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmldlm.argtypes import positive_int
+
 
 def demo_conversations(n: int = 200, answer_words: int = 60) -> list:
     """Up to ``n`` records (pydoc has 79 topics): "Explain <topic>." -> the first ``answer_words`` words of
@@ -41,7 +43,7 @@ def write_demo(out: str | Path, n: int = 200, answer_words: int = 60) -> Path:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--answer-words", type=int, default=60)
+    ap.add_argument("--n", type=positive_int, default=200)
+    ap.add_argument("--answer-words", type=positive_int, default=60)
     a = ap.parse_args()
     print(f"wrote {write_demo(a.out, a.n, a.answer_words)}")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldlm.config import ConfigError
+from mmldlm.heads import head_loss, token_ce
 from mmldlm.nn import rank_share
 from mmldlm.objective import BatchCount, Objective, register
 from mmldlm.sources.weights import add_lora
@@ -72,21 +73,26 @@ class FinetuneObjective(Objective):
         out = causal_lm_of(self.lm).model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False)
         return out.last_hidden_state
 
-    def _ce(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token CE of the scored positions only (``hidden [N, H]``)."""
-        return F.cross_entropy(causal_lm_of(self.lm).lm_head(hidden).float(), targets, reduction="none")
+    def _ce(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The CE (times ``weight`` per token) summed over the scored positions only (``hidden [N, H]``),
+        through the LM head a chunk of tokens at a time (``mmldlm.heads``: no ``[N, V]`` logits)."""
+        head = causal_lm_of(self.lm).lm_head
+        return head_loss(hidden, head.weight, head.bias, token_ce, targets,
+                         *([] if weight is None else [weight])).loss
 
     def _ar(self, hidden, ids, labels, segment) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-token CE summed over answer tokens, their count), never across conversations."""
         valid = (labels[:, 1:] != -100) & (segment[:, 1:] == segment[:, :-1])
-        ce = self._ce(hidden[:, :-1][valid], ids[:, 1:][valid])
-        return ce.sum(), valid.sum()
+        return self._ce(hidden[:, :-1][valid], ids[:, 1:][valid]), valid.sum()
 
     def forward(self, batch: dict, step: int):
         ids, labels, segment = batch["input_ids"], batch["labels"], batch["segment"]
         positions = batch["positions"]
         if self.kind == "causal_lm":
-            hidden = self._hidden(ids, positions, causal_mask(segment))
+            # one whole conversation per row (nothing packed, nothing padded): the plain causal mask,
+            # which the backbone hands SDPA as is_causal (the flash kernel), not as a 4-D boolean mask
+            one = bool((segment == 0).all())
+            hidden = self._hidden(ids, positions, None if one else causal_mask(segment))
             total, n = self._ar(hidden, ids, labels, segment)
             loss = total / rank_share(n).clamp_min(1)
             return loss, {"ar_loss": loss.detach(), "answer_tokens": n.float()}
@@ -95,12 +101,12 @@ class FinetuneObjective(Objective):
                                self.per_block, self.eps, key)
         hidden = self._hidden(ds.input_ids, ds.position_ids, ds.attention_mask)
         L = ids.shape[1]
-        ce = self._ce(hidden[:, L:][ds.masked], ds.target[ds.masked])
+        scored, target = hidden[:, L:][ds.masked], ds.target[ds.masked]
         if self.weighted:
             w = 1.0 / (ds.gamma[ds.masked] + self.eps)
-            mlm = (ce * w.to(ce.dtype)).sum() / rank_share(w.sum().to(ce.dtype)).clamp_min(1e-12)
+            mlm = self._ce(scored, target, w.float()) / rank_share(w.sum().float()).clamp_min(1e-12)
         else:
-            mlm = ce.sum() / rank_share(ds.masked.sum()).clamp_min(1)
+            mlm = self._ce(scored, target) / rank_share(ds.masked.sum()).clamp_min(1)
         metrics = {"mlm_loss": mlm.detach(), "masked_tokens": ds.masked.sum().float()}
         loss = mlm
         if self.ar_weight > 0:
@@ -234,4 +240,5 @@ def collator(cfg, sources) -> SFTCollator:
 
 
 register("wedlm_finetune", FinetuneRunConfig, build, CONFIGS, collator=collator, records=SFT_RECORDS,
-         sources=backbone_sources)
+         sources=backbone_sources, metrics={"loss": ("loss", "mlm_loss", "ar_loss")},
+         clis=("python -m wedlm_bridge.export_finetuned", "python -m mmldlm.eval.harness"))

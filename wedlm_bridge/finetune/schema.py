@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from mmldlm.config import ConfigError, DataConfig, RunConfig
+from mmldlm.config import ConfigError, DataConfig, RunConfig, require_fraction, require_positive
 from wedlm_bridge.backbone import BackboneConfig
 
 
@@ -58,6 +58,8 @@ class FinetuneConfig:
             raise ConfigError("finetune.mask_eps: must be in (0, 1)")
         if self.ar_loss_weight < 0:
             raise ConfigError("finetune.ar_loss_weight: must be >= 0")
+        require_positive("finetune", self, "lora_alpha")
+        require_fraction("finetune", self, "lora_dropout")
         if self.method is not Method.full and self.lora_r < 1:
             raise ConfigError(f"finetune.lora_r: must be >= 1 for finetune.method={self.method.value}")
         if self.qlora_quant_type not in ("nf4", "fp4"):

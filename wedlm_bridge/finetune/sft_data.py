@@ -8,9 +8,11 @@ A record (one JSON value of a JSON list or JSONL file) is any of:
 Roles are system / user / assistant; the last message is the assistant's answer, after at least
 one other (a lone message has no prompt: Tencent's code gives it no loss; here it is a bad record).
 
-Tokens: the conversation rendered by the tokenizer's chat template; everything up to the final
-assistant turn (the prompt: ``messages[:-1]`` with the generation prompt) has label -100, so no
-loss in either of WeDLM's terms, and is never masked. ``num_learnable_im_end`` - 1 extra
+Tokens: the conversation rendered by the tokenizer's chat template, tokenised per message: the
+template's own markers are special tokens, and special-token strings inside a message's content
+are plain text (a typed ``<|im_end|>`` never ends a turn inside the supervised answer); everything
+up to the final assistant turn (the prompt: ``messages[:-1]`` with the generation prompt) has label
+-100, so no loss in either of WeDLM's terms, and is never masked. ``num_learnable_im_end`` - 1 extra
 ``<|im_end|>`` follow the answer, supervised. A conversation longer than ``data.max_seq_len`` is cut
 (counted as truncated); one whose prompt leaves no answer token is a bad record.
 
@@ -23,15 +25,19 @@ conversation attends another. Batch: ``input_ids``, ``labels``, ``segment``, ``p
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import torch
 
 from mmldlm.config import ConfigError
-from mmldlm.data.collate import Collated, partition
+from mmldlm.data.collate import Collated, cut_text, partition
 from mmldlm.data.records import DataError, RecordFields
 
 ROLES = ("system", "user", "assistant")
+# a message's place in the rendered template: private-use characters no template writes itself
+_SLOT = "\ue000{}\ue001"
+_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 def to_conversation(obj) -> dict:
@@ -95,12 +101,44 @@ class SFTCollator:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id or 0  # pads are never read
 
+    def render_ids(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+        """The conversation as the chat template renders it, tokenised piece by piece: the template's
+        own text with its special tokens, each message's content with special-token strings split
+        into plain text. A literal ``<|im_end|>`` typed in a message is characters, never the end of
+        a turn (tokenising the whole rendering made it one). ValueError when the template rewrites
+        message content, so that its markers cannot be told from the content."""
+        render = self.tok.apply_chat_template
+        slotted = render([{**m, "content": _SLOT.format(i)} for i, m in enumerate(messages)], tokenize=False,
+                         add_generation_prompt=generation_prompt)
+        parts = _SLOT_RE.split(slotted)  # template, message number, template, ..., template
+        order = [int(i) for i in parts[1::2]]
+        template = parts[0::2]
+        contents = [messages[i]["content"] for i in order]
+        plain = render(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        if order != list(range(len(messages))) or \
+                "".join(t + c for t, c in zip(template, contents)) + template[-1] != plain:
+            raise ValueError("the chat template rewrites message content, so its own markers cannot be told from "
+                             "the content; use a template that renders each message's content as it is")
+        template_ids = self.tok(template, add_special_tokens=False)["input_ids"]
+        ids = list(template_ids[0])
+        for content, after in zip(self._content_ids(contents), template_ids[1:]):
+            ids += content + after
+        return ids
+
+    def _content_ids(self, contents: list[str]) -> list[list[int]]:
+        """Each content's ids, special-token strings as text; a content far longer than the row is
+        cut first (``cut_text``: one 5 MB message must not cost gigabytes to keep a row's tokens)."""
+        cut = [cut_text(c, self.max_len) for c in contents]
+        ids = self.tok(cut, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for j, (c, full) in enumerate(zip(cut, contents)):
+            if c is not full and len(ids[j]) <= self.max_len:  # the cut held too few tokens: all of it after all
+                ids[j] = self.tok(full, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return ids
+
     def encode(self, messages: list[dict]) -> Encoded:
         """Token ids, prompt length, whether cut; ValueError when no answer token fits."""
-        render = self.tok.apply_chat_template
-        full = self.tok.encode(render(messages, tokenize=False), add_special_tokens=False)
-        prompt = self.tok.encode(render(messages[:-1], tokenize=False, add_generation_prompt=True),
-                                 add_special_tokens=False)
+        full = self.render_ids(messages)
+        prompt = self.render_ids(messages[:-1], generation_prompt=True)
         if full[: len(prompt)] != prompt:
             raise ValueError("the chat template renders the prompt differently inside the conversation; cannot "
                              "tell where the answer starts")

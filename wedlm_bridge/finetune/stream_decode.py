@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from mmldlm.argtypes import nonneg_float, nonneg_int, positive_int
+
 
 class Decoded(NamedTuple):
     ids: list[int]  # the generated tokens (stop token included when reached)
@@ -73,12 +75,12 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a WeDLM / exported fine-tune directory (local)")
     ap.add_argument("--prompt", required=True, help="the user turn (rendered with the chat template)")
-    ap.add_argument("--window", type=int, default=16)
-    ap.add_argument("--entropy-threshold", type=float, default=0.4)
-    ap.add_argument("--pos-penalty", type=float, default=0.02)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=positive_int, default=16)
+    ap.add_argument("--entropy-threshold", type=nonneg_float, default=0.4)
+    ap.add_argument("--pos-penalty", type=nonneg_float, default=0.02)
+    ap.add_argument("--max-new-tokens", type=positive_int, default=64)
+    ap.add_argument("--temperature", type=nonneg_float, default=0.0)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
     a = ap.parse_args(argv)
     tok = load_tokenizer(a.model, local_files_only=True, key="--model")
     model = load_backbone(a.model, "float32").eval()

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from mmldlm.argtypes import positive_int
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default=os.environ.get("LOCAL_MODEL_DIR", "./local_models/wedlm-8b"))
-    ap.add_argument("--latent-dim", type=int, default=1024)
+    ap.add_argument("--latent-dim", type=positive_int, default=1024)
     a = ap.parse_args()
     d = Path(a.model_dir)
     if not (d / "config.json").is_file() or not list(d.glob("*.safetensors")):
