@@ -91,6 +91,10 @@ class LatentWireModelConfig:
     encoder_layers: int = 6
     encoder_heads: int = 8
     encoder_ff_mult: int = 4
+    # byte encoder: the gradient reaching it at z loses its across-example mean (latentwire/encoder.py
+    # center_grad), against the collapse measured in latentwire/README.md (issue 27). Off by default:
+    # it slows the collapse without fitting, and 2 ranks do not yet train exactly as 1 with it
+    center_latent_grad: bool = False
     st_model: Optional[str] = None  # simple-st: a local all-MiniLM-L6-v2 (null: the offline package)
     adapter_hidden_mult: int = 2
     adapter_dropout: float = 0.0
