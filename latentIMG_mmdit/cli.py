@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from mmldlm.argtypes import at_least, fraction, nonneg_float, nonneg_int, positive_float, positive_int
-from mmldlm.flags import add_renamed
+from mmldlm.flags import Parser, add_renamed
 
 # each flag's keys: a flag given sets them; a flag not given leaves the config's value (one source
 # of truth for every default: the schema and --config-name image_continuous|image_discrete)
@@ -43,9 +43,9 @@ FLAG_KEYS = {
 }
 
 
-def parser(variant: str) -> argparse.ArgumentParser:
+def parser(variant: str) -> Parser:
     """The original's flags; every default is the config's (a flag not given sets nothing)."""
-    p = argparse.ArgumentParser(
+    p = Parser(  # the underscore spellings (--output_dir, --batch_size) are the same flags
         prog=f"python latentIMG_mmdit/train_image_{variant}.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Train the {variant} image<->caption MMDiT on {{data-root}}/{{split}}_data.json records "
                     "({image_path, caption, image_id}) on the shared loop. A flag not given keeps the value of "

@@ -171,19 +171,26 @@ def subset(records: list[dict], samples: int, seed: int) -> list[dict]:
     return [records[i] for i in keep]
 
 
-def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> list[dict]:
-    """QA records of ``dataset`` (squad | hotpot | synthetic) from ``data_file``, subset as the original."""
+def check_qa_source(dataset: str, data_file: str | None, spelled=lambda flag: flag) -> None:
+    """The flags' QA source exists (nothing read); ``spelled``: a flag as the user typed it."""
     if dataset == "synthetic":
-        return synthetic_qa(samples if samples and samples > 0 else 64, seed)
+        return
     if dataset not in DATASETS:
         raise ValueError(f"--dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
     if not data_file:
         example = "SQuAD's train-v1.1.json / dev-v1.1.json" if dataset == "squad" else \
             "hotpot_train_v1.1.json / hotpot_dev_distractor_v1.json"
-        raise ValueError(f"--dataset {dataset} needs --data_file PATH (a local {dataset} JSON file, e.g. {example}; "
-                         "nothing is downloaded)")
+        raise ValueError(f"--dataset {dataset} needs {spelled('--data-file')} PATH (a local {dataset} JSON file, "
+                         f"e.g. {example}; nothing is downloaded)")
     if not Path(data_file).is_file():
-        raise ValueError(f"--data_file: not found: {data_file}")
+        raise ValueError(f"{spelled('--data-file')}: not found: {data_file}")
+
+
+def load_qa(dataset: str, data_file: str | None, samples: int, seed: int) -> list[dict]:
+    """QA records of ``dataset`` (squad | hotpot | synthetic) from ``data_file``, subset as the original."""
+    if dataset == "synthetic":
+        return synthetic_qa(samples if samples and samples > 0 else 64, seed)
+    check_qa_source(dataset, data_file)
     reader = read_squad if dataset == "squad" else read_hotpot
     return subset(reader(data_file), samples, seed)
 
@@ -228,15 +235,15 @@ def check_records(path: str | Path) -> list[DataError]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from mmldlm.flags import Parser
 
-    ap = argparse.ArgumentParser(prog="python -m latentwire.data", description=(
+    ap = Parser(prog="python -m latentwire.data", description=(
         "LatentWire QA records. 'convert' writes a SQuAD / HotpotQA file (or synthetic QA) as records "
         "{source, answers}; 'check' lists every bad record of a records file (exit 1 if any)."))
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="SQuAD / HotpotQA JSON or synthetic QA -> records JSONL")
     c.add_argument("--dataset", choices=DATASETS, required=True)
-    c.add_argument("--data_file", default=None, help="the local SQuAD v1.1 / HotpotQA JSON file")
+    c.add_argument("--data-file", default=None, help="the local SQuAD v1.1 / HotpotQA JSON file")
     c.add_argument("--samples", type=all_or_at_least_one, default=-1,
                    help="keep this many after a seeded shuffle (-1: all)")
     c.add_argument("--seed", type=nonneg_int, default=0)
@@ -246,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "convert":
+            check_qa_source(a.dataset, a.data_file, ap.spelled)
             recs = load_qa(a.dataset, a.data_file, a.samples, a.seed)
             print(f"wrote {len(recs)} records to {write_records(recs, a.out)}")
             return 0

@@ -311,6 +311,7 @@ def _batches(cfg, obj, records: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     from latentwire.cli import train_config, train_parser
+    from latentwire.data import load_qa
 
     ap = train_parser()
     ap.prog, ap.description = "python -m latentwire.diagnose", __doc__
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also train the adapters alone on fixed random latents for STEPS steps (at --lr): can "
                         "the receiver side fit these records when the latents differ?")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg, records = train_config(args, rest)
+    cfg = train_config(args, rest)
+    records = load_qa(args.dataset, args.data_file, args.samples, args.data_seed)
     out = {}
     if args.ckpt is None:
         from mmldlm.sources import build_loaded

@@ -1,49 +1,50 @@
 """The command line of ``latentwire/eval.py`` (its docstring has the usage)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from latentwire.data import DATASETS, load_qa
+from latentwire.data import DATASETS, check_qa_source, load_qa
 from latentwire.evaluate import EvalOptions, evaluate_qa
 from latentwire.metrics import GROUP
 from mmldlm.argtypes import all_or_at_least_one, nonneg_int, positive_float, positive_int
+from mmldlm.flags import Parser
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python latentwire/eval.py", description=(
+def eval_parser() -> Parser:
+    """Hyphenated flags; the underscore spellings (``--data_file``) are the same flags."""
+    ap = Parser(prog="python latentwire/eval.py", description=(
         "QA evaluation of a LatentWire run: per LLM, the text baseline, the latent path and the token-budget "
         "baseline (EM/F1 with SQuAD normalisation, max over references), first-token top-1/5, gold NLL; joint "
         "rescoring and oracle across LLMs; payload bytes and compression. Greedy decoding."))
     ap.add_argument("--ckpt", required=True, help="a run directory (its latest checkpoint) or a checkpoint file")
     ap.add_argument("--dataset", choices=DATASETS, required=True)
-    ap.add_argument("--data_file", default=None, help="local SQuAD v1.1 / HotpotQA JSON (e.g. dev-v1.1.json)")
+    ap.add_argument("--data-file", default=None, help="local SQuAD v1.1 / HotpotQA JSON (e.g. dev-v1.1.json)")
     ap.add_argument("--samples", type=all_or_at_least_one, default=-1, help="examples after a seeded shuffle (-1: all)")
-    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of that shuffle (the training run's --data_seed "
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of that shuffle (the training run's --data-seed "
                     "reproduces its training set)")
-    ap.add_argument("--max_new_tokens", type=positive_int, default=12)
-    ap.add_argument("--min_new_tokens", type=nonneg_int, default=1, help="stop ids are banned for this many steps")
-    ap.add_argument("--chunk_size", type=positive_int, default=8)
-    ap.add_argument("--token_budget_k", type=positive_int, default=None,
+    ap.add_argument("--max-new-tokens", type=positive_int, default=12)
+    ap.add_argument("--min-new-tokens", type=nonneg_int, default=1, help="stop ids are banned for this many steps")
+    ap.add_argument("--chunk-size", type=positive_int, default=8)
+    ap.add_argument("--token-budget-k", type=positive_int, default=None,
                     help="token budget (default: M, the latent length)")
     ap.add_argument("--calibration", choices=("embed_rms", "fixed", "train_stats", "none"), default=None,
                     help="prefix calibration (default: the run's)")
-    ap.add_argument("--prefix_target_rms", type=positive_float, default=None,
+    ap.add_argument("--prefix-target-rms", type=positive_float, default=None,
                     help="calibration=fixed (default: the run's)")
-    ap.add_argument("--prefix_gain", type=positive_float, default=None, help="default: the run's")
-    ap.add_argument("--latent_quant_bits", type=int, choices=(16, 8, 6, 4), default=None,
+    ap.add_argument("--prefix-gain", type=positive_float, default=None, help="default: the run's")
+    ap.add_argument("--latent-quant-bits", type=int, choices=(16, 8, 6, 4), default=None,
                     help=f"decode from the latent sent with these bits (fp16, or ints with an fp16 scale per {GROUP})")
-    ap.add_argument("--gold_length_cap", action="store_true",
+    ap.add_argument("--gold-length-cap", action="store_true",
                     help="the ORIGINAL's decode cap: the longest gold answer of each chunk (uses gold lengths; "
                          "labelled in the report)")
     ap.add_argument("--llm", action="append", default=[], metavar="NAME=DIR",
                     help="where an LLM of the run is on this machine (default: the path its training named)")
-    ap.add_argument("--trust_remote_code", action="store_true",
+    ap.add_argument("--trust-remote-code", action="store_true",
                     help="let the code of the --llm directories named on this command line run")
-    ap.add_argument("--allow_download", action="store_true")
-    ap.add_argument("--allow_source_change", action="store_true",
+    ap.add_argument("--allow-download", action="store_true")
+    ap.add_argument("--allow-source-change", action="store_true",
                     help="accept an LLM whose fingerprint differs from the one the run trained with")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="default: RUN_DIR/eval/metrics.json")
@@ -53,7 +54,7 @@ def eval_parser() -> argparse.ArgumentParser:
 def _summary(m: dict) -> str:
     lines = [f"{m['samples']} examples; latent {m['latent_shape'][0]} x {m['latent_shape'][1]}"
              + ("; USES GOLD ANSWER LENGTH (adapter metadata)" if m["uses_gold_answer_length"] else "")
-             + ("; decode cap from GOLD lengths (--gold_length_cap)" if m["gold_length_cap"] else ""),
+             + ("; decode cap from GOLD lengths (--gold-length-cap)" if m["gold_length_cap"] else ""),
              f"   chance: EM {m['chance']['em']:.3f} F1 {m['chance']['f1']:.3f} (the best answer per question type, "
              f"{m['chance']['types']} types: the question's first words, no context)"]
     for n, r in m["models"].items():
@@ -74,7 +75,8 @@ def _summary(m: dict) -> str:
 def eval_main(argv: list[str] | None = None) -> dict:
     from mmldlm.eval.cli import resolve_device, run_cli
 
-    args = eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    ap = eval_parser()
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     result = {}
 
     def main():
@@ -86,6 +88,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
         from mmldlm.train.rebuild import open_saved, rebuild_from_checkpoint
 
         policy = policy_from_args(args)
+        check_qa_source(args.dataset, args.data_file, ap.spelled)
         records = load_qa(args.dataset, args.data_file, args.samples, args.seed)
         saved = open_saved(args.ckpt)  # a run, a checkpoint or an export
         ckpt = saved.path

@@ -105,7 +105,7 @@ def quantize(z: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits == 16:
         return z.half().float()
     if not 2 <= bits <= 8:
-        raise ValueError(f"--latent_quant_bits: {bits} (16, 8, 6 or 4)")
+        raise ValueError(f"--latent-quant-bits: {bits} (16, 8, 6 or 4)")
     flat = z.float().reshape(z.shape[0], -1)
     pad = (-flat.shape[1]) % GROUP
     g = torch.nn.functional.pad(flat, (0, pad)).view(z.shape[0], -1, GROUP)

@@ -113,7 +113,7 @@ class LatentWireModelConfig:
     def check(self) -> None:
         names = [s.name for s in self.llms]
         if not names:
-            raise ConfigError("model.llms: name at least one LLM (--llama_id / --qwen_id / --llm NAME=PATH)")
+            raise ConfigError("model.llms: name at least one LLM (--llama-id / --qwen-id / --llm NAME=PATH)")
         if len(set(names)) != len(names) or not all(n and n.isidentifier() for n in names):
             raise ConfigError(f"model.llms: names must be distinct identifiers, got {names}")
         for i, s in enumerate(self.llms):
@@ -138,7 +138,7 @@ class LatentWireModelConfig:
                               "slots only (model.latent_len)")
         bos_policy(self.bos_after_prefix)
         if self.anchor_mode == AnchorMode.text and not self.anchor_text:
-            raise ConfigError("model.anchor_mode=text needs model.anchor_text (--warm_anchor_text)")
+            raise ConfigError("model.anchor_mode=text needs model.anchor_text (--warm-anchor-text)")
         if not (self.prefix_gain > 0 and self.prefix_target_rms > 0):
             raise ConfigError("model.prefix_gain and model.prefix_target_rms must be > 0")
         require_fraction("model", self, "adapter_dropout")

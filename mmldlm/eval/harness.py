@@ -1,7 +1,10 @@
 """Evaluate a text model of any family with lm-evaluation-harness (the users' command):
 
     python -m mmldlm.eval.harness --checkpoint RUN_OR_EXPORT --tasks lambada_openai,piqa \\
-        [--include_path DIR] [--num_fewshot N] [--limit N] [--batch_size N] --output_path FILE.json
+        [--include-path DIR] [--num-fewshot N] [--limit N] [--batch-size N] --out FILE.json
+
+(lm-eval's own spellings, ``--include_path``, ``--num_fewshot``, ``--batch_size``, ``--output_path``,
+are accepted as the same flags.)
 
 FILE.json holds the harness's ``results`` dict as it returns it (with its ``versions``, ``n-shot``,
 ``higher_is_better`` and ``n-samples``), the model's identity and the protocol: whether each
@@ -11,7 +14,7 @@ Login node, once, before offline runs (then HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE
 
     python -m mmldlm.eval.harness --download-only --tasks lambada_openai,wikitext,piqa,hellaswag,arc_easy
 
-Local tasks (``dataset_path: json`` + ``data_files``, in --include_path) need no network. docs/eval.md.
+Local tasks (``dataset_path: json`` + ``data_files``, in --include-path) need no network. docs/eval.md.
 """
 from __future__ import annotations
 
@@ -20,28 +23,29 @@ import json
 from pathlib import Path
 
 from mmldlm.argtypes import at_least, nonneg_int, positive_float, positive_int
+from mmldlm.flags import Parser, add_renamed
 
 RESULT_KEYS = ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m mmldlm.eval.harness", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m mmldlm.eval.harness", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a run directory (its latest checkpoint), a checkpoint_step_N path or an "
                                          "export")
     ap.add_argument("--tasks", required=True, help="comma-separated lm-eval task (or group) names")
-    ap.add_argument("--include_path", default=None, help="a directory of more task YAMLs (e.g. local json tasks)")
-    ap.add_argument("--num_fewshot", type=nonneg_int, default=None, help="few-shot examples per prompt (task default)")
+    ap.add_argument("--include-path", default=None, help="a directory of more task YAMLs (e.g. local json tasks)")
+    ap.add_argument("--num-fewshot", type=nonneg_int, default=None, help="few-shot examples per prompt (task default)")
     ap.add_argument("--limit", type=positive_float, default=None,
                     help="documents per task (< 1: a fraction); for tests")
-    ap.add_argument("--batch_size", type=positive_int, default=16, help="requests per forward batch")
-    ap.add_argument("--output_path", help="the JSON written (results, model identity, protocol)")
-    ap.add_argument("--num_t", type=positive_int, default=16, help="diffusion models: t-grid points of the bound")
+    ap.add_argument("--batch-size", type=positive_int, default=16, help="requests per forward batch")
+    add_renamed(ap, "--out", "--output-path", help="the JSON written (results, model identity, protocol)")
+    ap.add_argument("--num-t", type=positive_int, default=16, help="diffusion models: t-grid points of the bound")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="diffusion models' generate_until: sampler steps (default one per generated token)")
-    ap.add_argument("--max_length", type=at_least(2), default=None,
+    ap.add_argument("--max-length", type=at_least(2), default=None,
                     help="tokens per row (default data.max_seq_len)")
-    ap.add_argument("--rolling_context", type=positive_int, default=1,
+    ap.add_argument("--rolling-context", type=positive_int, default=1,
                     help="rolling perplexity: context tokens at least before each window (1: disjoint windows)")
     ap.add_argument("--seed", type=nonneg_int, default=0, help="generate_until draws and the harness's own seeds")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -53,8 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--download-only", action="store_true",
                     help="build the tasks (downloading their datasets into the datasets cache) and stop")
     args = ap.parse_args(argv)
-    if not args.download_only and not (args.checkpoint and args.output_path):
-        ap.error("--checkpoint and --output_path are required (unless --download-only)")
+    if not args.download_only and not (args.checkpoint and args.out):
+        ap.error("--checkpoint and --out are required (unless --download-only)")
     return args
 
 
@@ -67,7 +71,7 @@ def tasks_of(spec: str, manager) -> list[str]:
         if not Path(name).is_file() and not manager.match_tasks([name]):
             close = difflib.get_close_matches(name, manager.all_tasks, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"--tasks: no task {name!r}{hint}; local tasks need --include_path DIR")
+            raise ValueError(f"--tasks: no task {name!r}{hint}; local tasks need --include-path DIR")
     return names
 
 
@@ -103,10 +107,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     payload = {**{k: out[k] for k in RESULT_KEYS if k in out}, "model": lm.identity(), "protocol": lm.protocol(),
                "tasks": tasks, "num_fewshot": args.num_fewshot, "limit": limit,
                "lm_eval_version": lm_eval.__version__}
-    write_json_atomic(Path(args.output_path), json.loads(json.dumps(payload, default=str)), indent=2)
+    write_json_atomic(Path(args.out), json.loads(json.dumps(payload, default=str)), indent=2)
     print(json.dumps({"results": payload["results"], "loglikelihood": payload["protocol"]["loglikelihood"]},
                      default=str))
-    print(f"wrote {args.output_path}")
+    print(f"wrote {args.out}")
     return payload
 
 

@@ -36,7 +36,7 @@ from mmldlm.data.loader import build_data
 from mmldlm.data.records import DataError
 from mmldlm.objective import lookup
 from mmldlm.prefetch import PrefetchError
-from mmldlm.sources import SourceError, check_unchanged, open_sources
+from mmldlm.sources import SourceError, open_sources
 from mmldlm.sources.fingerprint import latents_record
 from mmldlm.sources.weights import place
 from mmldlm.train import checkpointing as C
@@ -45,19 +45,15 @@ from mmldlm.train.advice import available_cores, start_warnings
 from mmldlm.train.compile import compile_model
 from mmldlm.train.ema import ema_weights, update_ema
 from mmldlm.train.evaluate import evaluate
+from mmldlm.train.guards import DataChangedError, bad_data_hint, check_resumable, check_run_dir
 from mmldlm.train.optim import build_optimizer, build_scheduler
-from mmldlm.train.report import RunSummary, eval_line, summary_line
-from mmldlm.train.run_dir import RunDirError, RunDirLock, probe_writable, set_aside
-from mmldlm.train.run_log import JsonlLog, MetricWindow, Wandb, read_jsonl
+from mmldlm.train.report import RunReport
+from mmldlm.train.run_dir import RunDirError, RunDirLock
+from mmldlm.train.run_log import MetricWindow
 
 log = logging.getLogger("mm_ldlm")
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
-LOGS = ("training_log.jsonl", "eval_log.jsonl")
-
-
-class DataChangedError(RuntimeError):
-    """The training file's records changed since the checkpoint being resumed."""
 
 
 # errors that end a run with one line (no traceback): the message says what to do
@@ -103,17 +99,6 @@ def _agree(fn, dist: D.DistInfo):
     return value
 
 
-def _holds_a_run(run_dir: Path) -> bool:
-    return bool(C.list_checkpoints(run_dir)) or any((run_dir / n).exists() for n in LOGS)
-
-
-def _check_run_dir(run_dir: Path, resume) -> None:
-    probe_writable(run_dir.parent)
-    if resume is None and _holds_a_run(run_dir):
-        raise RunDirError(f"run directory {run_dir} already holds a run; set training.resume=auto to continue "
-                          "it, or choose another logging.run_name")
-
-
 def train(cfg: DictConfig, prepare: Callable[[Path], None] | None = None) -> dict:
     """Run training; returns ``{"step", "stopped_by_signal", "run_dir"}``. ``prepare(run_dir)``: a
     family's own writes into the run directory (LatentWire's records file), done by rank 0 once the
@@ -132,7 +117,9 @@ def train(cfg: DictConfig, prepare: Callable[[Path], None] | None = None) -> dic
         log.error("%s%s", "" if plain else "config error: ", e)
         raise SystemExit(1) from None
     except DataError as e:
-        log.error("bad data: %s%s", e, _bad_data_hint(e, cfg, loop))
+        hint = bad_data_hint(e, cfg, None) if loop is None else bad_data_hint(
+            e, cfg, loop.run_dir, loop.step, loop.last_saved, loop.rescued_step)
+        log.error("bad data: %s%s", e, hint)
         raise SystemExit(1) from None
     finally:
         if loop is not None:
@@ -149,24 +136,6 @@ def train(cfg: DictConfig, prepare: Callable[[Path], None] | None = None) -> dic
         D.teardown()
 
 
-def _bad_data_hint(e: DataError, cfg, loop: _Loop | None) -> str:
-    """What to do about a bad record: the checker's command for the run's data, and how to
-    continue (the step the run saved first, when it had trained)."""
-    if e.record is None:
-        return ""
-    if lookup(cfg.objective).records.name == "core" and lookup(cfg.objective).collator is None:
-        check = f"python -m latentDLM_mmdit.data_simple check {e.json_path} --latent-dim {cfg.data.latent_dim}"
-    elif loop is not None and (loop.run_dir / "config.yaml").is_file():
-        check = f"python -m mmldlm.data.check {e.json_path} --run {loop.run_dir}"
-    else:
-        check = f"python -m mmldlm.data.check {e.json_path} --config-name NAME [your overrides]"
-    hint = f"\nList every bad record with: {check} (or set data.on_bad_record=skip to skip and count them)"
-    if loop is not None and loop.step > 0 and loop.last_saved == loop.step:  # the trained steps are on disk
-        how = "was saved first" if loop.rescued_step == loop.step else "is saved"
-        hint += f"\nStep {loop.step} {how}: after the fix, continue with training.resume=auto (nothing trained is lost)"
-    return hint
-
-
 class _Loop:
     def __init__(self, cfg, dist: D.DistInfo, prepare: Callable[[Path], None] | None = None):
         self.cfg, self.dist, t = cfg, dist, cfg.training
@@ -174,7 +143,7 @@ class _Loop:
         self.fsdp = t.parallelism.name == "fsdp"
         self.run_dir = Path(cfg.logging.save_dir) / cfg.logging.run_name
         self.lock, self.data, self.started = None, None, False
-        _agree(lambda: _check_run_dir(self.run_dir, t.resume), dist)
+        _agree(lambda: check_run_dir(self.run_dir, t.resume), dist)
         # locked before anything is written into it or read from it: a second command on a running
         # run's directory is refused before it can touch that run's files
         if dist.is_main:
@@ -281,27 +250,8 @@ class _Loop:
             log.info("init_from %s: %d tensors (%s)", src, len(taken), groups)
         return set(taken)
 
-    def _check_data(self, state: dict) -> None:
-        saved, now = state.get("data_fingerprint"), self.data.fingerprint
-        if saved is None:
-            log.warning("checkpoint has no data fingerprint (written by an older version): not checked")
-            return
-        if saved["table_hash"] == now["table_hash"]:
-            return
-        what = (f"data.data_files.train {now['path']} changed since the checkpoint ({saved['records']} -> "
-                f"{now['records']} records, {saved['size']} -> {now['size']} bytes, record table hash "
-                f"{saved['table_hash'][:12]} -> {now['table_hash'][:12]})")
-        if not self.cfg.training.allow_data_change:
-            raise DataChangedError(f"{what}: resuming would continue on a different data stream than the "
-                                   "uninterrupted run. Restore the file, or set training.allow_data_change=true "
-                                   "to continue on the new data")
-        log.warning("%s; continuing on the new data (training.allow_data_change=true)", what)
-
     def _load(self, path: Path, state: dict) -> None:
-        self._check_data(state)
-        for note in check_unchanged(state.get("sources"), self.source_records, self.cfg.training.allow_source_change,
-                                    path.name, "training.allow_source_change=true"):
-            log.warning("%s; continuing with it (training.allow_source_change=true)", note)
+        check_resumable(state, path, self.data.fingerprint, self.source_records, self.cfg.training)
         if self.cfg.training.resume not in (None, "auto") and self.dist.is_main:
             C.abandon_newer(self.run_dir, state["step"])  # a rollback: the later timeline moves aside
         if C.is_sharded(path):
@@ -332,25 +282,8 @@ class _Loop:
 
     def _open_logs(self, resumed, n_train: int, n_frozen: int) -> None:
         cfg, t = self.cfg, self.cfg.training
-        logs = [self.run_dir / n for n in LOGS]
-        if resumed:
-            # the logs are cut back to the resumed step; their full history is kept aside
-            if any(p.exists() and any(r.get("step", 0) > self.step for r in read_jsonl(p)) for p in logs):
-                set_aside(self.run_dir, logs, f"logs_after_step_{self.step}", copy=True)
-            OmegaConf.save(cfg, self.run_dir / f"config_resume_step_{self.step}.yaml", resolve=True)
-        else:
-            # nothing resumed (e.g. resume=auto after a kill before the first checkpoint): start fresh
-            moved = set_aside(self.run_dir, logs + [self.run_dir / "config.yaml"], "no_checkpoint")
-            if moved:
-                log.warning("nothing to resume in %s: the earlier run's logs moved to %s", self.run_dir, moved)
-            OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
-        resume_step = self.step if resumed else None
-        self.train_log = JsonlLog(logs[0], resume_step)
-        self.eval_log = JsonlLog(logs[1], resume_step)
-        self.wandb = (Wandb(cfg.logging, self.run_dir, OmegaConf.to_container(cfg, resolve=True),
-                            self.wandb_id) if cfg.logging.use_wandb else None)
-        if self.wandb:
-            self.wandb_id = self.wandb.id
+        self.report = RunReport(cfg, self.run_dir, self.step, bool(resumed), self.wandb_id)
+        self.wandb_id = self.report.wandb_id
         g = t.train_batch_size * self.dist.world * t.gradient_accumulation_steps
         log.info("run dir %s | %s | %d ranks (%s) on %s | trainable %.2fM, frozen %.2fM params | global batch %d "
                  "| %d train / %d val records | %d bad records skipped", self.run_dir, cfg.objective, self.dist.world,
@@ -367,7 +300,7 @@ class _Loop:
         self.samples = torch.zeros((), dtype=torch.float64, device=dev)
         self.tokens = torch.zeros((), dtype=torch.float64, device=dev)
         self.t_window, stopped = time.perf_counter(), False
-        self.summary, self.eval_on_ema = RunSummary(self.step), False
+        self.eval_on_ema = False
         while self.step < t.num_train_steps:
             stop_now = self._train_step(stop)
             bar.update(1)
@@ -382,12 +315,7 @@ class _Loop:
         bar.close()
         stop.restore()
         if self.dist.is_main:
-            self.train_log.close(), self.eval_log.close()
-            if self.wandb:
-                self.wandb.finish()
-            latest = C.read_latest(self.run_dir)
-            summary = self.summary.finish(self.run_dir, self.step, stopped, self.eval_on_ema, latest)
-            log.info("%s", summary_line(summary))
+            self.report.finish(self.step, stopped, self.eval_on_ema, C.read_latest(self.run_dir))
         return {"step": self.step, "stopped_by_signal": stopped, "run_dir": str(self.run_dir)}
 
     def _train_step(self, stop: _StopFlag) -> bool:
@@ -480,7 +408,6 @@ class _Loop:
     def _log_train(self, elapsed: float) -> dict:
         bad = torch.tensor(float(self.batch_bad_records), dtype=torch.float64, device=self.samples.device)
         counts = D.all_reduce(torch.stack([self.samples, self.tokens, bad])).tolist()
-        self.summary.add_window(counts[1], elapsed)
         rec = {"step": self.step, **self.window.reduce(), "lr": self.scheduler.get_last_lr()[0],
                "samples_per_s": counts[0] / elapsed, "tokens_per_s": counts[1] / elapsed,
                "skipped_steps": self.skipped_steps, "bad_records": self.data.bad_records + int(counts[2]),
@@ -488,14 +415,7 @@ class _Loop:
         if self.peak:
             rec["mfu"] = rec["tokens_per_s"] / self.dist.world * self.flops_per_token / (self.peak * 1e12)
         if self.dist.is_main:
-            if rec.get("truncated_frac", 0) > 0 and not getattr(self, "_warned_truncation", False):
-                log.warning("%.1f%% of the texts are longer than data.max_seq_len=%d tokens and are truncated "
-                            "(truncated_frac in training_log.jsonl)", 100 * rec["truncated_frac"],
-                            self.cfg.data.max_seq_len)
-                self._warned_truncation = True
-            self.train_log.write(rec)
-            if self.wandb:
-                self.wandb.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, self.step)
+            self.report.train(rec, counts[1], elapsed)
         return rec
 
     def _evaluate(self) -> None:
@@ -506,12 +426,9 @@ class _Loop:
         with ema_weights(self.optimizer, [p for _, p in self.params]) as self.eval_on_ema:
             result = evaluate(self.objective, self.data.val, self.dist.device, self.step, t.seed, self.dist.rank,
                               lg.num_eval_batches, self.data.skip_bad, self.autocast, progress=bar)
-        rec = {"step": self.step, **result}
         if self.dist.is_main:
-            log.info("%s", eval_line(self.step, rec, self.entry.metrics, self.eval_on_ema, time.perf_counter() - t0))
-            self.eval_log.write(rec)
-            if self.wandb:
-                self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, self.step)
+            self.report.eval({"step": self.step, **result}, self.entry.metrics, self.eval_on_ema,
+                             time.perf_counter() - t0)
 
     def _save(self, data_state: dict | None = None) -> None:
         """A checkpoint of this step; ``data_state``: the data position to record (default: now)."""

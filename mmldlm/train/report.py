@@ -1,18 +1,27 @@
-"""What a run tells its user: one console line per eval, and a summary when it ends.
+"""What a run tells its user and writes down: the jsonl logs (and wandb), one console line per
+eval, and a summary when it ends.
 
-The same facts go to the run directory: eval records to ``eval_log.jsonl`` (by the loop), the
-summary to ``summary.json``; the console lines go through the ``mm_ldlm`` logger, so Hydra's job
-log (where configured) holds them too.
+``RunReport`` is rank 0's: train records to ``training_log.jsonl``, eval records to
+``eval_log.jsonl``, the summary to ``summary.json``; the console lines go through the ``mm_ldlm``
+logger, so Hydra's job log (where configured) holds them too.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from mmldlm.io import write_json_atomic
 from mmldlm.objective import MetricGroups
-from mmldlm.train.run_log import read_jsonl
+from mmldlm.train.run_dir import set_aside
+from mmldlm.train.run_log import JsonlLog, Wandb, read_jsonl
+
+log = logging.getLogger("mm_ldlm")
+
+LOGS = ("training_log.jsonl", "eval_log.jsonl")
 
 EVAL_LINE_METRICS = 6  # more would wrap on a laptop terminal
 
@@ -87,3 +96,56 @@ def summary_line(s: dict) -> str:
         lines.append(f"checkpoint: {s['checkpoint']}")
     lines.append(f"curves: {s['curves']}")
     return "\n".join(lines)
+
+
+class RunReport:
+    """Rank 0's record of a run. Opening it starts the logs: resumed at step N, they are cut back to
+    N (their full history kept aside); a fresh start moves an earlier unresumable run's logs aside.
+    ``wandb_id``: the run's wandb id (the checkpoint's on resume, else the new one)."""
+
+    def __init__(self, cfg, run_dir: Path, step: int, resumed: bool, wandb_id: str | None):
+        self.cfg, self.run_dir = cfg, run_dir
+        logs = [run_dir / n for n in LOGS]
+        if resumed:
+            if any(p.exists() and any(r.get("step", 0) > step for r in read_jsonl(p)) for p in logs):
+                set_aside(run_dir, logs, f"logs_after_step_{step}", copy=True)
+            OmegaConf.save(cfg, run_dir / f"config_resume_step_{step}.yaml", resolve=True)
+        else:
+            # nothing resumed (e.g. resume=auto after a kill before the first checkpoint): start fresh
+            moved = set_aside(run_dir, logs + [run_dir / "config.yaml"], "no_checkpoint")
+            if moved:
+                log.warning("nothing to resume in %s: the earlier run's logs moved to %s", run_dir, moved)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        resume_step = step if resumed else None
+        self.train_log = JsonlLog(logs[0], resume_step)
+        self.eval_log = JsonlLog(logs[1], resume_step)
+        self.wandb = (Wandb(cfg.logging, run_dir, OmegaConf.to_container(cfg, resolve=True), wandb_id)
+                      if cfg.logging.use_wandb else None)
+        self.wandb_id = self.wandb.id if self.wandb else wandb_id
+        self.summary = RunSummary(step)
+        self.warned_truncation = False
+
+    def train(self, rec: dict, tokens: float, seconds: float) -> None:
+        """A train record, covering ``tokens`` trained in ``seconds``."""
+        self.summary.add_window(tokens, seconds)
+        if rec.get("truncated_frac", 0) > 0 and not self.warned_truncation:
+            log.warning("%.1f%% of the texts are longer than data.max_seq_len=%d tokens and are truncated "
+                        "(truncated_frac in training_log.jsonl)", 100 * rec["truncated_frac"],
+                        self.cfg.data.max_seq_len)
+            self.warned_truncation = True
+        self.train_log.write(rec)
+        if self.wandb:
+            self.wandb.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, rec["step"])
+
+    def eval(self, rec: dict, groups: MetricGroups, on_ema: bool, seconds: float) -> None:
+        log.info("%s", eval_line(rec["step"], rec, groups, on_ema, seconds))
+        self.eval_log.write(rec)
+        if self.wandb:
+            self.wandb.log({f"eval/{k}": v for k, v in rec.items() if k != "step"}, rec["step"])
+
+    def finish(self, step: int, stopped: bool, on_ema: bool, checkpoint: Path | None) -> None:
+        """Closes the logs and says what the run did (``summary.json`` and the console)."""
+        self.train_log.close(), self.eval_log.close()
+        if self.wandb:
+            self.wandb.finish()
+        log.info("%s", summary_line(self.summary.finish(self.run_dir, step, stopped, on_ema, checkpoint)))

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmldlm.flags import Parser, add_renamed
+
 SIZES = {"tiny": ["model=tiny"], "base": ["model=base"]}
 
 
@@ -124,7 +126,7 @@ def bench_codebook(patches: int, codes: int, patch: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "loader", "step", "codebook"], default="all")
     p.add_argument("--size", choices=list(SIZES), default="tiny")
     p.add_argument("--variant", choices=["continuous", "discrete", "both"], default="both")
@@ -134,7 +136,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--patches", type=int, default=20_000)
-    p.add_argument("--codes", type=int, default=512)
+    add_renamed(p, "--codebook-size", "--codes", type=int, default=512, help="k-means codes K (the trainer's flag)")
     p.add_argument("--patch", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     a = p.parse_args()
@@ -147,7 +149,7 @@ def main() -> None:
         for v in (["continuous", "discrete"] if a.variant == "both" else [a.variant]):
             rows.append(bench_step(a.size, v, a.batch, a.steps, a.warmup))
     if a.part in ("all", "codebook"):
-        rows.append(bench_codebook(a.patches, a.codes, a.patch))
+        rows.append(bench_codebook(a.patches, a.codebook_size, a.patch))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for r in rows:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
