@@ -11,10 +11,11 @@ Batch (every value a tensor; ``{name}`` is each LLM's name):
   fitted (the original appended none, so its models never learned to stop);
 - ``{name}.answer_len [B]``: the answer's tokens without EOS (read only by adapters with metadata);
 - ``{name}.teacher [B, S + T]`` + ``{name}.teacher_mask`` (only when the KD or state terms are
-  on): the text scaffold ``source + anchor`` (no special tokens, as the original's teacher)
-  LEFT-padded to S, then the same answer tokens right-padded to T. Every row's answer starts at
-  column S, so the teacher's logits at columns S - 1 + t predict answer token t in every row, as
-  the student's do (the objective numbers positions from the mask);
+  on): the text path's prompt (:func:`text_prompt`; ``loss.kd_teacher_prompt=raw``: the
+  original's ``source + anchor`` without special tokens) LEFT-padded to S, then the same
+  answer tokens right-padded to T. Every row's answer starts at column S, so the teacher's
+  logits at columns S - 1 + t predict answer token t in every row, as the student's do (the
+  objective numbers positions from the mask);
 - ``index [B]``.
 
 Truncated sources are counted in ``Collated.truncated`` (the loop logs ``truncated_frac`` and warns).
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from latentwire.encoder import fit_bytes
-from latentwire.llm import TokenInfo
+from latentwire.llm import SYSTEM_PROMPT, TokenInfo
 from mmldlm.data.collate import Collated, Collator, partition
 
 
@@ -46,6 +47,19 @@ def prompt_then_answer(prompts: list[list[int]], answers: torch.Tensor, answer_m
     return torch.cat([ids, answers], 1), torch.cat([mask, answer_mask], 1)
 
 
+def text_prompt(tok, info, source: str) -> list[int]:
+    """The text path's prompt ids: the chat template with the original's system prompt, the source
+    as the user turn and the anchor as the assistant's prefill; a tokenizer without a chat template
+    gets ``[BOS] source + anchor``. The text baseline reads it, and the KD teacher by default."""
+    if info.chat:
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": source}]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        prefill = info.anchor_text if not prompt.endswith(info.anchor_text) else ""
+        return tok(prompt + prefill, add_special_tokens=False)["input_ids"]
+    bos = [info.bos_id] if info.bos_id is not None else []
+    return bos + tok(source + info.anchor_text, add_special_tokens=False)["input_ids"]
+
+
 def answer_ids(tok, info: TokenInfo, answers: list[str], max_tokens: int) -> tuple[list[list[int]], list[int]]:
     """(each answer's target ids: content + EOS when it fitted, content lengths)."""
     content = tok([info.answer_prefix + a for a in answers], add_special_tokens=False)["input_ids"]
@@ -57,6 +71,7 @@ class LatentWireCollator:
     def __init__(self, m, loss, tokenizers: dict, infos: dict[str, TokenInfo], st_tokenizer=None):
         self.m, self.tokenizers, self.infos = m, tokenizers, infos
         self.teacher = loss.kd_first_k_weight > 0 or loss.state_kd_weight > 0
+        self.chat_teacher = loss.kd_teacher_prompt.name == "chat"
         self.st = None
         if m.encoder_type == "simple-st":
             # the loader's tokenisation (truncation at MiniLM's 256 tokens is counted)
@@ -80,7 +95,8 @@ class LatentWireCollator:
             out[f"{name}.answer"], out[f"{name}.answer_mask"] = ans, ans_mask
             out[f"{name}.answer_len"] = torch.tensor(lens, dtype=torch.long)
             if self.teacher:
-                scaffold = tok([s + info.anchor_text for s in sources], add_special_tokens=False)["input_ids"]
+                scaffold = ([text_prompt(tok, info, s) for s in sources] if self.chat_teacher else
+                            tok([s + info.anchor_text for s in sources], add_special_tokens=False)["input_ids"])
                 out[f"{name}.teacher"], out[f"{name}.teacher_mask"] = prompt_then_answer(scaffold, ans, ans_mask,
                                                                                         info.pad_id)
         return out, cut

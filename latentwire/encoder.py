@@ -69,12 +69,41 @@ class LatentPooler(nn.Module):
         return out + self.ff(out)
 
 
+class _CenterGrad(torch.autograd.Function):
+    """Identity forward; backward: the gradient minus its mean over the examples of the global
+    batch (summed over the ranks under a process group, so W ranks train as one)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        import torch.distributed as dist
+
+        sums = torch.cat([g.new_full((1,), float(g.shape[0])), g.sum(0).flatten()])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+        return g - (sums[1:] / sums[0]).view_as(g[0])
+
+
+def center_grad(z: torch.Tensor) -> torch.Tensor:
+    """``z`` as is, whose gradient reaches the encoder without its across-example mean. Why
+    (latentwire/README.md, issue 27): the receiver's gradient at ``z`` is mostly per example, but
+    the byte encoder's latents start nearly identical, so the per-example parts cancel in the
+    encoder's update and Adam gives the common part (the answer type's prior) a full step:
+    training collapsed every example onto one latent. The common part is left to the adapters
+    (which see ``z`` unchanged); the encoder only learns what makes examples differ."""
+    return _CenterGrad.apply(z) if torch.is_grad_enabled() and z.requires_grad else z
+
+
 class InterlinguaEncoder(nn.Module):
     """Bytes -> ``{model name: [B, shared + private, d_z]}``."""
 
     def __init__(self, names: list[str], d_z: int, shared_len: int, private_len: int, layers: int, heads: int,
-                 ff_mult: int, max_bytes: int):
+                 ff_mult: int, max_bytes: int, centered: bool = False):
         super().__init__()
+        self.centered = centered
         self.names, self.shared_len, self.private_len = list(names), shared_len, private_len
         self.backbone = ByteEncoder(d_z, layers, heads, ff_mult, max_bytes)
         self.shared_pooler = LatentPooler(d_z, shared_len, heads) if shared_len > 0 else None
@@ -85,8 +114,9 @@ class InterlinguaEncoder(nn.Module):
         ids, mask = batch["bytes"], batch["bytes_mask"]
         feats = self.backbone(ids, mask)
         parts = [self.shared_pooler(feats, mask)] if self.shared_pooler is not None else []
-        return {n: torch.cat(parts + ([self.private_poolers[n](feats, mask)] if self.private_len else []), 1)
-                for n in self.names}
+        z = {n: torch.cat(parts + ([self.private_poolers[n](feats, mask)] if self.private_len else []), 1)
+             for n in self.names}
+        return {n: center_grad(v) for n, v in z.items()} if self.centered else z
 
 
 class SimpleSTEncoder(nn.Module):
@@ -133,7 +163,7 @@ def build_encoder(m, names: list[str], sources) -> nn.Module:
         return SimpleSTEncoder(names, m.d_z, m.latent_len, st)
     shared = m.latent_len if m.latent_shared_len is None else m.latent_shared_len
     return InterlinguaEncoder(names, m.d_z, shared, m.latent_private_len, m.encoder_layers, m.encoder_heads,
-                              m.encoder_ff_mult, m.max_bytes)
+                              m.encoder_ff_mult, m.max_bytes, m.center_latent_grad)
 
 
 def fit_bytes(source: str, max_bytes: int) -> tuple[bytes, bool]:

@@ -54,7 +54,9 @@ def eval_parser() -> Parser:
 def _summary(m: dict) -> str:
     lines = [f"{m['samples']} examples; latent {m['latent_shape'][0]} x {m['latent_shape'][1]}"
              + ("; USES GOLD ANSWER LENGTH (adapter metadata)" if m["uses_gold_answer_length"] else "")
-             + ("; decode cap from GOLD lengths (--gold-length-cap)" if m["gold_length_cap"] else "")]
+             + ("; decode cap from GOLD lengths (--gold-length-cap)" if m["gold_length_cap"] else ""),
+             f"   chance: EM {m['chance']['em']:.3f} F1 {m['chance']['f1']:.3f} (the best answer per question type, "
+             f"{m['chance']['types']} types: the question's first words, no context)"]
     for n, r in m["models"].items():
         lines.append(f"{n:>8}: text EM {r['text']['em']:.3f} F1 {r['text']['f1']:.3f} | latent EM "
                      f"{r['latent']['em']:.3f} F1 {r['latent']['f1']:.3f} (first-token top1 "

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from latentwire.collate import _pad, answer_ids, prompt_then_answer
-from latentwire.llm import SYSTEM_PROMPT
+from latentwire import metrics as Mx
+from latentwire.collate import _pad, answer_ids, prompt_then_answer, text_prompt
 from latentwire.metrics import clean_pred, em_f1, exact_match, f1_score, normalize_answer, payload_bytes, quantize
 from latentwire.objective import LatentWireObjective, positions
 from mmldlm.eval.samplers import cache_kwarg
@@ -80,17 +80,6 @@ def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, tok, stop_ids, max_new
         cut = next((j for j, t in enumerate(r) if t in set(stop_ids)), len(r))
         texts.append(clean_pred(tok.decode(r[:cut], skip_special_tokens=True)))
     return Decoded(texts, first)
-
-
-def text_prompt(tok, info, source: str) -> list[int]:
-    """The text baseline's prompt ids (module docstring)."""
-    if info.chat:
-        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": source}]
-        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        prefill = info.anchor_text if not prompt.endswith(info.anchor_text) else ""
-        return tok(prompt + prefill, add_special_tokens=False)["input_ids"]
-    bos = [info.bos_id] if info.bos_id is not None else []
-    return bos + tok(source + info.anchor_text, add_special_tokens=False)["input_ids"]
 
 
 def budget_prompts(tok, info, sources: list[str], full: list[list[int]], k: int) -> dict[str, list[list[int]]]:
@@ -198,7 +187,7 @@ def _per_row_nll(logits, ans, mask) -> torch.Tensor:
 
 def _report(obj, paths, golds, prompts, joint_scores, records, k, opts):
     wire = payload_bytes(obj.M, obj.encoder_dim)
-    out = {"samples": len(records), "uses_gold_answer_length": bool(obj.metadata),
+    out = {"samples": len(records), "chance": Mx.chance(records), "uses_gold_answer_length": bool(obj.metadata),
            "gold_length_cap": opts.gold_length_cap, "latent_shape": [obj.M, obj.encoder_dim],
            "payload_bytes": wire, "models": {}}
     for n in obj.names:

@@ -60,6 +60,34 @@ def em_f1(preds: list[str], golds: list[list[str]]) -> dict[str, float]:
             "f1": sum(f1_score(p, g) for p, g in zip(preds, golds)) / n}
 
 
+def question_type(source: str, words: int = 4) -> str:
+    """A question's type: the first ``words`` words of its ``Question:`` line once the capitalised
+    words after the first (names) are dropped, normalised ("Where was Elena Novak born?" ->
+    "where was born"; "What is the job of Hiro Tanaka?" -> "what is job of")."""
+    line = next((x for x in source.splitlines() if x.startswith("Question:")), source)
+    kept = [w for i, w in enumerate(line.removeprefix("Question:").split()) if i == 0 or not w[:1].isupper()]
+    return " ".join(normalize_answer(" ".join(kept)).split()[:words])
+
+
+def chance(records: list[dict], max_candidates: int = 200) -> dict[str, float]:
+    """What reading the question type alone can score: per type (:func:`question_type`), the one
+    answer (among the type's gold answers, its ``max_candidates`` most frequent) with the best
+    mean F1 over that type's records, given to all of them. An upper bound of every predictor that
+    sees the question's first words but no context (an answer-type prior)."""
+    groups: dict[str, list[list[str]]] = {}
+    for r in records:
+        groups.setdefault(question_type(r["source"]), []).append(r["answers"])
+    em = f1 = 0.0
+    for golds in groups.values():
+        counts = Counter(a for g in golds for a in dict.fromkeys(g))
+        cands = [a for a, _ in counts.most_common(max_candidates)]
+        best = max(cands, key=lambda c: (sum(f1_score(c, g) for g in golds), sum(exact_match(c, g) for g in golds)))
+        em += sum(exact_match(best, g) for g in golds)
+        f1 += sum(f1_score(best, g) for g in golds)
+    n = max(1, len(records))
+    return {"em": em / n, "f1": f1 / n, "types": len(groups)}
+
+
 def payload_bytes(M: int, d_z: int) -> dict[str, int]:
     """Bytes of one example's latent per encoding."""
     n = M * d_z

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -43,6 +44,11 @@ from mmldlm.sources import LoadPolicy
 CONFIGS = Path(__file__).resolve().parent / "configs"
 GOLD_LENGTH_WARNING = "uses gold answer length (model.adapter_metadata=true): the adapter reads the label's length"
 log = logging.getLogger("mm_ldlm.latentwire")
+
+
+class Teacher(NamedTuple):
+    logits: torch.Tensor  # [B, k, V] at the first k <= K answer steps
+    hidden: list | None  # the state term's hidden states at those steps (None: off)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -65,6 +71,9 @@ class LatentWireObjective(Objective):
                       for n in self.names}
         self.M, self.encoder_dim = total_latent_len(m), m.d_z
         self.max_answer = m.max_answer_tokens
+        self.sources = sources  # the KD cache keys its entries by each LLM's fingerprint
+        self.kd_cache_root = None if sources.shapes_only else kd_cache_root(cfg)
+        self._kd_caches: dict = {}
         self.encoder = build_encoder(m, self.names, sources)
         self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
         self.adapters = nn.ModuleDict()
@@ -133,36 +142,84 @@ class LatentWireObjective(Objective):
 
     # -- training -------------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_targets(self, n: str, batch: dict) -> tuple[torch.Tensor, list | None] | None:
-        """The KD / state targets of LLM ``n`` (the same frozen LLM reading ``source + anchor``),
-        first K answer steps only: (logits [B, k, V], hidden states or None); None when both terms
-        are off. Computed outside the per-model activation checkpoint, so ``sequential_models``
-        recomputes the student's forward only, never this longer one."""
+    def teacher_targets(self, n: str, batch: dict) -> Teacher | None:
+        """The KD / state targets of LLM ``n`` (the same frozen LLM reading the source as text),
+        first K answer steps only; None when both terms are off. Computed outside the per-model
+        activation checkpoint, so ``sequential_models`` recomputes the student's forward only,
+        never this longer one. With ``loss.kd_cache`` (and no state term) the logits come from the
+        on-disk cache (``latentwire/kd_cache.py``), computed only for records it does not hold."""
         lc = self.lcfg
         layers = list(lc.state_kd_layers) if lc.state_kd_weight > 0 else None
         if not (lc.kd_first_k_weight > 0 or layers):
             return None
         T = batch[f"{n}.answer"].shape[1]
+        cache = None if layers else self.kd_cache(n)
+        if cache is not None:
+            return Teacher(self._cached_teacher(n, cache, batch), None)
         logits, hidden = self.text_logits(n, batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"], T, layers)
         k = min(lc.K, T)
-        return logits[:, :k], None if hidden is None else [h[:, :k] for h in hidden]
+        return Teacher(logits[:, :k], None if hidden is None else [h[:, :k] for h in hidden])
+
+    def kd_cache(self, n: str):
+        """LLM ``n``'s :class:`~latentwire.kd_cache.KDCache` (opened on first use; None when off)."""
+        if self.kd_cache_root is None:
+            return None
+        if n not in self._kd_caches:
+            from latentwire.kd_cache import KDCache, receiver_fingerprint
+
+            lc = self.lcfg
+            vocab = self.llms[n].get_output_embeddings().weight.shape[0]
+            dtype = str(next(self.llms[n].parameters()).dtype).removeprefix("torch.")
+            self._kd_caches[n] = KDCache(self.kd_cache_root, n, receiver_fingerprint(self.sources, f"llm.{n}"),
+                                         vocab, lc.K, lc.kd_cache_topk, lc.kd_tau, dtype)
+        return self._kd_caches[n]
+
+    def _cached_teacher(self, n: str, cache, batch: dict) -> torch.Tensor:
+        """The teacher's logits ``[B, k, V]`` read from ``cache``; the rows it lacks are computed
+        (one forward over them) and stored first, so every epoch reads the same stored targets.
+        Steps past a row's answer are zeros (masked in the KD)."""
+        ids, tmask = batch[f"{n}.teacher"], batch[f"{n}.teacher_mask"]
+        ans, amask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
+        T = ans.shape[1]
+        S, k = ids.shape[1] - T, min(self.lcfg.K, T)
+        keys = [cache.key(ids[i, :S][tmask[i, :S]].tolist(), ans[i][amask[i]].tolist()) for i in range(ids.shape[0])]
+        rows = [cache.get(key) for key in keys]
+        miss = [i for i, r in enumerate(rows) if r is None]
+        if miss:
+            sub, sub_mask = ids[miss], tmask[miss]
+            lead = int((~sub_mask[:, :S]).all(0).long().cumprod(0).sum())  # columns of padding in every row
+            live, _ = self.text_logits(n, sub[:, lead:], sub_mask[:, lead:], T)
+            for j, i in enumerate(miss):
+                rows[i] = cache.put(keys[i], live[j, : min(k, int(amask[i].sum()))])
+        cache.hits, cache.misses = cache.hits + ids.shape[0] - len(miss), cache.misses + len(miss)
+        out = torch.zeros(ids.shape[0], k, cache.vocab, device=ids.device)
+        for i, r in enumerate(rows):
+            out[i, : r.shape[0]] = r.to(out.device)
+        return out
 
     def model_terms(self, n: str, z: torch.Tensor, batch: dict, counts: L.Counts,
-                    teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+                    teacher: Teacher | None = None) -> dict[str, torch.Tensor]:
         """LLM ``n``'s unweighted loss terms on the batch (and two detached statistics);
         ``teacher``: :meth:`teacher_targets`."""
+        prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
+        return self.prefix_terms(n, prefix, raw, batch, counts, teacher)
+
+    def prefix_terms(self, n: str, prefix: torch.Tensor, raw: torch.Tensor, batch: dict, counts: L.Counts,
+                     teacher: Teacher | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`model_terms` from the calibrated prefix on (``latentwire.diagnose`` reads the
+        gradients that reach the prefix and the adapter's raw output)."""
         lc, K = self.lcfg, self.lcfg.K
         ans, mask = batch[f"{n}.answer"], batch[f"{n}.answer_mask"]
-        prefix, raw = self.prefix(n, z, batch.get(f"{n}.answer_len"))
         layers = list(lc.state_kd_layers) if lc.state_kd_weight > 0 else None
         logits, hidden = self.answer_logits(n, self.head(n, prefix), ans, mask, layers)
         ce = L.token_ce(logits, ans, mask, counts)
         t = {"tf": L.tf_loss(ce), "first": L.first_loss(ce), "kce": L.kce_loss(ce, K)}
         if teacher is not None:
-            t_logits, t_hidden = teacher
+            t_logits, t_hidden = teacher.logits, teacher.hidden
             k = t_logits.shape[1]
             if lc.kd_first_k_weight > 0:
-                t["kd"] = L.kd_loss(logits[:, :k], t_logits, mask[:, :k], lc.kd_tau, counts, K)
+                rows = mask[:, :k] & (t_logits.argmax(-1) == ans[:, :k]) if lc.kd_gate else mask[:, :k]
+                t["kd"] = L.kd_loss(logits[:, :k], t_logits, rows, lc.kd_tau, counts, K)
             if layers:
                 t["state"] = L.state_loss([h[:, :k] for h in hidden], t_hidden, mask[:, :k], counts, K)
         with torch.no_grad():
@@ -272,6 +329,17 @@ class LatentWireObjective(Objective):
                               "anchor_text": i.anchor_text, "anchor_ids": list(i.anchor_ids),
                               "bos_after_prefix": i.append_bos, "bos_id": i.bos_id, "eos_id": i.eos_id}
         return out
+
+
+def kd_cache_root(cfg) -> Path | None:
+    """Where the KD teacher's logits are cached (``loss.kd_cache_dir``, null: ``RUN_DIR/kd_cache``);
+    None when ``loss.kd_cache`` is off."""
+    lc = cfg.loss
+    if not lc.kd_cache or lc.kd_first_k_weight <= 0:
+        return None
+    if lc.kd_cache_dir:
+        return Path(lc.kd_cache_dir)
+    return Path(cfg.logging.save_dir) / cfg.logging.run_name / "kd_cache"
 
 
 def build(cfg, sources) -> LatentWireObjective:

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Optional
 
 from mmldlm.config import (
+    PATH,
     PATH_OR_NAME,
     ConfigError,
     DataConfig,
@@ -49,6 +50,11 @@ class Calibration(Enum):
     none = "none"
 
 
+class TeacherPrompt(Enum):
+    chat = "chat"  # the text baseline's prompt: chat template, system prompt, source, anchor as prefill
+    raw = "raw"  # the original's: source + anchor as plain text
+
+
 class FirstSchedule(Enum):
     none = "none"
     warmup = "warmup"  # 0 -> first_token_ce_weight linearly over first_token_ce_warmup_steps, then hold
@@ -85,6 +91,10 @@ class LatentWireModelConfig:
     encoder_layers: int = 6
     encoder_heads: int = 8
     encoder_ff_mult: int = 4
+    # byte encoder: the gradient reaching it at z loses its across-example mean (latentwire/encoder.py
+    # center_grad), against the collapse measured in latentwire/README.md (issue 27). Off by default:
+    # it slows the collapse without fitting, and 2 ranks do not yet train exactly as 1 with it
+    center_latent_grad: bool = False
     st_model: Optional[str] = None  # simple-st: a local all-MiniLM-L6-v2 (null: the offline package)
     adapter_hidden_mult: int = 2
     adapter_dropout: float = 0.0
@@ -154,11 +164,22 @@ class LatentWireLossConfig:
     K: int = 4
     kd_first_k_weight: float = 1.0
     kd_tau: float = 2.0
+    kd_teacher_prompt: TeacherPrompt = TeacherPrompt.chat
+    # KD only at the steps where the teacher's greedy token is the gold one: a teacher that reads
+    # the text wrongly is not followed (latentwire/README.md: SmolLM2's teacher is right on a third)
+    kd_gate: bool = True
     state_kd_weight: float = 0.0
     state_kd_layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # hidden_states indices (0 = embeddings)
     scale_l2: float = 0.05
+    # the KD teacher's logits, cached on disk per record and receiver (latentwire/kd_cache.py):
+    # computed in the first epoch, read back after (the teacher is ~80 % of a step's FLOPs)
+    kd_cache: bool = True
+    kd_cache_dir: Optional[str] = field(default=None, metadata=PATH)  # null: RUN_DIR/kd_cache
+    kd_cache_topk: int = 256  # logits kept per step (+ the tail's mass); 0: all V (exact, V floats per step)
 
     def check(self) -> None:
+        if self.kd_cache_topk < 0:
+            raise ConfigError("loss.kd_cache_topk: must be >= 0 (0 keeps every logit)")
         if self.K < 1:
             raise ConfigError("loss.K: must be >= 1")
         if self.kd_tau <= 0:

@@ -17,9 +17,8 @@ from latentwire.encoder import InterlinguaEncoder, fit_bytes
 from latentwire.losses import kd_loss
 from latentwire.metrics import exact_match, f1_score, payload_bytes, quantize
 from latentwire.schema import LatentWireRunConfig
-from mmldlm.config import validate
-from mmldlm.objective import lookup
 from tests.helpers.common import REPO, ok, run_entry
+from tests.helpers.lw_config import RECORDS, lw_cfg, objective_and_batch
 
 
 def _smollm2_gguf():
@@ -36,36 +35,6 @@ def _smollm2_gguf():
 def tiny(tiny_qa_llms) -> dict:
     """{llama: dir, qwen: dir} of tiny random LLMs (SmolLM2's tokenizer / bert's)."""
     return tiny_qa_llms
-
-
-def lw_cfg(llms: dict, **over):
-    base = {"model": {"llms": [{"name": n, "path": p} for n, p in llms.items()], "llm_dtype": "float32", "d_z": 32,
-                      "encoder_layers": 1, "encoder_heads": 4, "latent_len": 4, "max_bytes": 512,
-                      "anchor_text": "Answer: "},
-            "data": {"data_files": {"train": "unused"}}, "training": {"num_train_steps": 10}}
-    cfg = OmegaConf.merge(OmegaConf.structured(LatentWireRunConfig), base,
-                          OmegaConf.from_dotlist([f"{k}={v}" for k, v in over.items()]))
-    validate(cfg, LatentWireRunConfig)
-    return cfg
-
-
-def objective_and_batch(cfg, records):
-    from latentwire.objective import collator
-    from mmldlm.sources import build_loaded, open_sources
-
-    torch.manual_seed(0)
-    obj = build_loaded(cfg)
-    batch = collator(cfg, open_sources(cfg, lookup("latentwire")))([{"index": i, "record": r}
-                                                                     for i, r in enumerate(records)]).batch
-    return obj, batch
-
-
-# answers of 1 to 5 words: the first K = 4 steps hold rows of different lengths
-RECORDS = D.synthetic_qa(2, seed=5) + [
-    {"source": "Context: The bridge was built by Roman engineers.\nQuestion: Who built the bridge?\n",
-     "answers": ["Roman engineers"]},
-    {"source": "Context: She keeps it in the old wooden box under the stairs.\nQuestion: Where does she keep it?\n",
-     "answers": ["in the old wooden box", "the old wooden box"]}]
 
 
 # -- data (A.6 2, 4) --------------------------------------------------------------------------

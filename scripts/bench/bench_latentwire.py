@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
         cfg = OmegaConf.merge(OmegaConf.structured(LatentWireRunConfig), {
             "model": {"llms": [{"name": "smol", "path": llm}], "llm_dtype": "float32", "latent_len": 8,
                       "encoder_layers": 2, "anchor_text": "Answer: "},
-            "data": {"data_files": {"train": "unused"}}, "training": {"num_train_steps": 100}})
+            "data": {"data_files": {"train": "unused"}}, "training": {"num_train_steps": 100},
+            "loss": {"kd_cache": False}})  # both layouts run the live teacher
         validate(cfg, LatentWireRunConfig)
         torch.manual_seed(0)
         sources = open_sources(cfg, lookup("latentwire"))
