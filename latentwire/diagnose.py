@@ -19,6 +19,10 @@ and prints, per LLM, on the records the flags select:
   example's latent differ from another's), the share of the prefix gradient that calibration
   discards (radial), each term's cosine to the CE terms' gradient at ``z``, and the encoder's
   and adapter's parameter-gradient norms;
+- **byte encoder stages** (``--encoder-type byte``): the share of the byte features' energy that
+  varies along a source (0: every position holds one vector), the between-example share of their
+  mean over the source and of the pooler's attention output, and that output's norm against the
+  learned queries' norm;
 - **first token**: the latent path's first-token CE and top-1 against the *prior*, the entropy
   of the gold first tokens over the records (the CE of the best input-independent guess, and its
   top-1: the share of the most common first token), the receiver reading no prefix at all, and
@@ -213,10 +217,37 @@ def latents(obj, n: str, batches: list[dict]) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(zs), torch.cat(ps)
 
 
+@torch.no_grad()
+def byte_stages(encoder, batches: list[dict]) -> dict | None:
+    """Where a byte encoder's latents lose what makes sources differ (None for another encoder):
+    ``position_share``, the energy of the byte features minus their mean over the source, over
+    their energy; the :class:`Geometry` of those means (``pooled``) and of the shared pooler's
+    attention output (``attention``); the mean norms of that output and of the queries."""
+    pooler = getattr(encoder, "shared_pooler", None)
+    if pooler is None:
+        return None
+    pooled, attended, varying, energy = [], [], 0.0, 0.0
+    for b in batches:
+        ids, mask = b["bytes"], b["bytes_mask"]
+        feats = encoder.backbone(ids, mask).float()
+        mean = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        varying += float((feats - mean[:, None]).pow(2)[mask].sum())
+        energy += float(feats.pow(2)[mask].sum())
+        q = pooler.latent.unsqueeze(0).expand(ids.shape[0], -1, -1).to(feats.dtype)
+        out, _ = pooler.cross_attn(q, feats, feats, key_padding_mask=~mask, need_weights=False)
+        pooled.append(mean.unsqueeze(1))
+        attended.append(out)
+    attended = torch.cat(attended)
+    return {"position_share": varying / energy, "pooled": geometry(torch.cat(pooled))._asdict(),
+            "attention": geometry(attended)._asdict(), "attention_norm": float(attended.norm(dim=-1).mean()),
+            "query_norm": float(pooler.latent.norm(dim=-1).mean())}
+
+
 def diagnose(obj, batches: list[dict], step: int = 0, teachers: dict | None = None) -> dict:
     """Every diagnostic of the module docstring, per LLM of ``obj``; ``teachers``: per LLM, the
     batches' :meth:`~latentwire.objective.LatentWireObjective.teacher_targets` (None: computed)."""
     out = {}
+    stages = byte_stages(obj.encoder, batches)
     for n in obj.names:
         tl = (teachers or {}).get(n) or [obj.teacher_targets(n, b) for b in batches]
         z, prefix = latents(obj, n, batches)
@@ -227,7 +258,7 @@ def diagnose(obj, batches: list[dict], step: int = 0, teachers: dict | None = No
                   "z_after_one_sign_step": {f"{lr:g}{' +common' if c else ''}": sign_step(obj, n, batches, lr,
                                                                                       common=c)._asdict()
                                             for lr in SIGN_STEPS for c in (False, True)},
-                  "first_token": first_token(obj, n, batches, tl)._asdict()}
+                  "first_token": first_token(obj, n, batches, tl)._asdict(), "byte_stages": stages}
     return out
 
 
@@ -244,6 +275,11 @@ def render(step: int, d: dict) -> str:
         lines.append(f"  scale   slot norm {s['slot_norm_mean']:.3f} ({s['slot_norm_min']:.3f}-"
                      f"{s['slot_norm_max']:.3f}) vs token norm {s['token_norm_mean']:.3f} +- "
                      f"{s['token_norm_std']:.3f} | nearest token cos {s['nearest_token_cos']:.3f}")
+        if (b := r["byte_stages"]) is not None:
+            lines.append(f"  bytes   position share {b['position_share']:.3f} | mean over the source: between share "
+                         f"{b['pooled']['between']:.2e} | pooler attention: between share "
+                         f"{b['attention']['between']:.2e}, norm {b['attention_norm']:.2f} (queries "
+                         f"{b['query_norm']:.2f})")
         teacher = (f" | teacher (text) CE {f['teacher_ce']:.2f} top1 {f['teacher_top1']:.3f}"
                    if f["teacher_ce"] is not None else "")
         lines.append(f"  first   latent CE {f['ce']:.2f} top1 {f['top1']:.3f} | prior CE {f['prior_ce']:.2f} top1 "

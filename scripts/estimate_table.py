@@ -46,7 +46,7 @@ OTHERS = [
      None),
     *[(f"LatentWire 8B + 7B, the users' command (batch 64, M 32){', --sequential_models' if seq else ''}", "latentwire",
        1, ["training.train_batch_size=64", "model.latent_len=32", "model.anchor_text='Answer: '",
-           f"model.sequential_models={str(seq).lower()}"], None) for seq in (True, False)],
+           "model.encoder_type=byte", f"model.sequential_models={str(seq).lower()}"], None) for seq in (True, False)],
     ("image MMDiT continuous, model=base (batch 32, 256 px)", "image_continuous", 8, [], None),
     ("image MMDiT discrete, model=base (batch 32, 256 px, 512 codes)", "image_discrete", 8, [], None),
 ]

@@ -66,9 +66,8 @@ latentwire_stage() {
   [ -f "$smol/config.json" ] || python -m latentwire.llm smollm2 --out "$smol"
   echo "== latentwire 2/3 train encoder + adapter on $LATENTWIRE_SAMPLES synthetic QA records, $LATENTWIRE_EPOCHS epochs"
   python latentwire/train.py --models "" --llm "smollm2=$smol" --dataset synthetic --samples "$LATENTWIRE_SAMPLES" \
-    --epochs "$LATENTWIRE_EPOCHS" --batch-size 16 --latent-len 8 --d-z 256 --encoder-type byte \
-    --warm-anchor-text "Answer: " --lr 1e-3 --output-dir "$run" --resume auto --save-every 100 \
-    model.encoder_layers=2 logging.log_freq=10
+    --epochs "$LATENTWIRE_EPOCHS" --batch-size 16 --warm-anchor-text "Answer: " --output-dir "$run" --resume auto \
+    --save-every 100 logging.log_freq=10
   echo "== latentwire 3/3 QA eval: the training set, then 128 held-out questions (another generator seed)"
   python -m mmldlm.plot "$run" >/dev/null
   mkdir -p "$run/eval"

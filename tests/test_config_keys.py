@@ -182,9 +182,10 @@ def test_every_latentwire_and_image_key_is_read(reads, tmp_path, tokenizer_path,
     llms = [f"model.llms=[{{name: llama, path: {lw['llama']}}}, {{name: qwen, path: {lw['qwen']}}}]",
             "model.llm_dtype=float32", "model.d_z=32", "model.encoder_layers=1", "model.encoder_heads=4",
             "model.latent_len=2", "model.max_bytes=256", "model.anchor_text='Answer: '", "logging.eval_freq=0"]
-    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_byte", *llms, "model.latent_private_len=1",
-           "model.adapter_metadata=true", "model.adapter_colorize=true", "model.sequential_models=true",
-           "loss.first_token_ce_schedule=cosine", "loss.state_kd_weight=0.1", "data.val_split_ratio=0.0")
+    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_byte", *llms, "model.encoder_type=byte",
+           "model.latent_private_len=1", "model.adapter_metadata=true", "model.adapter_colorize=true",
+           "model.sequential_models=true", "loss.first_token_ce_schedule=cosine", "loss.state_kd_weight=0.1",
+           "data.val_split_ratio=0.0")
     _train("latentwire", tmp_path, qa, tokenizer_path, "lw_st", *llms, "model.encoder_type=simple-st",
            "model.latent_shared_len=null", "loss.first_token_ce_schedule=warmup", "model.calibration=fixed",
            "model.anchor_text=''",

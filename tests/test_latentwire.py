@@ -358,7 +358,8 @@ def test_two_ranks_train_as_one_and_a_resumed_run_continues_exactly(tiny, tmp_pa
     from mmldlm.train.run_log import read_jsonl
 
     flags = ["--llama_id", tiny["llama"], "--qwen_id", tiny["qwen"], "--dataset", "synthetic", "--samples", "8",
-             "--batch_size", "4", "--latent_len", "4", "--d_z", "32", "--sequential_models", "--lr", "3e-3",
+             "--batch_size", "4", "--latent_len", "4", "--d_z", "32", "--encoder_type", "byte", "--sequential_models",
+             "--lr", "3e-3",
              "--warm_anchor_text", "Answer: ", "model.encoder_layers=1", "model.encoder_heads=4",
              "model.max_bytes=256", "training.lr_schedule=constant", "logging.log_freq=1",
              "logging.progress_bar=false"]

@@ -1,7 +1,7 @@
 """LatentWire's latent path learns (issue 27): the collapse diagnostics on known cases, the KD
-teacher's cache (the same loss as the live teacher; refused for another receiver), and the centred
-encoder gradient (``model.center_latent_grad``). The strict fit of 8 records with the tiny
-receivers is not here yet: latentwire/README.md says what it reached."""
+teacher's cache (the same loss as the live teacher; refused for another receiver), the centred
+encoder gradient (``model.center_latent_grad``), and the shipped defaults fitting 8 records with
+the tiny receivers."""
 import json
 import shutil
 import struct
@@ -47,6 +47,31 @@ def test_topk_entries_read_back_the_stored_probabilities_and_tail_mass():
     q = torch.softmax(_dense(values, index, tail, 50, tau) / tau, -1)
     torch.testing.assert_close(q.gather(-1, index), p.gather(-1, index), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(1 - q.gather(-1, index).sum(-1), tail, atol=1e-6, rtol=1e-5)
+
+
+def test_byte_stages_find_a_backbone_that_sends_one_vector_from_every_position():
+    """The collapse measured in latentwire/README.md (issue 27), on a known case: a byte backbone
+    whose output no longer depends on its input (the final LayerNorm's gain at 0, so every position
+    holds its bias) has no energy along a source and one mean for all sources."""
+    from latentwire.diagnose import byte_stages
+    from latentwire.encoder import InterlinguaEncoder
+
+    torch.manual_seed(0)
+    enc = InterlinguaEncoder(["m"], 32, 4, 0, 1, 4, 2, 256)
+    sources = [b"Context: Ann was born in Oslo.\nQuestion: Where?", b"Context: 1999, a red kite.\nQuestion: When?",
+               b"Context: Bo keeps a cat named Pip.\nQuestion: Who?"]
+    ids = torch.zeros(3, 64, dtype=torch.long)
+    mask = torch.zeros(3, 64, dtype=torch.bool)
+    for i, src in enumerate(sources):
+        ids[i, :len(src)], mask[i, :len(src)] = torch.tensor(list(src)), True
+    batches = [{"bytes": ids, "bytes_mask": mask}]
+    fresh = byte_stages(enc, batches)
+    assert 0.3 < fresh["position_share"] < 1 and fresh["pooled"]["between"] > 1e-4
+    with torch.no_grad():
+        enc.backbone.ln.weight.zero_()
+        enc.backbone.ln.bias.normal_()
+    flat = byte_stages(enc, batches)
+    assert flat["position_share"] < 1e-10 and flat["pooled"]["between"] < 1e-10 and flat["attention"]["between"] < 1e-10
 
 
 def test_kd_cache_gives_the_live_teachers_loss_and_is_refused_for_another_receiver(tiny, tmp_path):
@@ -104,3 +129,27 @@ def test_center_grad_sends_the_encoder_only_what_makes_examples_differ():
     with torch.no_grad():
         assert center_grad(z) is z
 
+
+
+@pytest.mark.slow
+def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
+    """Issue 27's fit, on the tiny receivers: the users' command with nothing set but the data and
+    the run length (the default simple-st encoder and lr) gets every record's first answer token."""
+    from latentwire.cli import train_config, train_main, train_parser
+    from latentwire.data import load_qa
+    from latentwire.diagnose import _batches, first_token
+    from mmldlm.sources import LoadPolicy
+    from mmldlm.train.rebuild import rebuild_from_checkpoint
+
+    run = tmp_path / "fit"
+    flags = ["--models", "", "--llm", f"llama={tiny['llama']}", "--dataset", "synthetic", "--samples", "8",
+             "--batch_size", "8", "--epochs", "120", "--output_dir", str(run), "logging.progress_bar=false"]
+    train_main(flags)
+    args, rest = train_parser().parse_known_args(flags)
+    cfg = train_config(args, rest)
+    assert cfg.model.encoder_type == "simple-st"
+    obj = rebuild_from_checkpoint(run, "cpu", LoadPolicy(paths={"llm.llama": tiny["llama"]}), expect="latentwire",
+                                  ema=False)[0].eval()
+    with torch.no_grad():
+        fit = first_token(obj, "llama", _batches(cfg, obj, load_qa("synthetic", None, 8, args.data_seed)))
+    assert fit.top1 == 1.0 and fit.prior_top1 < 0.5, fit

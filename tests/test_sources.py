@@ -157,8 +157,8 @@ def test_an_llm_directory_named_by_a_checkpoint_runs_no_code(tiny_qa_llms, tmp_p
 def lw_cfg(llms: dict):
     return compose("latentwire", [f"model.llms=[{{name: llama, path: {llms['llama']}}}, "
                                   f"{{name: qwen, path: {llms['qwen']}}}]", "model.llm_dtype=float32", "model.d_z=32",
-                                  "model.encoder_layers=1", "model.encoder_heads=4", "model.latent_len=4",
-                                  "model.max_bytes=256", "data.data_files.train=unused"])
+                                  "model.encoder_type=byte", "model.encoder_layers=1", "model.encoder_heads=4",
+                                  "model.latent_len=4", "model.max_bytes=256", "data.data_files.train=unused"])
 
 
 def write_checkpoint(run: Path, obj, config: dict, sources: dict | None = None) -> None:

@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         llm = a.llm or str(materialize_smollm2(Path(tmp) / "smollm2"))
         cfg = OmegaConf.merge(OmegaConf.structured(LatentWireRunConfig), {
             "model": {"llms": [{"name": "smol", "path": llm}], "llm_dtype": "float32", "latent_len": 8,
-                      "encoder_layers": 2, "anchor_text": "Answer: "},
+                      "encoder_type": "byte", "encoder_layers": 2, "anchor_text": "Answer: "},
             "data": {"data_files": {"train": "unused"}}, "training": {"num_train_steps": 100},
             "loss": {"kd_cache": False}})  # both layouts run the live teacher
         validate(cfg, LatentWireRunConfig)

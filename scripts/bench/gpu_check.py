@@ -71,7 +71,7 @@ ROWS = [
         ["model=tiny", "model.pretrained_local_dir={chat}", "model.max_seq_len=64", "training.train_batch_size=2"]),
     Row("LatentWire 8B + 7B, batch 64, M 32, --sequential_models", "latentwire",
         ["training.train_batch_size=64", "model.latent_len=32", "model.anchor_text='Answer: '",
-         "model.sequential_models=true"],
+         "model.encoder_type=byte", "model.sequential_models=true"],
         ["model.llms=[{name:llama,path:'{llama}'},{name:qwen,path:'{qwen}'}]", "model.llm_dtype=float32",
          "model.d_z=32", "model.encoder_layers=1", "model.encoder_heads=4", "model.max_bytes=64",
          "model.max_answer_tokens=6", "training.train_batch_size=2"]),

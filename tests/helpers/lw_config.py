@@ -10,8 +10,8 @@ from mmldlm.config import validate
 
 def lw_cfg(llms: dict, **over):
     base = {"model": {"llms": [{"name": n, "path": p} for n, p in llms.items()], "llm_dtype": "float32", "d_z": 32,
-                      "encoder_layers": 1, "encoder_heads": 4, "latent_len": 4, "max_bytes": 512,
-                      "anchor_text": "Answer: "},
+                      "encoder_type": "byte", "encoder_layers": 1, "encoder_heads": 4, "latent_len": 4,
+                      "max_bytes": 512, "anchor_text": "Answer: "},
             "data": {"data_files": {"train": "unused"}}, "training": {"num_train_steps": 10},
             "loss": {"kd_cache": False}}  # the live teacher (the cache's tests turn it on, in a tmp dir)
     cfg = OmegaConf.merge(OmegaConf.structured(LatentWireRunConfig), base,
