@@ -348,6 +348,7 @@ def _batches(cfg, obj, records: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     from latentwire.cli import train_config, train_parser
     from latentwire.data import load_qa
+    from mmldlm.argtypes import nonneg_int
 
     ap = train_parser()
     ap.prog, ap.description = "python -m latentwire.diagnose", __doc__
@@ -355,8 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--ckpt", default=None, help="a run directory: every checkpoint it holds (default: a fresh "
                                                 "objective built from the flags, seeded as training)")
     g.add_argument("--json", default=None, help="also write the figures here")
-    g.add_argument("--receiver_fit", type=int, default=0, metavar="STEPS",
-                   help="also train the adapters alone on fixed random latents for STEPS steps (at --lr): can "
+    g.add_argument("--receiver-fit", type=nonneg_int, default=0, metavar="STEPS",
+                   help="also train the adapters alone on fixed random latents for STEPS steps (at the lr): can "
                         "the receiver side fit these records when the latents differ?")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = train_config(args, rest)
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         out[step] = diagnose(obj, batches, step, teachers)
         print(render(step, out[step]), flush=True)
         if args.receiver_fit and args.ckpt is None:
-            out[step]["receiver_fit"] = receiver_fit(obj, batches, teachers, args.receiver_fit, args.lr)
+            out[step]["receiver_fit"] = receiver_fit(obj, batches, teachers, args.receiver_fit, cfg.optimizer.lr)
     if args.json:
         from mmldlm.io import write_json_atomic
 

@@ -289,6 +289,7 @@ MEANINGFUL = {
     "loss.cycle_text_ramp_steps": {0, -1}, "loss.cycle_latent_ramp_steps": {0, -1},  # <= 0: no ramp
     "loss.cycle_text_warmup_steps": {0}, "loss.cycle_latent_warmup_steps": {0},
     "loss.first_token_ce_warmup_steps": {0},
+    "loss.kd_cache_topk": {0},  # 0 = every logit (exact)
     "model.latent_private_len": {0}, "model.lora_r": {0},  # no private slots; no adapters
     "finetune.num_learnable_im_end": {0},
     "sample.eval_batches": {0}, "sample.eval_roundtrip_batches": {0},  # 0 = off
