@@ -11,8 +11,7 @@ import yaml
 from omegaconf import DictConfig
 
 from mmldlm.config import SHARED_CONFIGS, RunConfig, compose, objective_of
-from mmldlm.objective import registered
-from tests.helpers.common import REPO
+from tests.helpers.common import REPO, shipped_families
 
 pytestmark = pytest.mark.slow
 
@@ -255,7 +254,7 @@ def test_shipped_yaml_keys_exist_and_state_no_schema_default():
     """Every leaf of every shipped YAML is a key of its family's schema, and no YAML restates
     the schema's default (one source of truth; drifted copies were how tests and users ran with
     different settings), unless it undoes what a config it includes set."""
-    entries = registered()
+    entries = shipped_families()
     dirs = {e.config_dir for e in entries.values()} | {REPO / "cycle_vae_impl" / "configs"}
     problems = []
     for d in sorted(dirs):

@@ -329,15 +329,12 @@ def test_every_numeric_key_of_every_family_has_its_range_checked(tmp_path):
     import functools
 
     from mmldlm.config import ConfigError, compose, objective_of, validate
-    from mmldlm.objective import registered
+    from tests.helpers.common import shipped_families
 
     stand_in = tmp_path / "stand_in"  # configs that name a file (HDLM's clusters, a codebook)
     stand_in.write_text("")
     accepted, families = {}, set()
-    shipped = Path(__file__).resolve().parent.parent
-    for name, entry in sorted(registered().items()):
-        if Path(entry.config_dir).resolve().is_relative_to(shipped / "tests"):
-            continue  # a test's toy family (registered when another test file imports it)
+    for name, entry in sorted(shipped_families().items()):
         config = next((y.stem for y in sorted(entry.config_dir.glob("*.yaml"))
                        if objective_of(y.stem, [entry.config_dir]) == name), None)
         if config is None:

@@ -12,6 +12,15 @@ import numpy as np
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def shipped_families() -> dict:
+    """The registry without a test's toy family (``tiny``, registered in this process as soon as
+    a test file importing tests/helpers/tiny_train.py is collected)."""
+    from mmldlm.objective import registered
+
+    return {name: entry for name, entry in registered().items()
+            if not Path(entry.config_dir).resolve().is_relative_to(REPO / "tests")}
 TINY = REPO / "tests" / "helpers" / "tiny_train.py"
 
 
