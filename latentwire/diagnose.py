@@ -223,6 +223,8 @@ def byte_stages(encoder, batches: list[dict]) -> dict | None:
     ``position_share``, the energy of the byte features minus their mean over the source, over
     their energy; the :class:`Geometry` of those means (``pooled``) and of the shared pooler's
     attention output (``attention``); the mean norms of that output and of the queries."""
+    from mmldlm.nn import masked_mean
+
     pooler = getattr(encoder, "shared_pooler", None)
     if pooler is None:
         return None
@@ -230,7 +232,7 @@ def byte_stages(encoder, batches: list[dict]) -> dict | None:
     for b in batches:
         ids, mask = b["bytes"], b["bytes_mask"]
         feats = encoder.backbone(ids, mask).float()
-        mean = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        mean = masked_mean(feats, mask)
         varying += float((feats - mean[:, None]).pow(2)[mask].sum())
         energy += float(feats.pow(2)[mask].sum())
         q = pooler.latent.unsqueeze(0).expand(ids.shape[0], -1, -1).to(feats.dtype)
