@@ -9,6 +9,7 @@ import torch
 
 from mmldlm.train import checkpointing as C
 from mmldlm.train.run_log import read_jsonl
+from tests.helpers.common import TINY, make_dataset, ok, run_entry
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +29,24 @@ def losses(run_dir, name="training_log.jsonl", key="loss"):
     return {r["step"]: r[key] for r in read_jsonl(run_dir / name)}
 
 
-def test_two_ranks_equal_one_rank_on_the_same_global_batch(run_tiny):
-    run_tiny("training.train_batch_size=16", run_name="one")
+def module_run(tmp_path_factory, paragraphs, tokenizer_path, name, *overrides):
+    """A tiny run on the tiny_data set, for several tests of this module: its run directory."""
+    d = tmp_path_factory.mktemp(name)
+    data = make_dataset(d / "data", paragraphs[:160])
+    ok(run_entry(TINY, [f"data.data_files.train={data}", f"data.tokenizer_name={tokenizer_path}",
+                        f"logging.save_dir={d}", f"logging.run_name={name}", *overrides]))
+    return d / name
+
+
+@pytest.fixture(scope="module")
+def batch16(tmp_path_factory, paragraphs, tokenizer_path):
+    """One rank, batches of 16: the reference of the 2-rank and the accumulation tests."""
+    return module_run(tmp_path_factory, paragraphs, tokenizer_path, "batch16", "training.train_batch_size=16")
+
+
+def test_two_ranks_equal_one_rank_on_the_same_global_batch(run_tiny, batch16):
     run_tiny("training.train_batch_size=8", nproc=2, run_name="two")
-    one, two = run_tiny.run_dir("one"), run_tiny.run_dir("two")
+    one, two = batch16, run_tiny.run_dir("two")
     assert_params_close(final_params(one), final_params(two))
     l1, l2 = losses(one), losses(two)
     assert l1.keys() == l2.keys() == set(range(1, 13))
@@ -44,10 +59,9 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(run_tiny):
     assert all(abs(e1[s] - e2[s]) < 1e-5 for s in e1)
 
 
-def test_gradient_accumulation_4xB_equals_one_batch_of_4B(run_tiny):
-    run_tiny("training.train_batch_size=16", run_name="big")
+def test_gradient_accumulation_4xB_equals_one_batch_of_4B(run_tiny, batch16):
     run_tiny("training.train_batch_size=4", "training.gradient_accumulation_steps=4", run_name="acc")
-    assert_params_close(final_params(run_tiny.run_dir("big")), final_params(run_tiny.run_dir("acc")))
+    assert_params_close(final_params(batch16), final_params(run_tiny.run_dir("acc")))
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -73,18 +87,24 @@ def test_resume_after_sigkill_continues_with_identical_losses(run_tiny, nproc):
     assert [s for s, _ in C.list_checkpoints(cut)] == [8, 12]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, paragraphs, tokenizer_path):
+    """The losses of one uninterrupted tiny run (save_freq 0, the tiny_data set), once for the three
+    SIGTERM variants: how the signal is sent and who loads the data do not change what is trained."""
+    return losses(module_run(tmp_path_factory, paragraphs, tokenizer_path, "ref", "logging.save_freq=0"))
+
+
 @pytest.mark.parametrize("how", ["process", "group_with_workers", "sigusr1"])
-def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(run_tiny, how):
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(run_tiny, how, uninterrupted):
     extra = {"process": [], "group_with_workers": ["data.num_workers=2", "loss.sigterm_group=true"],
              "sigusr1": ["loss.signal_name=SIGUSR1"]}[how]
-    run_tiny("logging.save_freq=0", *extra, run_name="ref")
     p = run_tiny("logging.save_freq=0", "loss.sigterm_at_step=6", *extra, run_name="pre")
     assert p.returncode == 0, p.stderr[-2000:]
     pre = run_tiny.run_dir("pre")
     assert (pre / "latest").read_text().strip() == "checkpoint_step_7.pt"  # the step in flight finishes
     assert "signal received" in p.stdout + p.stderr
     run_tiny("logging.save_freq=0", "training.resume=auto", *extra, run_name="pre")
-    assert losses(pre) == losses(run_tiny.run_dir("ref"))
+    assert losses(pre) == uninterrupted
 
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_on_both(run_tiny, tmp_path):
