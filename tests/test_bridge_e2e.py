@@ -63,7 +63,7 @@ def test_download_only_then_offline_stages_t2l_l2t_joint_on_two_ranks(tmp_path, 
     assert all(torch.equal(s2.state_dict()[k], v) for k, v in s1.items() if k.startswith("t2l_head"))
 
 
-def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_data):
+def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_data, capsys):
     args = ["--config-name", "wedlm8b_ar_bridge", *COMMON, f"model.pretrained_local_dir={tiny_dir}",
             f"data.data_files.train={minilm_data}", f"logging.save_dir={tmp_path}", "training.task=joint",
             "model.lora_r=4", "training.num_train_steps=8", "logging.save_freq=4", "logging.run_name=ref"]
@@ -143,10 +143,13 @@ def test_resume_is_exact_and_the_clis_work_with_lora(tmp_path, tiny_dir, minilm_
     with torch.no_grad():
         torch.testing.assert_close(again.encode_text(batch["input_ids"], batch["attention_mask"].bool()),
                                    obj.encode_text(batch["input_ids"], batch["attention_mask"].bool()))
-    # never into an input: the run directory, the backbone
+    # never into an input: the run directory, the backbone (the CLI's body in-process: its start-up ran above)
+    from wedlm_bridge.export import main as export_main
+
     for bad in (tmp_path / "ref" / "x", tiny_dir):
-        p = cli("export", "--output", bad)
-        assert p.returncode == 2 and "never writes into its inputs" in p.stderr, p.stderr[-2000:]
+        assert export_main(["--checkpoint", str(tmp_path / "ref"), "--backbone-dir", str(tiny_dir),
+                            "--output", str(bad)]) == 2
+        assert "never writes into its inputs" in capsys.readouterr().err
 
 
 def test_code_runs_only_for_directories_named_on_this_command_line(tmp_path, tiny_dir, minilm_data):
@@ -169,30 +172,38 @@ def test_code_runs_only_for_directories_named_on_this_command_line(tmp_path, tin
     z = tmp_path / "z.npy"
     np.save(z, np.random.default_rng(0).standard_normal((2, 384)).astype(np.float32))
 
-    def decode(*flags):
-        args = [sys.executable, "-m", "wedlm_bridge.decode", "--checkpoint", str(ckpt), "--latents", str(z),
-                "--output", str(tmp_path / "out.txt"), "--max-new-tokens", "2", *flags]
-        return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    from wedlm_bridge.decode import main as decode_main
 
-    for p in (decode("--backbone-dir", str(tiny_dir), "--trust-remote-code"), decode()):
-        assert p.returncode != 0 and "Traceback" not in p.stderr and "not by you" in p.stderr, p.stderr[-2000:]
-        assert f"--source tokenizer={evil} --trust-remote-code" in p.stderr
+    def decode(*flags):
+        """``python -m wedlm_bridge.decode``'s body in-process (the module's start-up runs in the
+        test above): None when it wrote its output, else the one line it exits with (no traceback)."""
+        (tmp_path / "out.txt").unlink(missing_ok=True)
+        try:
+            decode_main(["--checkpoint", str(ckpt), "--latents", str(z), "--output", str(tmp_path / "out.txt"),
+                         "--max-new-tokens", "2", *flags])
+        except SystemExit as e:
+            assert isinstance(e.code, str) and e.code.startswith("error: "), e.code
+            return e.code
+        assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
+        return None
+
+    for err in (decode("--backbone-dir", str(tiny_dir), "--trust-remote-code"), decode()):
+        assert err and "not by you" in err and f"--source tokenizer={evil} --trust-remote-code" in err, err
     assert not ran.exists()  # neither the checkpoint's request nor the user's flag for another directory ran it
     state["config"]["data"]["tokenizer_name"] = str(tiny_dir)
     torch.save(state, ckpt)
-    ok(decode())  # the backbone and tokenizer the run recorded, unchanged
+    assert decode() is None  # the backbone and tokenizer the run recorded, unchanged
     changed = tmp_path / "changed"
     shutil.copytree(tiny_dir, changed)
     (changed / "config.json").write_text((changed / "config.json").read_text().replace('"rms_norm_eps": 1e-06',
                                                                                       '"rms_norm_eps": 1e-05'))
-    p = decode("--backbone-dir", str(changed))
-    assert p.returncode != 0 and "source backbone" in p.stderr and "--allow-source-change" in p.stderr, p.stderr
-    ok(decode("--backbone-dir", str(changed), "--allow-source-change"))
+    err = decode("--backbone-dir", str(changed))
+    assert err and "source backbone" in err and "--allow-source-change" in err, err
+    assert decode("--backbone-dir", str(changed), "--allow-source-change") is None
     state["config"]["model"]["pretrained_local_dir"] = str(tmp_path / "moved")
     torch.save(state, ckpt)
-    p = decode()
-    assert p.returncode != 0 and f"not found: {tmp_path / 'moved'}" in p.stderr, p.stderr
-    assert "--backbone-dir" in p.stderr, p.stderr
+    err = decode()
+    assert err and f"not found: {tmp_path / 'moved'}" in err and "--backbone-dir" in err, err
 
 
 def test_bad_data_is_reported_before_the_backbone_is_loaded(tmp_path, minilm_data, tokenizer_path, tiny_dir):
