@@ -98,12 +98,15 @@ def test_qlora_through_the_entrypoint_and_launcher_then_export(tmp_path, tiny_ch
     assert len(log) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     saved = torch.load(tmp_path / "q" / "checkpoint_step_3.pt", weights_only=True)["model"]
     assert saved and all("lora_" in k for k in saved)  # adapters only: no 4-bit base, no quantisation state
-    ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tmp_path / "qx"))
+    # the export CLI's body in-process (python -m wedlm_bridge.export_finetuned itself ran in the FSDP test)
+    from wedlm_bridge.export_finetuned import main as export_main
+
+    export_main(["--checkpoint", str(tmp_path / "q"), "--out", str(tmp_path / "qx")])
     raw = json.loads((tmp_path / "qx" / "config.json").read_text())  # the base the run recorded, unchanged
     assert raw["dtype"] == "bfloat16" and raw["model_type"] == "wedlm"
     # --format hf: stock transformers, no remote code, no prompt; the peft adapter beside it gives the same logits
-    ok(run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tmp_path / "qh",
-                  "--format", "hf", "--dtype", "float32"))
+    export_main(["--checkpoint", str(tmp_path / "q"), "--out", str(tmp_path / "qh"), "--format", "hf", "--dtype",
+                 "float32"])
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -123,6 +126,7 @@ def test_qlora_through_the_entrypoint_and_launcher_then_export(tmp_path, tiny_ch
     assert not torch.allclose(plain, stock, atol=1e-5)  # the adapters moved it
     # never into an input: the base stays as it was (the audit: it was overwritten, then a LoRA applied twice)
     before = {f.name: f.read_bytes() for f in tiny_chat_wedlm_dir.iterdir() if f.is_file()}
-    into = run_module("wedlm_bridge.export_finetuned", "--checkpoint", tmp_path / "q", "--out", tiny_chat_wedlm_dir)
-    assert into.returncode != 0 and "never writes into its inputs" in into.stderr and "Traceback" not in into.stderr
+    with pytest.raises(SystemExit) as into:  # one line for the user (a string exit code), no traceback
+        export_main(["--checkpoint", str(tmp_path / "q"), "--out", str(tiny_chat_wedlm_dir)])
+    assert isinstance(into.value.code, str) and "never writes into its inputs" in into.value.code
     assert {f.name: f.read_bytes() for f in tiny_chat_wedlm_dir.iterdir() if f.is_file()} == before
