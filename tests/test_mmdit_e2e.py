@@ -28,7 +28,9 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
     ok(run_entry(STABLE, args(tmp_path, minilm_data, tokenizer_path, "mmdit_cycle_vae", "loss.loss_type=cycle_vae",
                               "training.num_train_steps=24", "logging.eval_freq=12", "loss.cycle_text_warmup_steps=5",
                               "loss.cycle_latent_warmup_steps=5", "loss.cycle_text_ramp_steps=10",
-                              "loss.cycle_latent_ramp_steps=10", "logging.run_name=cyc"), nproc=1))
+                              # eval batches of 8: the round trips (two guided L2T decodes) of 8 records, not 32
+                              "loss.cycle_latent_ramp_steps=10", "training.eval_batch_size=8",
+                              "logging.run_name=cyc"), nproc=1))
     log = read_jsonl(tmp_path / "cyc" / "training_log.jsonl")
     keys = {"loss", "text_loss", "text_acc", "latent_loss", "base_l2t_text_loss", "base_t2l_latent_loss",
             "cycle_text_loss", "cycle_latent_loss", "cycle_text_weight", "cycle_latent_weight", "x0_pred_norm"}
@@ -127,7 +129,10 @@ def test_cycle_vae_command_trains_and_logs_every_metric(tmp_path, minilm_data, t
 
 
 def test_mmdit_command_resumes_exactly_after_sigterm(tmp_path, minilm_data, tokenizer_path):
-    a = args(tmp_path, minilm_data, tokenizer_path, "mmdit", "training.num_train_steps=20", "logging.save_freq=5")
+    # no validation set, so no eval (the loop evaluates at the last step even with eval_freq=0): its
+    # sampled round trips cost more than the 20 steps, and resume is about the training log
+    a = args(tmp_path, minilm_data, tokenizer_path, "mmdit", "training.num_train_steps=20", "logging.save_freq=5",
+             "logging.eval_freq=0", "data.val_split_ratio=0")
     ok(run_entry(TRAIN, a + ["logging.run_name=ref"]))
     proc = run_entry(TRAIN, a + ["logging.run_name=cut"], background=True)
     log = tmp_path / "cut" / "training_log.jsonl"
@@ -137,6 +142,7 @@ def test_mmdit_command_resumes_exactly_after_sigterm(tmp_path, minilm_data, toke
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
+    assert not (tmp_path / "cut" / "checkpoint_step_20.pt").exists()  # stopped early: the resume has steps to do
     ok(run_entry(TRAIN, a + ["logging.run_name=cut", "training.resume=auto"]))
     ref, cut = read_jsonl(tmp_path / "ref" / "training_log.jsonl"), read_jsonl(log)
     assert [r["step"] for r in cut] == [5, 10, 15, 20]
@@ -148,6 +154,7 @@ def test_two_fsdp_ranks_agree_on_the_random_mode_of_every_step(tmp_path, minilm_
     # model directly; a T2L-only step leaves the text head unused
     ok(run_entry(TRAIN, args(tmp_path, minilm_data, tokenizer_path, "mmdit", "loss.loss_type=random",
                              "training.num_train_steps=12", "logging.log_freq=1", "training.train_batch_size=8",
+                             "training.eval_batch_size=4",  # round trips of 4 records a rank
                              "training.parallelism=fsdp", "logging.run_name=rnd"), nproc=2))
     log = read_jsonl(tmp_path / "rnd" / "training_log.jsonl")
     seen = set()
