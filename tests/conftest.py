@@ -11,6 +11,10 @@ from tests.helpers.common import TINY, make_dataset, run_entry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: in-process steps take one thread too
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

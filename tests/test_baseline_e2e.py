@@ -112,6 +112,22 @@ def config_args(name, corpus, tokenizer_path, save_dir):
     return [*common, *data]
 
 
+def killed_copy(run_dir, to, step: int, keep: str, drop: str):
+    """``run_dir`` copied to ``to`` as if killed after writing checkpoint ``keep`` (of ``step``): the
+    later checkpoint ``drop`` and the later log lines gone, so only a real resume gives the losses."""
+    shutil.copytree(run_dir, to)
+    if (to / drop).is_dir():  # a sharded (FSDP) checkpoint
+        shutil.rmtree(to / drop)
+    else:
+        (to / drop).unlink()
+    (to / "latest").write_text(keep + "\n")
+    for log in ("training_log.jsonl", "eval_log.jsonl"):
+        if not (to / log).exists():
+            continue
+        kept = [r for r in read_jsonl(to / log) if r["step"] <= step]
+        (to / log).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
 def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "training_log.jsonl")}
 
@@ -169,9 +185,7 @@ def test_mdlm_two_ranks_equal_one_and_resume_is_exact_with_ema(tmp_path, corpus,
     assert run_entry(ENTRY, ["--config-name", "mdlm", *two], nproc=2).returncode == 0
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert l1.keys() == l2.keys() and all(abs(l1[s] - l2[s]) < 1e-4 * l1[s] for s in l1), (l1, l2)
-    shutil.copytree(tmp_path / "two", tmp_path / "cut")
-    (tmp_path / "cut" / "checkpoint_step_8.pt").unlink()
-    (tmp_path / "cut" / "latest").write_text("checkpoint_step_4.pt\n")
+    killed_copy(tmp_path / "two", tmp_path / "cut", 4, "checkpoint_step_4.pt", "checkpoint_step_8.pt")
     p = run_entry(ENTRY, ["--config-name", "mdlm", *base, "logging.run_name=cut", "training.resume=auto"], nproc=2)
     assert p.returncode == 0, p.stderr[-3000:]
     assert losses(tmp_path / "cut") == l2
@@ -220,9 +234,7 @@ def test_gidd_under_fsdp_resumes_exactly(tmp_path, corpus, tokenizer_path):
             "training.parallelism=fsdp", "training.lr_schedule=constant", "training.num_train_steps=6",
             "logging.save_freq=3", "logging.eval_freq=0", "training.ema=0.5"]
     assert run_entry(ENTRY, [*base, "logging.run_name=full"], nproc=2).returncode == 0
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")  # as if killed before step 6's checkpoint
-    shutil.rmtree(tmp_path / "cut" / "checkpoint_step_6")
-    (tmp_path / "cut" / "latest").write_text("checkpoint_step_3\n")
+    killed_copy(tmp_path / "full", tmp_path / "cut", 3, "checkpoint_step_3", "checkpoint_step_6")
     p = run_entry(ENTRY, [*base, "logging.run_name=cut", "training.resume=auto"], nproc=2)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "cut" / "checkpoint_step_6").is_dir()  # sharded
