@@ -153,3 +153,30 @@ def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
     with torch.no_grad():
         fit = first_token(obj, "llama", _batches(cfg, obj, load_qa("synthetic", None, 8, args.data_seed)))
     assert fit.top1 == 1.0 and fit.prior_top1 < 0.5, fit
+
+
+def test_st_tokens_slots_read_minilms_token_states_and_ignore_padding():
+    """st-tokens: a source's latent does not depend on a longer batch-mate (pads masked in
+    MiniLM and in the reader), the reader's parameters get a gradient, MiniLM stays frozen."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from latentwire.encoder import STTokensEncoder, minilm_dir
+    from mmldlm.data.collate import Collator
+
+    torch.manual_seed(0)
+    path = minilm_dir(None)
+    enc = STTokensEncoder(["a"], d_z=32, latent_len=4, st=AutoModel.from_pretrained(path), heads=4)
+    collate = Collator(AutoTokenizer.from_pretrained(path), 256)
+
+    def latent(sources):
+        tok = collate.tokenize(sources)
+        return enc({"st_ids": tok.input_ids, "st_mask": tok.attention_mask})["a"]
+
+    short = "Context: Elena Novak was born in Lisbon.\nQuestion: Where was Elena Novak born?\n"
+    longer = "Context: " + "Hiro Tanaka works as a pilot. " * 6 + "\nQuestion: What is the job of Hiro Tanaka?\n"
+    alone, batched = latent([short]), latent([short, longer])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    assert (batched[0] - batched[1]).abs().max() > 1e-2
+    batched.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.reader.parameters())
+    assert all(p.grad is None for p in enc.st.parameters())
