@@ -134,7 +134,7 @@ def test_center_grad_sends_the_encoder_only_what_makes_examples_differ():
 @pytest.mark.slow
 def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
     """Issue 27's fit, on the tiny receivers: the users' command with nothing set but the data and
-    the run length (the default simple-st encoder and lr) gets every record's first answer token."""
+    the run length (the default st-tokens encoder and lr) gets every record's first answer token."""
     from latentwire.cli import train_config, train_main, train_parser
     from latentwire.data import load_qa
     from latentwire.diagnose import _batches, first_token
@@ -147,7 +147,7 @@ def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
     train_main(flags)
     args, rest = train_parser().parse_known_args(flags)
     cfg = train_config(args, rest)
-    assert cfg.model.encoder_type == "simple-st"
+    assert cfg.model.encoder_type == "st-tokens"
     obj = rebuild_from_checkpoint(run, "cpu", LoadPolicy(paths={"llm.llama": tiny["llama"]}), expect="latentwire",
                                   ema=False)[0].eval()
     with torch.no_grad():
