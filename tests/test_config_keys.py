@@ -166,7 +166,7 @@ def test_every_text_diffusion_baseline_key_is_read(reads, tmp_path, tokenizer_pa
 
 
 def test_every_latentwire_and_image_key_is_read(reads, tmp_path, tokenizer_path, tiny_qa_llms, shapes_data):
-    """LatentWire: two runs that between them take every branch a key selects (byte / simple-st
+    """LatentWire: two runs that between them take every branch a key selects (byte / st-tokens
     encoder, cosine / warmup first-token schedule, state KD, metadata, colorizer, private slots;
     its QA eval reads only what a rebuild reads). The image MMDiT: both variants, with flips and
     sampled eval metrics."""
@@ -185,7 +185,7 @@ def test_every_latentwire_and_image_key_is_read(reads, tmp_path, tokenizer_path,
            "model.latent_private_len=1", "model.adapter_metadata=true", "model.adapter_colorize=true",
            "model.sequential_models=true", "loss.first_token_ce_schedule=cosine", "loss.state_kd_weight=0.1",
            "data.val_split_ratio=0.0")
-    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_st", *llms, "model.encoder_type=simple-st",
+    _train("latentwire", tmp_path, qa, tokenizer_path, "lw_st", *llms, "model.encoder_type=st-tokens",
            "model.latent_shared_len=null", "loss.first_token_ce_schedule=warmup", "model.calibration=fixed",
            "model.anchor_text=''",
            "data.val_split_ratio=0.0")

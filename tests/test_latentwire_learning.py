@@ -134,7 +134,7 @@ def test_center_grad_sends_the_encoder_only_what_makes_examples_differ():
 @pytest.mark.slow
 def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
     """Issue 27's fit, on the tiny receivers: the users' command with nothing set but the data and
-    the run length (the default simple-st encoder and lr) gets every record's first answer token."""
+    the run length (the default st-tokens encoder and lr) gets every record's first answer token."""
     from latentwire.cli import train_config, train_main, train_parser
     from latentwire.data import load_qa
     from latentwire.diagnose import _batches, first_token
@@ -147,9 +147,36 @@ def test_the_shipped_defaults_fit_8_records_with_tiny_receivers(tiny, tmp_path):
     train_main(flags)
     args, rest = train_parser().parse_known_args(flags)
     cfg = train_config(args, rest)
-    assert cfg.model.encoder_type == "simple-st"
+    assert cfg.model.encoder_type == "st-tokens"
     obj = rebuild_from_checkpoint(run, "cpu", LoadPolicy(paths={"llm.llama": tiny["llama"]}), expect="latentwire",
                                   ema=False)[0].eval()
     with torch.no_grad():
         fit = first_token(obj, "llama", _batches(cfg, obj, load_qa("synthetic", None, 8, args.data_seed)))
     assert fit.top1 == 1.0 and fit.prior_top1 < 0.5, fit
+
+
+def test_st_tokens_slots_read_minilms_token_states_and_ignore_padding():
+    """st-tokens: a source's latent does not depend on a longer batch-mate (pads masked in
+    MiniLM and in the reader), the reader's parameters get a gradient, MiniLM stays frozen."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from latentwire.encoder import STTokensEncoder, minilm_dir
+    from mmldlm.data.collate import Collator
+
+    torch.manual_seed(0)
+    path = minilm_dir(None)
+    enc = STTokensEncoder(["a"], d_z=32, latent_len=4, st=AutoModel.from_pretrained(path), heads=4)
+    collate = Collator(AutoTokenizer.from_pretrained(path), 256)
+
+    def latent(sources):
+        tok = collate.tokenize(sources)
+        return enc({"st_ids": tok.input_ids, "st_mask": tok.attention_mask})["a"]
+
+    short = "Context: Elena Novak was born in Lisbon.\nQuestion: Where was Elena Novak born?\n"
+    longer = "Context: " + "Hiro Tanaka works as a pilot. " * 6 + "\nQuestion: What is the job of Hiro Tanaka?\n"
+    alone, batched = latent([short]), latent([short, longer])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    assert (batched[0] - batched[1]).abs().max() > 1e-2
+    batched.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.reader.parameters())
+    assert all(p.grad is None for p in enc.st.parameters())
