@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentwire.schema import ST_ENCODERS
 from mmldlm.attention import padding_or_none
 from mmldlm.nn import masked_mean
 
@@ -199,7 +200,7 @@ def minilm_dir(st_model: str | None) -> str:
 def build_encoder(m, names: list[str], sources) -> nn.Module:
     """The encoder ``model.encoder_type`` names, from the model section ``m`` (simple-st, st-tokens: the
     sentence model is the ``st_model`` source, built empty here, loaded by the framework)."""
-    if m.encoder_type in ("simple-st", "st-tokens"):
+    if m.encoder_type in ST_ENCODERS:
         from transformers import AutoModel
 
         config = sources.hf_config("st_model")

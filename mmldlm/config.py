@@ -178,7 +178,7 @@ class LoggingConfig:
     run_name: str = "run"
     save_dir: str = field(default="outputs", metadata=PATH)
     log_freq: int = 10
-    eval_freq: int = 500  # 0 disables periodic eval
+    eval_freq: int = 500  # 0 disables periodic eval (the last step still evaluates when there is a validation set)
     save_freq: int = 1000  # 0 disables periodic checkpoints (final and preemption ones still happen)
     keep_last: int = 3
     num_eval_batches: int = 10  # 0 = the whole validation set
