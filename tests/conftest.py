@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.common import TINY, make_dataset, run_entry
+from tests.helpers.common import TINY, make_dataset, run_entry, tiny_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,9 +58,8 @@ def run_tiny(tmp_path, tiny_data, tokenizer_path):
     entrypoint (``background=True`` returns the Popen)."""
 
     def run(*overrides, nproc=1, run_name="tiny", expect_ok=True, env=None, background=False):
-        base = [f"data.data_files.train={tiny_data}", f"data.tokenizer_name={tokenizer_path}",
-                f"logging.save_dir={tmp_path / 'runs'}", f"logging.run_name={run_name}"]
-        p = run_entry(TINY, base + list(overrides), nproc=nproc, env=env, background=background)
+        args = tiny_args(tiny_data, tokenizer_path, tmp_path / "runs", run_name) + list(overrides)
+        p = run_entry(TINY, args, nproc=nproc, env=env, background=background)
         if background:
             return p
         if expect_ok and p.returncode != 0:

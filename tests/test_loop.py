@@ -9,7 +9,7 @@ import torch
 
 from mmldlm.train import checkpointing as C
 from mmldlm.train.run_log import read_jsonl
-from tests.helpers.common import TINY, make_dataset, ok, run_entry
+from tests.helpers.common import TINY, make_dataset, ok, run_entry, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,7 @@ def module_run(tmp_path_factory, paragraphs, tokenizer_path, name, *overrides):
     """A tiny run on the tiny_data set, for several tests of this module: its run directory."""
     d = tmp_path_factory.mktemp(name)
     data = make_dataset(d / "data", paragraphs[:160])
-    ok(run_entry(TINY, [f"data.data_files.train={data}", f"data.tokenizer_name={tokenizer_path}",
-                        f"logging.save_dir={d}", f"logging.run_name={name}", *overrides]))
+    ok(run_entry(TINY, [*tiny_args(data, tokenizer_path, d, name), *overrides]))
     return d / name
 
 

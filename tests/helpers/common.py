@@ -24,6 +24,12 @@ def shipped_families() -> dict:
 TINY = REPO / "tests" / "helpers" / "tiny_train.py"
 
 
+def tiny_args(data: Path, tokenizer_path: str, save_dir: Path, run_name: str) -> list[str]:
+    """The overrides every tiny-entrypoint run starts from: its data, tokenizer and run directory."""
+    return [f"data.data_files.train={data}", f"data.tokenizer_name={tokenizer_path}", f"logging.save_dir={save_dir}",
+            f"logging.run_name={run_name}"]
+
+
 def run_entry(script: Path, overrides: list[str], nproc: int = 1, env: dict | None = None,
               timeout: float = 300, background: bool = False, cwd: Path = REPO):
     """Run an entrypoint as users do: plain python for 1 process, torchrun (gloo) for more.
